@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Builds the control-plane programs the test suite and `crucible dev up` run: kube-apiserver,
+# kube-controller-manager, kube-scheduler, kubectl, etcd, kwok and helm, from the Go module proxy.
+# No registry ships these binaries, so they are compiled once per version and cached under
+# ~/.cache/crucible/bin/<component>-<version>/; later runs only check that they are there.
+set -euo pipefail
+
+K8S_VERSION=${K8S_VERSION:-v1.34.4}
+ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
+KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
+HELM_VERSION=${HELM_VERSION:-v3.19.5}
+CACHE=${CRUCIBLE_CACHE:-$HOME/.cache/crucible}
+
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
+
+log() { printf '[build-controlplane] %s\n' "$*" >&2; }
+
+# k8s.io/kubernetes replaces its staging modules with ./staging/...: a wrapper module maps each
+# one to its published v0.x version so `go build` can resolve them.
+STAGING=(api apiextensions-apiserver apimachinery apiserver cli-runtime client-go cloud-provider
+  cluster-bootstrap code-generator component-base component-helpers controller-manager cri-api
+  cri-client csi-translation-lib dynamic-resource-allocation endpointslice externaljwt kms
+  kube-aggregator kube-controller-manager kube-proxy kube-scheduler kubectl kubelet metrics
+  mount-utils pod-security-admission sample-apiserver sample-cli-plugin sample-controller)
+K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+
+build_kubernetes() {
+  local out="$CACHE/bin/k8s-$K8S_VERSION"
+  local missing=0
+  for b in "${K8S_BINARIES[@]}"; do [ -x "$out/$b" ] || missing=1; done
+  [ $missing = 0 ] && { log "kubernetes $K8S_VERSION cached in $out"; return; }
+  local staging_version="v0.${K8S_VERSION#v1.}"
+  local minor; minor=$(echo "$K8S_VERSION" | cut -d. -f2)
+  local work="$CACHE/src/k8s-$K8S_VERSION"
+  rm -rf "$work"; mkdir -p "$work" "$out"
+  cd "$work"
+  {
+    echo "module crucible.dev/k8s-wrapper"
+    echo
+    echo "go 1.24"
+    echo
+    echo "replace ("
+    for m in "${STAGING[@]}"; do echo "	k8s.io/$m => k8s.io/$m $staging_version"; done
+    echo ")"
+  } > go.mod
+  log "resolving k8s.io/kubernetes $K8S_VERSION"
+  for b in "${K8S_BINARIES[@]}"; do
+    go get -tool "k8s.io/kubernetes/cmd/$b@$K8S_VERSION"
+  done
+  go mod tidy
+  local ldflags="-s -w"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitTreeState=clean"
+  done
+  log "compiling ${K8S_BINARIES[*]} (the first time takes a while)"
+  local pkgs=(); for b in "${K8S_BINARIES[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
+  go build -trimpath -ldflags "$ldflags" -o "$out/" "${pkgs[@]}"
+}
+
+build_etcd() {
+  local out="$CACHE/bin/etcd-$ETCD_VERSION"
+  [ -x "$out/etcd" ] && { log "etcd $ETCD_VERSION cached in $out"; return; }
+  local work="$CACHE/src/etcd-$ETCD_VERSION"
+  rm -rf "$work"; mkdir -p "$work" "$out"
+  cd "$work"
+  printf 'module crucible.dev/etcd-wrapper\n\ngo 1.24\n' > go.mod
+  go get -tool "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+  go mod tidy
+  log "compiling etcd $ETCD_VERSION"
+  go build -trimpath -ldflags "-s -w" -o "$out/etcd" go.etcd.io/etcd/server/v3
+}
+
+go_install() {  # name module/cmd version
+  local name=$1 pkg=$2 version=$3
+  local out="$CACHE/bin/$name-$version"
+  [ -x "$out/$name" ] && { log "$name $version cached in $out"; return; }
+  mkdir -p "$out"
+  log "compiling $name $version"
+  GOBIN="$out" go install -trimpath -ldflags "-s -w" "$pkg@$version"
+}
+
+kwok_stages() {
+  # kwok acts through Stage objects; its module ships the standard ones.
+  local out="$CACHE/bin/kwok-$KWOK_VERSION/stages"
+  [ -d "$out" ] && return
+  local src; src=$(cd "$CACHE/bin" && go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  mkdir -p "$out"
+  cp "$src"/kustomize/stage/node/heartbeat-with-lease/*.yaml "$src"/kustomize/stage/node/initialize/*.yaml \
+     "$src"/kustomize/stage/pod/general/*.yaml "$out"/ 2>/dev/null || cp -r "$src/kustomize/stage" "$out/all"
+  chmod -R u+w "$out"
+}
+
+build_etcd
+build_kubernetes
+go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
+kwok_stages
+go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
+log "done"

@@ -1,0 +1,75 @@
+"""The building blocks every API type shares: camelCase models and CEL rules.
+
+The pydantic models are the single source of the API: they generate the CRD schemas
+(crucible.api.crd), parse specs in the operator and document every field.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, WithJsonSchema
+from pydantic.alias_generators import to_camel
+
+GROUP = "crucible.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+CelReason = Literal[
+    "FieldValueInvalid", "FieldValueForbidden", "FieldValueRequired", "FieldValueDuplicate"
+]
+
+
+def cel(
+    rule: str,
+    message: str,
+    *,
+    field_path: str | None = None,
+    reason: CelReason | None = None,
+    optional_old_self: bool = False,
+) -> dict[str, Any]:
+    """One `x-kubernetes-validations` entry; the message names the field and the fix."""
+    entry: dict[str, Any] = {"rule": rule, "message": message}
+    if field_path:
+        entry["fieldPath"] = field_path
+    if reason:
+        entry["reason"] = reason
+    if optional_old_self:
+        entry["optionalOldSelf"] = True
+    return entry
+
+
+def api_config(*rules: dict[str, Any]) -> ConfigDict:
+    """Model configuration for API types: camelCase on the wire, unknown fields refused."""
+    config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_enum_values=True,
+    )
+    if rules:
+        config["json_schema_extra"] = {"x-kubernetes-validations": list(rules)}
+    return config
+
+
+class ApiModel(BaseModel):
+    """Base of every API object."""
+
+    model_config = api_config()
+
+    def to_api(self) -> dict[str, Any]:
+        """The object as the Kubernetes API spells it (camelCase, unset fields left out)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+# A Kubernetes resource quantity: `4`, `500m`, `16Gi`.
+Quantity = Annotated[
+    int | str,
+    WithJsonSchema(
+        {
+            "x-kubernetes-int-or-string": True,
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "pattern": r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$",
+        }
+    ),
+]

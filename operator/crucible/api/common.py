@@ -1,0 +1,251 @@
+"""Types shared by several kinds: model sources, data sources, resources, status."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import Field
+
+from crucible.api.base import ApiModel, Quantity, api_config, cel
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+MODEL_URI = r"^(hf://[^/@\s]+/[^/@\s]+(@[^\s]+)?|s3://[^/\s]+/\S*|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/\S*)$"
+MODEL_URI_HELP = "hf://org/name@revision, s3://bucket/prefix or pvc://claim/path"
+
+# Upper bounds keep the cost of CEL rules (e.g. the immutability rule) within the API server's
+# budget; they are far above anything a real spec needs.
+MAX_NAME = 253
+MAX_URI = 2048
+MAX_TEXT = 65536
+MAX_LIST = 64
+
+
+class ModelRefKind(StrEnum):
+    MODEL_MERGE = "ModelMerge"
+    FINE_TUNE_JOB = "FineTuneJob"
+
+
+class ModelRef(ApiModel):
+    """The output of another Crucible resource in the same namespace."""
+
+    kind: ModelRefKind = Field(
+        description="Kind of the referenced resource: ModelMerge or FineTuneJob."
+    )
+    name: str = Field(
+        description="Name of the referenced resource, in this namespace.",
+        min_length=1,
+        max_length=MAX_NAME,
+        pattern=DNS_SUBDOMAIN,
+    )
+
+
+EXACTLY_ONE_MODEL = cel(
+    "has(self.uri) != has(self.modelRef)",
+    "set exactly one of uri or modelRef: uri for a stored model "
+    f"({MODEL_URI_HELP}), modelRef for the output of a ModelMerge or FineTuneJob",
+    reason="FieldValueInvalid",
+)
+
+
+class ModelSource(ApiModel):
+    """Where a model comes from: exactly one of uri or modelRef."""
+
+    model_config = api_config(EXACTLY_ONE_MODEL)
+
+    uri: str | None = Field(
+        default=None,
+        description=f"Location of the model weights: {MODEL_URI_HELP}.",
+        max_length=MAX_URI,
+        pattern=MODEL_URI,
+    )
+    model_ref: ModelRef | None = Field(
+        default=None,
+        description="The output of a ModelMerge or FineTuneJob in this namespace; the "
+        "referrer waits until it has succeeded.",
+    )
+
+
+class SecretKeyRef(ApiModel):
+    """A key of a Secret in the resource's namespace."""
+
+    name: str = Field(
+        description="Name of the Secret.", min_length=1, max_length=MAX_NAME, pattern=DNS_SUBDOMAIN
+    )
+    key: str = Field(
+        description="Key within the Secret.", min_length=1, max_length=MAX_NAME
+    )
+
+
+class ConfigMapKeyRef(ApiModel):
+    """A key of a ConfigMap in the resource's namespace."""
+
+    name: str = Field(
+        description="Name of the ConfigMap.",
+        min_length=1,
+        max_length=MAX_NAME,
+        pattern=DNS_SUBDOMAIN,
+    )
+    key: str = Field(description="Key within the ConfigMap.", min_length=1, max_length=MAX_NAME)
+
+
+class PvcPath(ApiModel):
+    """A path on a PersistentVolumeClaim in the resource's namespace."""
+
+    claim_name: str = Field(
+        description="Name of the PersistentVolumeClaim.",
+        min_length=1,
+        max_length=MAX_NAME,
+        pattern=DNS_SUBDOMAIN,
+    )
+    path: str = Field(
+        default="",
+        description="Path inside the volume; empty means its root.",
+        max_length=MAX_URI,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!self.split('/').exists(p, p == '..')",
+                    "pvc.path must stay inside the volume: remove '..' segments",
+                )
+            ]
+        },
+    )
+
+
+EXACTLY_ONE_DATA_SOURCE = cel(
+    "[has(self.configMap), has(self.pvc), has(self.uri)].filter(x, x).size() == 1",
+    "set exactly one of configMap ({name, key}), pvc ({claimName, path}) or "
+    "uri (s3://, https://, hf://)",
+    reason="FieldValueInvalid",
+)
+
+
+class DataSource(ApiModel):
+    """A file of data: exactly one of configMap, pvc or uri."""
+
+    model_config = api_config(EXACTLY_ONE_DATA_SOURCE)
+
+    config_map: ConfigMapKeyRef | None = Field(
+        default=None, description="A key of a ConfigMap holding the file."
+    )
+    pvc: PvcPath | None = Field(default=None, description="A file on a PersistentVolumeClaim.")
+    uri: str | None = Field(
+        default=None,
+        description="A URI the workload downloads: s3://bucket/key, https://… or "
+        "hf://datasets/org/name.",
+        max_length=MAX_URI,
+        pattern=r"^(s3|https?|hf)://\S+$",
+    )
+
+
+class Toleration(ApiModel):
+    """A pod toleration, as in core/v1."""
+
+    key: str | None = Field(
+        default=None, description="Taint key the toleration applies to.", max_length=MAX_NAME
+    )
+    operator: Literal["Exists", "Equal"] | None = Field(
+        default=None, description="Exists or Equal (the default)."
+    )
+    value: str | None = Field(
+        default=None, description="Taint value to match with Equal.", max_length=MAX_NAME
+    )
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to match; empty matches all effects."
+    )
+    toleration_seconds: int | None = Field(
+        default=None, description="How long a NoExecute taint is tolerated.", ge=0
+    )
+
+
+class Resources(ApiModel):
+    """Compute for the workload's pods."""
+
+    gpus: int = Field(
+        default=1,
+        ge=0,
+        le=64,
+        description="GPUs per pod; with more than one, training runs one process per GPU.",
+    )
+    gpu_resource_name: str | None = Field(
+        default=None,
+        description="Extended resource name of the GPU, e.g. nvidia.com/gpu or amd.com/gpu; "
+        "defaults to the operator's CRUCIBLE_GPU_RESOURCE.",
+        max_length=MAX_NAME,
+        pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$",
+    )
+    cpu: Quantity | None = Field(default=None, description="CPU request and limit, e.g. 8.")
+    memory: Quantity | None = Field(
+        default=None, description="Memory request and limit, e.g. 64Gi."
+    )
+    node_selector: dict[str, str] | None = Field(
+        default=None, description="Node labels the pods must match."
+    )
+    tolerations: list[Toleration] | None = Field(
+        default=None, description="Tolerations of the pods, e.g. for tainted GPU nodes.",
+        max_length=MAX_LIST,
+    )
+    image: str | None = Field(
+        default=None,
+        description="Overrides the operator's image for this workload.",
+        min_length=1,
+        max_length=MAX_URI,
+    )
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    WAITING = "Waiting"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class Condition(ApiModel):
+    """A condition per the Kubernetes API conventions (metav1.Condition)."""
+
+    type: str = Field(description="Type of condition in CamelCase, e.g. Ready.", max_length=316)
+    status: Literal["True", "False", "Unknown"] = Field(
+        description="Status of the condition: True, False or Unknown."
+    )
+    reason: str = Field(
+        description="Machine-readable CamelCase reason for the last transition.",
+        max_length=1024,
+    )
+    message: str = Field(
+        default="", description="Human-readable details of the transition.", max_length=32768
+    )
+    last_transition_time: datetime = Field(
+        description="When the condition last changed status."
+    )
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="metadata.generation the condition was set for."
+    )
+
+
+class RunStatus(ApiModel):
+    """Status every kind reports."""
+
+    phase: Phase | None = Field(
+        default=None, description="Pending, Waiting, Running, Succeeded or Failed."
+    )
+    conditions: list[Condition] | None = Field(
+        default=None, description="Latest observations of the resource's state."
+    )
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="metadata.generation the status was computed for."
+    )
+    start_time: datetime | None = Field(
+        default=None,
+        description="When the run started; from then on the spec is immutable.",
+    )
+    completion_time: datetime | None = Field(
+        default=None, description="When the run succeeded or failed."
+    )
+    job_name: str | None = Field(default=None, description="Name of the Job doing the work.")
+    output_uri: str | None = Field(
+        default=None, description="Where the result was written, e.g. pvc://store/ns/…/."
+    )

@@ -1,0 +1,196 @@
+"""Generate CustomResourceDefinitions from the pydantic API types.
+
+Pydantic writes JSON Schema (2020-12); the API server wants a structural OpenAPI v3 schema:
+no $ref, no null types, no `additionalProperties: false`, boolean exclusive bounds, and a
+description on every field so that `kubectl explain` documents the API.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from crucible.api.base import GROUP, VERSION, cel
+from crucible.api.kinds import AGE_COLUMN, CATEGORY, KINDS, PHASE_COLUMN, Kind
+
+IMMUTABLE_ONCE_STARTED = cel(
+    "!has(oldSelf.status) || !has(oldSelf.status.startTime) || self.spec == oldSelf.spec",
+    "spec is immutable once the run has started (status.startTime is set): to re-run, "
+    "create a new resource with another name",
+    field_path=".spec",
+    reason="FieldValueForbidden",
+)
+
+_DROPPED_KEYS = {"title", "$defs"}
+_KEY_ORDER = {k: i for i, k in enumerate(("description", "type", "format", "default", "enum"))}
+
+
+class SchemaError(ValueError):
+    """The API types cannot be expressed as a structural schema."""
+
+
+def _resolve(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """Inline $ref and collapse Optional (anyOf with null) into the non-null branch."""
+    schema = dict(schema)
+    if "$ref" in schema:
+        target = defs[schema.pop("$ref").rsplit("/", 1)[-1]]
+        schema = {**target, **schema}  # siblings (description, default) win
+    if "anyOf" in schema and not schema.get("x-kubernetes-int-or-string"):
+        branches = [b for b in schema.pop("anyOf") if b.get("type") != "null"]
+        if len(branches) != 1:
+            raise SchemaError(f"unions are not structural: {branches}")
+        schema = {**_resolve(branches[0], defs), **schema}
+    if "allOf" in schema and len(schema["allOf"]) == 1:
+        schema = {**_resolve(schema.pop("allOf")[0], defs), **schema}
+    return schema
+
+
+def structural(schema: dict[str, Any], defs: dict[str, Any], path: str) -> dict[str, Any]:
+    """Convert one pydantic JSON schema node (and its children) to a structural schema."""
+    schema = _resolve(schema, defs)
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _DROPPED_KEYS:
+            continue
+        if key == "default" and value is None:
+            continue
+        if key == "additionalProperties" and value is False:
+            continue
+        if key == "const":
+            out["enum"] = [value]
+            continue
+        if key in ("exclusiveMinimum", "exclusiveMaximum"):
+            bound = "minimum" if key == "exclusiveMinimum" else "maximum"
+            out[bound] = value
+            out[key] = True
+            continue
+        if key == "properties":
+            out["properties"] = {
+                name: _property(sub, defs, f"{path}.{name}") for name, sub in value.items()
+            }
+            continue
+        if key == "items":
+            out["items"] = structural(value, defs, f"{path}[]")
+            continue
+        if key == "additionalProperties":
+            out["additionalProperties"] = structural(value, defs, f"{path}{{}}")
+            continue
+        out[key] = value
+    if "enum" in out and "type" not in out:
+        out["type"] = "string"
+    if "type" not in out and not out.get("x-kubernetes-int-or-string"):
+        raise SchemaError(f"{path}: no type")
+    # Readers of the YAML look for these first.
+    return {k: out[k] for k in sorted(out, key=lambda k: _KEY_ORDER.get(k, len(_KEY_ORDER)))}
+
+
+def _property(schema: dict[str, Any], defs: dict[str, Any], path: str) -> dict[str, Any]:
+    prop = structural(schema, defs, path)
+    if not prop.get("description"):
+        raise SchemaError(f"{path}: every field needs a description (Field(description=…))")
+    return prop
+
+
+def openapi_schema(kind: Kind) -> dict[str, Any]:
+    """The openAPIV3Schema of one kind."""
+
+    def part(model: type, description: str) -> dict[str, Any]:
+        raw = model.model_json_schema(by_alias=True, ref_template="#/$defs/{model}")
+        node = structural(raw, raw.get("$defs", {}), kind.kind)
+        node["description"] = description
+        return node
+
+    return {
+        "type": "object",
+        "description": kind.description,
+        "properties": {
+            "apiVersion": {
+                "type": "string",
+                "description": "Versioned schema of this object: crucible.dev/v1alpha1.",
+            },
+            "kind": {"type": "string", "description": f"Always {kind.kind}."},
+            "metadata": {"type": "object", "description": "Standard object metadata."},
+            "spec": part(kind.spec, f"Desired state of the {kind.kind}."),
+            "status": part(kind.status, f"Observed state of the {kind.kind}, set by Crucible."),
+        },
+        "required": ["spec"],
+        "x-kubernetes-validations": [IMMUTABLE_ONCE_STARTED],
+    }
+
+
+def build_crd(kind: Kind) -> dict[str, Any]:
+    columns = (PHASE_COLUMN, *kind.headline_columns, AGE_COLUMN)
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{kind.plural}.{GROUP}",
+            "labels": {"app.kubernetes.io/part-of": "crucible"},
+        },
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": kind.kind,
+                "listKind": f"{kind.kind}List",
+                "plural": kind.plural,
+                "singular": kind.singular,
+                "shortNames": list(kind.short_names),
+                "categories": [CATEGORY],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        {
+                            "name": c.name,
+                            "type": c.type,
+                            "jsonPath": c.json_path,
+                            "description": c.description,
+                            **({"priority": c.priority} if c.priority else {}),
+                        }
+                        for c in columns
+                    ],
+                    "schema": {"openAPIV3Schema": openapi_schema(kind)},
+                }
+            ],
+        },
+    }
+
+
+def crd_filename(kind: Kind) -> str:
+    return f"{GROUP}_{kind.plural}.yaml"
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """Writes repeated subtrees out in full: anchors would make the CRDs hard to read."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def to_yaml(document: Any) -> str:
+    return yaml.dump(
+        document, Dumper=_PlainDumper, sort_keys=False, width=100, allow_unicode=True
+    )
+
+
+def render_crds() -> dict[str, str]:
+    """File name → YAML text of every CRD."""
+    header = "# Generated by `crucible crds` from crucible.api; do not edit.\n"
+    return {crd_filename(k): header + to_yaml(build_crd(k)) for k in KINDS}
+
+
+def write_crds(directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in render_crds().items():
+        path = directory / name
+        path.write_text(text)
+        written.append(path)
+    return written

@@ -1,0 +1,184 @@
+"""FineTuneJob: LoRA/QLoRA fine-tuning (SFT or DPO) of a model on a dataset."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pydantic import Field
+
+from crucible.api.base import ApiModel, api_config, cel
+from crucible.api.common import (
+    MAX_LIST,
+    MAX_TEXT,
+    EXACTLY_ONE_DATA_SOURCE,
+    DataSource,
+    ModelSource,
+    Resources,
+    RunStatus,
+)
+
+
+class TrainingMethod(StrEnum):
+    SFT = "sft"
+    DPO = "dpo"
+
+
+class DatasetFormat(StrEnum):
+    CHAT = "chat"
+    PROMPT_COMPLETION = "prompt-completion"
+    PREFERENCE = "preference"
+
+
+class InvalidRowPolicy(StrEnum):
+    FAIL = "Fail"
+    SKIP = "Skip"
+
+
+class Dataset(DataSource):
+    """Training data: a JSONL or CSV file and how to read it."""
+
+    model_config = api_config(EXACTLY_ONE_DATA_SOURCE)
+
+    format: DatasetFormat = Field(
+        default=DatasetFormat.CHAT,
+        description="chat (messages, or question/answer columns), prompt-completion, or "
+        "preference (prompt, chosen, rejected; needed by dpo).",
+    )
+    system_prompt: str | None = Field(
+        default=None,
+        description="System message prepended to every chat example.",
+        max_length=MAX_TEXT,
+    )
+    on_invalid_row: InvalidRowPolicy = Field(
+        default=InvalidRowPolicy.FAIL,
+        description="Fail stops at the first bad row (naming file, row and column); Skip "
+        "drops such rows and counts them.",
+    )
+
+
+class Lora(ApiModel):
+    """Low-rank adapter settings (peft)."""
+
+    r: int = Field(default=16, ge=1, le=4096, description="Rank of the adapter matrices.")
+    alpha: int = Field(default=32, ge=1, le=8192, description="LoRA scaling numerator (alpha/r).")
+    dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["all-linear"],
+        json_schema_extra={"default": ["all-linear"]},
+        min_length=1,
+        max_length=MAX_LIST,
+        description="Module names to adapt, e.g. q_proj, v_proj; all-linear adapts every "
+        "linear layer but the output head.",
+    )
+    load_in_4bit: bool = Field(
+        default=False,
+        description="QLoRA: load the base model in 4-bit NF4 (needs a GPU and bitsandbytes).",
+    )
+
+
+class LrScheduler(StrEnum):
+    LINEAR = "linear"
+    COSINE = "cosine"
+    CONSTANT = "constant"
+    CONSTANT_WITH_WARMUP = "constant_with_warmup"
+
+
+class Hyperparameters(ApiModel):
+    """Optimisation settings."""
+
+    learning_rate: float = Field(default=2e-4, gt=0, le=1, description="Peak learning rate.")
+    epochs: float = Field(default=1, gt=0, le=1000, description="Passes over the dataset.")
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Stop after this many optimizer steps (overrides epochs)."
+    )
+    batch_size: int = Field(default=4, ge=1, le=4096, description="Examples per device per step.")
+    gradient_accumulation_steps: int = Field(
+        default=1, ge=1, le=4096, description="Micro-batches accumulated per optimizer step."
+    )
+    max_length: int = Field(
+        default=1024, ge=16, le=1048576, description="Longest tokenized example, in tokens."
+    )
+    warmup_ratio: float = Field(
+        default=0.0, ge=0, lt=1, description="Fraction of steps spent warming up the rate."
+    )
+    lr_scheduler: LrScheduler = Field(
+        default=LrScheduler.LINEAR, description="linear, cosine, constant or constant_with_warmup."
+    )
+    beta: float = Field(
+        default=0.1, gt=0, description="DPO temperature: how far the policy may move from the "
+        "reference."
+    )
+    seed: int = Field(default=42, ge=0, description="Random seed of data order and init.")
+    save_steps: int = Field(
+        default=100, ge=1, description="Checkpoint every this many steps so a restarted pod "
+        "resumes."
+    )
+
+
+class FineTuneJobSpec(ApiModel):
+    """What to train, on which data, and how."""
+
+    model_config = api_config(
+        cel(
+            "self.method != 'dpo' || self.dataset.format == 'preference'",
+            "spec.dataset.format must be preference for method dpo: give rows of prompt, "
+            "chosen and rejected, or use method sft",
+            field_path=".dataset.format",
+            reason="FieldValueInvalid",
+        ),
+        cel(
+            "self.method != 'sft' || self.dataset.format != 'preference'",
+            "spec.dataset.format preference is for method dpo: use chat or prompt-completion "
+            "data with sft, or set method: dpo",
+            field_path=".dataset.format",
+            reason="FieldValueInvalid",
+        ),
+    )
+
+    base_model: ModelSource = Field(
+        description="The model to adapt: a uri, or a modelRef to a ModelMerge or FineTuneJob."
+    )
+    method: TrainingMethod = Field(
+        default=TrainingMethod.SFT,
+        description="sft (supervised fine-tuning) or dpo (direct preference optimisation).",
+    )
+    dataset: Dataset = Field(description="Training data and its format.")
+    lora: Lora = Field(
+        default_factory=Lora,
+        json_schema_extra={"default": {}},
+        description="LoRA/QLoRA adapter settings.",
+    )
+    hyperparameters: Hyperparameters = Field(
+        default_factory=Hyperparameters,
+        json_schema_extra={"default": {}},
+        description="Optimisation settings.",
+    )
+    merge_adapter: bool = Field(
+        default=False,
+        description="Also write the base model with the adapter merged in (full weights).",
+    )
+    resources: Resources = Field(
+        default_factory=Resources,
+        json_schema_extra={"default": {}},
+        description="Compute for the training Job; gpus > 1 runs one process per GPU.",
+    )
+
+
+class TrainingProgress(ApiModel):
+    """Latest training progress reported by the workload."""
+
+    step: int | None = Field(default=None, ge=0, description="Optimizer steps done.")
+    total_steps: int | None = Field(default=None, ge=0, description="Optimizer steps planned.")
+    epoch: float | None = Field(default=None, ge=0, description="Epochs done (fractional).")
+    loss: float | None = Field(default=None, description="Latest training loss.")
+    learning_rate: float | None = Field(default=None, description="Current learning rate.")
+
+
+class FineTuneJobStatus(RunStatus):
+    """Observed state of a FineTuneJob."""
+
+    progress: TrainingProgress | None = Field(default=None, description="Training progress.")
+    adapter_uri: str | None = Field(default=None, description="Where the adapter was written.")
+    base_model_uri: str | None = Field(
+        default=None,
+        description="The resolved base model the adapter applies to (needed to serve it).",
+    )

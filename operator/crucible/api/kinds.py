@@ -1,0 +1,96 @@
+"""The kinds of the API: names, spec and status types, and how kubectl shows them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from crucible.api.base import ApiModel
+from crucible.api.evalrun import EvalRunSpec, EvalRunStatus
+from crucible.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus
+from crucible.api.modelmerge import ModelMergeSpec, ModelMergeStatus
+from crucible.api.ragindex import RagIndexSpec, RagIndexStatus
+
+CATEGORY = "crucible"
+
+
+@dataclass(frozen=True)
+class PrinterColumn:
+    name: str
+    type: str
+    json_path: str
+    description: str
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class Kind:
+    kind: str
+    plural: str
+    short_names: tuple[str, ...]
+    description: str
+    spec: type[ApiModel]
+    status: type[ApiModel]
+    headline_columns: tuple[PrinterColumn, ...] = field(default_factory=tuple)
+
+    @property
+    def singular(self) -> str:
+        return self.kind.lower()
+
+
+PHASE_COLUMN = PrinterColumn("Phase", "string", ".status.phase", "Phase of the run.")
+AGE_COLUMN = PrinterColumn(
+    "Age", "date", ".metadata.creationTimestamp", "Time since the resource was created."
+)
+OUTPUT_COLUMN = PrinterColumn("Output", "string", ".status.outputUri", "Where the result is.")
+
+MODEL_MERGE = Kind(
+    kind="ModelMerge",
+    plural="modelmerges",
+    short_names=("mm",),
+    description="ModelMerge combines models with mergekit (slerp, ties, dare_ties, …) into a "
+    "new model in the model store.",
+    spec=ModelMergeSpec,
+    status=ModelMergeStatus,
+    headline_columns=(OUTPUT_COLUMN,),
+)
+FINE_TUNE_JOB = Kind(
+    kind="FineTuneJob",
+    plural="finetunejobs",
+    short_names=("ftj",),
+    description="FineTuneJob trains a LoRA/QLoRA adapter (SFT or DPO) on a base model.",
+    spec=FineTuneJobSpec,
+    status=FineTuneJobStatus,
+    headline_columns=(
+        PrinterColumn("Step", "integer", ".status.progress.step", "Training steps done."),
+        PrinterColumn("Loss", "number", ".status.progress.loss", "Latest training loss.", 1),
+        OUTPUT_COLUMN,
+    ),
+)
+RAG_INDEX = Kind(
+    kind="RagIndex",
+    plural="ragindexes",
+    short_names=("ri",),
+    description="RagIndex chunks documents, embeds them and upserts them into pgvector.",
+    spec=RagIndexSpec,
+    status=RagIndexStatus,
+    headline_columns=(
+        PrinterColumn("Chunks", "integer", ".status.chunks", "Chunks in the index."),
+        PrinterColumn("Table", "string", ".status.table", "pgvector table.", 1),
+    ),
+)
+EVAL_RUN = Kind(
+    kind="EvalRun",
+    plural="evalruns",
+    short_names=("er",),
+    description="EvalRun benchmarks models on multiple-choice questions over repeated rounds, "
+    "optionally with RAG and an LLM judge.",
+    spec=EvalRunSpec,
+    status=EvalRunStatus,
+    headline_columns=(
+        PrinterColumn("Best", "number", ".status.bestAccuracy", "Best mean accuracy."),
+        PrinterColumn("Model", "string", ".status.bestModel", "Model with the best accuracy."),
+    ),
+)
+
+KINDS: tuple[Kind, ...] = (MODEL_MERGE, FINE_TUNE_JOB, RAG_INDEX, EVAL_RUN)
+KINDS_BY_NAME = {k.kind: k for k in KINDS}

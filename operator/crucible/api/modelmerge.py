@@ -1,0 +1,195 @@
+"""ModelMerge: combine models with mergekit into a new model in the model store."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field
+
+from crucible.api.base import ApiModel, api_config, cel
+from crucible.api.common import (
+    EXACTLY_ONE_MODEL,
+    MAX_LIST,
+    ModelSource,
+    Resources,
+    RunStatus,
+)
+
+
+class MergeMethod(StrEnum):
+    LINEAR = "linear"
+    SLERP = "slerp"
+    NUSLERP = "nuslerp"
+    TASK_ARITHMETIC = "task_arithmetic"
+    TIES = "ties"
+    DARE_TIES = "dare_ties"
+    DARE_LINEAR = "dare_linear"
+    BREADCRUMBS = "breadcrumbs"
+    BREADCRUMBS_TIES = "breadcrumbs_ties"
+    DELLA = "della"
+    DELLA_LINEAR = "della_linear"
+    MODEL_STOCK = "model_stock"
+
+
+# Methods that add task vectors (model − base) need the base model to subtract.
+METHODS_NEEDING_BASE = (
+    MergeMethod.TASK_ARITHMETIC,
+    MergeMethod.TIES,
+    MergeMethod.DARE_TIES,
+    MergeMethod.DARE_LINEAR,
+    MergeMethod.BREADCRUMBS,
+    MergeMethod.BREADCRUMBS_TIES,
+    MergeMethod.DELLA,
+    MergeMethod.DELLA_LINEAR,
+    MergeMethod.MODEL_STOCK,
+)
+# Methods that prune task vectors by density.
+METHODS_WITH_DENSITY = (
+    MergeMethod.TIES,
+    MergeMethod.DARE_TIES,
+    MergeMethod.DARE_LINEAR,
+    MergeMethod.BREADCRUMBS,
+    MergeMethod.BREADCRUMBS_TIES,
+    MergeMethod.DELLA,
+    MergeMethod.DELLA_LINEAR,
+)
+
+
+class Dtype(StrEnum):
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+    FLOAT32 = "float32"
+
+
+class TokenizerSource(StrEnum):
+    BASE = "base"
+    UNION = "union"
+
+
+class MergeInput(ModelSource):
+    """One input model with its merge parameters."""
+
+    model_config = api_config(EXACTLY_ONE_MODEL)
+
+    weight: float | None = Field(
+        default=None,
+        description="Relative weight of this model (linear, task_arithmetic, ties, dare_*, "
+        "della*, breadcrumbs*). Left out, the models weigh the same.",
+    )
+    density: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Fraction of this model's task vector kept (ties, dare_*, della*, "
+        "breadcrumbs*), in (0, 1].",
+    )
+
+
+class MergeParameters(ApiModel):
+    """Method-wide parameters."""
+
+    t: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Interpolation factor of slerp and nuslerp: 0 gives the base model, 1 the "
+        "other model.",
+    )
+    normalize: bool | None = Field(
+        default=None, description="Normalize the weights so they sum to 1 (linear, ties, …)."
+    )
+    int8_mask: bool | None = Field(
+        default=None, description="Keep masks in int8 to save memory (ties, dare_*)."
+    )
+
+
+def _method_in(methods: tuple[MergeMethod, ...]) -> str:
+    return "self.method in [" + ", ".join(f"'{m.value}'" for m in methods) + "]"
+
+
+class ModelMergeSpec(ApiModel):
+    """What to merge, how, and with which resources."""
+
+    model_config = api_config(
+        cel(
+            "!(self.method in ['slerp', 'nuslerp']) || size(self.models) == 2",
+            "spec.models: slerp and nuslerp merge exactly two models; list two models "
+            "(the first is the base unless spec.baseModel is set)",
+            field_path=".models",
+            reason="FieldValueInvalid",
+        ),
+        cel(
+            "!(" + _method_in(METHODS_NEEDING_BASE) + ") || has(self.baseModel)",
+            "spec.baseModel is required by task-vector methods (task_arithmetic, ties, "
+            "dare_ties, dare_linear, breadcrumbs*, della*, model_stock): set baseModel to the "
+            "model the others were fine-tuned from",
+            field_path=".baseModel",
+            reason="FieldValueRequired",
+        ),
+        cel(
+            "!(self.method in ['slerp', 'nuslerp']) || (has(self.parameters) && "
+            "has(self.parameters.t))",
+            "spec.parameters.t is required by slerp and nuslerp: set it between 0 (base "
+            "model) and 1 (other model), e.g. 0.5",
+            field_path=".parameters",
+            reason="FieldValueRequired",
+        ),
+        cel(
+            "self.method in ['slerp', 'nuslerp'] || !has(self.parameters) || "
+            "!has(self.parameters.t)",
+            "spec.parameters.t only applies to slerp and nuslerp: remove it, or use "
+            "weight on each model",
+            field_path=".parameters.t",
+            reason="FieldValueForbidden",
+        ),
+        cel(
+            _method_in(METHODS_WITH_DENSITY)
+            + " || self.models.all(m, !has(m.density))",
+            "spec.models[].density only applies to ties, dare_*, della* and breadcrumbs*: "
+            "remove it or choose one of those methods",
+            field_path=".models",
+            reason="FieldValueForbidden",
+        ),
+    )
+
+    method: MergeMethod = Field(
+        description="mergekit merge method: linear, slerp, nuslerp, task_arithmetic, ties, "
+        "dare_ties, dare_linear, breadcrumbs, breadcrumbs_ties, della, della_linear or "
+        "model_stock."
+    )
+    base_model: ModelSource | None = Field(
+        default=None,
+        description="The model the others are measured against. Required by task-vector "
+        "methods; for slerp it defaults to the first model.",
+    )
+    models: list[MergeInput] = Field(
+        min_length=1,
+        max_length=MAX_LIST,
+        description="The models to merge, each a uri or modelRef with optional weight and "
+        "density.",
+    )
+    parameters: MergeParameters | None = Field(
+        default=None, description="Method-wide parameters such as t for slerp."
+    )
+    dtype: Dtype = Field(
+        default=Dtype.BFLOAT16, description="dtype of the merged weights: float16, bfloat16 or "
+        "float32."
+    )
+    tokenizer_source: TokenizerSource = Field(
+        default=TokenizerSource.BASE,
+        description="Tokenizer of the result: base (the base model's) or union (all "
+        "models' vocabularies).",
+    )
+    resources: Resources = Field(
+        default_factory=Resources,
+        json_schema_extra={"default": {}},
+        description="Compute for the merge Job.",
+    )
+
+
+class ModelMergeStatus(RunStatus):
+    """Observed state of a ModelMerge."""
+
+    config_map_name: str | None = Field(
+        default=None, description="ConfigMap holding the rendered mergekit configuration."
+    )

@@ -1,0 +1,52 @@
+"""The `crucible` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _crds(args: argparse.Namespace) -> int:
+    from crucible.api.crd import write_crds
+
+    for path in write_crds(Path(args.output)):
+        print(path)
+    return 0
+
+
+def _operator(args: argparse.Namespace) -> int:
+    from crucible.cli.operator import run_operator
+
+    return run_operator(namespaces=args.namespace, cluster_wide=args.all_namespaces)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crucible", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    crds = commands.add_parser("crds", help="generate the CRD manifests from the API types")
+    crds.add_argument("-o", "--output", default="crds", help="directory to write (default: crds)")
+    crds.set_defaults(func=_crds)
+
+    operator = commands.add_parser("operator", help="run the operator")
+    scope = operator.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n", "--namespace", action="append", default=[], help="watch this namespace (repeatable)"
+    )
+    scope.add_argument(
+        "-A", "--all-namespaces", action="store_true", help="watch every namespace"
+    )
+    operator.set_defaults(func=_operator)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
