@@ -71,29 +71,18 @@ build_etcd() {
   go build -trimpath -ldflags "-s -w" -o "$out/etcd" go.etcd.io/etcd/server/v3
 }
 
-go_install() {  # name module/cmd version
-  local name=$1 pkg=$2 version=$3
+go_install() {  # name module/cmd version [ldflags]
+  local name=$1 pkg=$2 version=$3 extra=${4:-}
   local out="$CACHE/bin/$name-$version"
   [ -x "$out/$name" ] && { log "$name $version cached in $out"; return; }
   mkdir -p "$out"
   log "compiling $name $version"
-  GOBIN="$out" go install -trimpath -ldflags "-s -w" "$pkg@$version"
-}
-
-kwok_stages() {
-  # kwok acts through Stage objects; its module ships the standard ones.
-  local out="$CACHE/bin/kwok-$KWOK_VERSION/stages"
-  [ -d "$out" ] && return
-  local src; src=$(cd "$CACHE/bin" && go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
-  mkdir -p "$out"
-  cp "$src"/kustomize/stage/node/heartbeat-with-lease/*.yaml "$src"/kustomize/stage/node/initialize/*.yaml \
-     "$src"/kustomize/stage/pod/general/*.yaml "$out"/ 2>/dev/null || cp -r "$src/kustomize/stage" "$out/all"
-  chmod -R u+w "$out"
+  GOBIN="$out" go install -trimpath -ldflags "-s -w $extra" "$pkg@$version"
 }
 
 build_etcd
 build_kubernetes
 go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
-kwok_stages
-go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
+go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" \
+  "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 log "done"

@@ -6,9 +6,9 @@ The pydantic models are the single source of the API: they generate the CRD sche
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 GROUP = "crucible.dev"
@@ -60,6 +60,19 @@ class ApiModel(BaseModel):
     def to_api(self) -> dict[str, Any]:
         """The object as the Kubernetes API spells it (camelCase, unset fields left out)."""
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+M = TypeVar("M", bound=ApiModel)
+
+
+def defaulted(value: M, *, description: str) -> Any:
+    """A field defaulting to `value`, a whole object: the CRD carries it too, so the API server
+    fills it in and `kubectl get -o yaml` shows the settings in force."""
+    return Field(
+        default_factory=lambda: value.model_copy(deep=True),
+        description=description,
+        json_schema_extra={"default": value.to_api()},
+    )
 
 
 # A Kubernetes resource quantity: `4`, `500m`, `16Gi`.

@@ -111,7 +111,7 @@ def openapi_schema(kind: Kind) -> dict[str, Any]:
                 "description": "Versioned schema of this object: crucible.dev/v1alpha1.",
             },
             "kind": {"type": "string", "description": f"Always {kind.kind}."},
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            "metadata": {"type": "object"},
             "spec": part(kind.spec, f"Desired state of the {kind.kind}."),
             "status": part(kind.status, f"Observed state of the {kind.kind}, set by Crucible."),
         },
@@ -172,6 +172,18 @@ class _PlainDumper(yaml.SafeDumper):
 
     def ignore_aliases(self, data: Any) -> bool:
         return True
+
+
+# YAML 1.1 readers (Go's sigs.k8s.io/yaml, hence kubectl) take these bare words for booleans.
+_YAML11_BOOLEANS = {"y", "n", "yes", "no", "on", "off", "true", "false"}
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "'" if value.lower() in _YAML11_BOOLEANS else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_PlainDumper.add_representer(str, _represent_str)
 
 
 def to_yaml(document: Any) -> str:

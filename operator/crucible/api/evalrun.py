@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from crucible.api.base import ApiModel, api_config, cel
+from crucible.api.base import ApiModel, api_config, cel, defaulted
 from crucible.api.common import (
     DNS_LABEL,
     MAX_LIST,
@@ -149,9 +149,8 @@ class Serving(ApiModel):
         ge=60,
         description="How long a server may take to become ready before the run fails.",
     )
-    resources: Resources = Field(
-        default_factory=Resources,
-        json_schema_extra={"default": {}},
+    resources: Resources = defaulted(
+        Resources(),
         description="Compute of each vLLM server (default one GPU).",
     )
 
@@ -189,14 +188,12 @@ class EvalRunSpec(ApiModel):
     judge: Judge | None = Field(
         default=None, description="Pairwise LLM-as-judge comparison of the models' answers."
     )
-    serving: Serving = Field(
-        default_factory=Serving,
-        json_schema_extra={"default": {}},
+    serving: Serving = defaulted(
+        Serving(),
         description="vLLM settings for models given as uri or modelRef.",
     )
-    resources: Resources = Field(
-        default_factory=lambda: Resources(gpus=0),
-        json_schema_extra={"default": {"gpus": 0}},
+    resources: Resources = defaulted(
+        Resources(gpus=0),
         description="Compute for the eval Job (no GPU unless asked for).",
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from pydantic import Field
 
-from crucible.api.base import ApiModel, api_config, cel
+from crucible.api.base import ApiModel, api_config, cel, defaulted
 from crucible.api.common import (
     MAX_LIST,
     MAX_TEXT,
@@ -142,23 +142,20 @@ class FineTuneJobSpec(ApiModel):
         description="sft (supervised fine-tuning) or dpo (direct preference optimisation).",
     )
     dataset: Dataset = Field(description="Training data and its format.")
-    lora: Lora = Field(
-        default_factory=Lora,
-        json_schema_extra={"default": {}},
+    lora: Lora = defaulted(
+        Lora(),
         description="LoRA/QLoRA adapter settings.",
     )
-    hyperparameters: Hyperparameters = Field(
-        default_factory=Hyperparameters,
-        json_schema_extra={"default": {}},
+    hyperparameters: Hyperparameters = defaulted(
+        Hyperparameters(),
         description="Optimisation settings.",
     )
     merge_adapter: bool = Field(
         default=False,
         description="Also write the base model with the adapter merged in (full weights).",
     )
-    resources: Resources = Field(
-        default_factory=Resources,
-        json_schema_extra={"default": {}},
+    resources: Resources = defaulted(
+        Resources(),
         description="Compute for the training Job; gpus > 1 runs one process per GPU.",
     )
 

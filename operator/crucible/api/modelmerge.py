@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from crucible.api.base import ApiModel, api_config, cel
+from crucible.api.base import ApiModel, api_config, cel, defaulted
 from crucible.api.common import (
     EXACTLY_ONE_MODEL,
     MAX_LIST,
@@ -180,9 +180,8 @@ class ModelMergeSpec(ApiModel):
         description="Tokenizer of the result: base (the base model's) or union (all "
         "models' vocabularies).",
     )
-    resources: Resources = Field(
-        default_factory=Resources,
-        json_schema_extra={"default": {}},
+    resources: Resources = defaulted(
+        Resources(),
         description="Compute for the merge Job.",
     )
 

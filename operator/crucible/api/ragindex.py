@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pydantic import Field
 
-from crucible.api.base import ApiModel, api_config, cel
+from crucible.api.base import ApiModel, api_config, cel, defaulted
 from crucible.api.common import (
     DNS_SUBDOMAIN,
     MAX_NAME,
@@ -132,20 +132,17 @@ class RagIndexSpec(ApiModel):
     """Documents to index, how to chunk and embed them, and where to store the vectors."""
 
     source: DocumentSource = Field(description="Where the documents are.")
-    chunking: Chunking = Field(
-        default_factory=Chunking,
-        json_schema_extra={"default": {}},
+    chunking: Chunking = defaulted(
+        Chunking(),
         description="How documents are split (default 300 tokens with 30 overlap).",
     )
-    embedding: Embedding = Field(
-        default_factory=Embedding,
-        json_schema_extra={"default": {}},
+    embedding: Embedding = defaulted(
+        Embedding(),
         description="The embedding model (default bge-base-en-v1.5).",
     )
     database: Database = Field(description="The pgvector database and table.")
-    resources: Resources = Field(
-        default_factory=lambda: Resources(gpus=0),
-        json_schema_extra={"default": {"gpus": 0}},
+    resources: Resources = defaulted(
+        Resources(gpus=0),
         description="Compute for the indexing Job (no GPU unless asked for).",
     )
 
