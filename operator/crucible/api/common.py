@@ -12,7 +12,9 @@ from crucible.api.base import ApiModel, Quantity, api_config, cel
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-MODEL_URI = r"^(hf://[^/@\s]+/[^/@\s]+(@[^\s]+)?|s3://[^/\s]+/\S*|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/\S*)$"
+MODEL_URI = (
+    r"^(hf://[^/@\s]+/[^/@\s]+(@[^\s]+)?|s3://[^/\s]+/\S*|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/\S*)$"
+)
 MODEL_URI_HELP = "hf://org/name@revision, s3://bucket/prefix or pvc://claim/path"
 
 # Upper bounds keep the cost of CEL rules (e.g. the immutability rule) within the API server's
@@ -74,9 +76,7 @@ class SecretKeyRef(ApiModel):
     name: str = Field(
         description="Name of the Secret.", min_length=1, max_length=MAX_NAME, pattern=DNS_SUBDOMAIN
     )
-    key: str = Field(
-        description="Key within the Secret.", min_length=1, max_length=MAX_NAME
-    )
+    key: str = Field(description="Key within the Secret.", min_length=1, max_length=MAX_NAME)
 
 
 class ConfigMapKeyRef(ApiModel):
@@ -185,7 +185,8 @@ class Resources(ApiModel):
         default=None, description="Node labels the pods must match."
     )
     tolerations: list[Toleration] | None = Field(
-        default=None, description="Tolerations of the pods, e.g. for tainted GPU nodes.",
+        default=None,
+        description="Tolerations of the pods, e.g. for tainted GPU nodes.",
         max_length=MAX_LIST,
     )
     image: str | None = Field(
@@ -218,9 +219,7 @@ class Condition(ApiModel):
     message: str = Field(
         default="", description="Human-readable details of the transition.", max_length=32768
     )
-    last_transition_time: datetime = Field(
-        description="When the condition last changed status."
-    )
+    last_transition_time: datetime = Field(description="When the condition last changed status.")
     observed_generation: int | None = Field(
         default=None, ge=0, description="metadata.generation the condition was set for."
     )

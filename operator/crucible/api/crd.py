@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from crucible.api.base import GROUP, VERSION, cel
+from crucible.api.base import GROUP, VERSION, ApiModel, cel
 from crucible.api.kinds import AGE_COLUMN, CATEGORY, KINDS, PHASE_COLUMN, Kind
 
 IMMUTABLE_ONCE_STARTED = cel(
@@ -96,7 +96,7 @@ def _property(schema: dict[str, Any], defs: dict[str, Any], path: str) -> dict[s
 def openapi_schema(kind: Kind) -> dict[str, Any]:
     """The openAPIV3Schema of one kind."""
 
-    def part(model: type, description: str) -> dict[str, Any]:
+    def part(model: type[ApiModel], description: str) -> dict[str, Any]:
         raw = model.model_json_schema(by_alias=True, ref_template="#/$defs/{model}")
         node = structural(raw, raw.get("$defs", {}), kind.kind)
         node["description"] = description
@@ -187,9 +187,7 @@ _PlainDumper.add_representer(str, _represent_str)
 
 
 def to_yaml(document: Any) -> str:
-    return yaml.dump(
-        document, Dumper=_PlainDumper, sort_keys=False, width=100, allow_unicode=True
-    )
+    return yaml.dump(document, Dumper=_PlainDumper, sort_keys=False, width=100, allow_unicode=True)
 
 
 def render_crds() -> dict[str, str]:

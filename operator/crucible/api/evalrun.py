@@ -114,8 +114,7 @@ class Rag(ApiModel):
     top_k: int = Field(default=3, ge=1, le=100, description="Chunks retrieved per question.")
     compare_without_rag: bool = Field(
         default=True,
-        description="Also evaluate every model without retrieved context, to measure RAG's "
-        "effect.",
+        description="Also evaluate every model without retrieved context, to measure RAG's effect.",
     )
 
 
@@ -169,17 +168,18 @@ class EvalRunSpec(ApiModel):
     )
     rag: Rag | None = Field(default=None, description="Retrieval from a RagIndex.")
     repeats: int = Field(
-        default=5, ge=1, le=200, description="Rounds over the whole set; accuracy is reported "
-        "as mean and sample standard deviation over rounds."
+        default=5,
+        ge=1,
+        le=200,
+        description="Rounds over the whole set; accuracy is reported "
+        "as mean and sample standard deviation over rounds.",
     )
     seed: int = Field(default=0, ge=0, description="Seed of the per-round question shuffles.")
     temperature: float = Field(
         default=0.7, ge=0, le=2, description="Sampling temperature of the models under test."
     )
     max_tokens: int = Field(default=64, ge=1, le=32768, description="Tokens per answer.")
-    concurrency: int = Field(
-        default=8, ge=1, le=1024, description="Requests in flight per model."
-    )
+    concurrency: int = Field(default=8, ge=1, le=1024, description="Requests in flight per model.")
     system_prompt: str | None = Field(
         default=None,
         description="System prompt of the models under test; the default asks for one letter.",
@@ -241,4 +241,3 @@ class EvalRunStatus(RunStatus):
     results_uri: str | None = Field(
         default=None, description="Where the per-question results (JSONL) were written."
     )
-

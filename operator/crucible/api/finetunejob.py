@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from enum import StrEnum
+
 from pydantic import Field
 
 from crucible.api.base import ApiModel, api_config, cel, defaulted
 from crucible.api.common import (
+    EXACTLY_ONE_DATA_SOURCE,
     MAX_LIST,
     MAX_TEXT,
-    EXACTLY_ONE_DATA_SOURCE,
     DataSource,
     ModelSource,
     Resources,
@@ -104,13 +105,15 @@ class Hyperparameters(ApiModel):
         default=LrScheduler.LINEAR, description="linear, cosine, constant or constant_with_warmup."
     )
     beta: float = Field(
-        default=0.1, gt=0, description="DPO temperature: how far the policy may move from the "
-        "reference."
+        default=0.1,
+        gt=0,
+        description="DPO temperature: how far the policy may move from the reference.",
     )
     seed: int = Field(default=42, ge=0, description="Random seed of data order and init.")
     save_steps: int = Field(
-        default=100, ge=1, description="Checkpoint every this many steps so a restarted pod "
-        "resumes."
+        default=100,
+        ge=1,
+        description="Checkpoint every this many steps so a restarted pod resumes.",
     )
 
 

@@ -31,7 +31,7 @@ class MergeMethod(StrEnum):
     MODEL_STOCK = "model_stock"
 
 
-# Methods that add task vectors (model − base) need the base model to subtract.
+# Methods that add task vectors (model minus base) need the base model to subtract.
 METHODS_NEEDING_BASE = (
     MergeMethod.TASK_ARITHMETIC,
     MergeMethod.TIES,
@@ -143,8 +143,7 @@ class ModelMergeSpec(ApiModel):
             reason="FieldValueForbidden",
         ),
         cel(
-            _method_in(METHODS_WITH_DENSITY)
-            + " || self.models.all(m, !has(m.density))",
+            _method_in(METHODS_WITH_DENSITY) + " || self.models.all(m, !has(m.density))",
             "spec.models[].density only applies to ties, dare_*, della* and breadcrumbs*: "
             "remove it or choose one of those methods",
             field_path=".models",
@@ -165,15 +164,14 @@ class ModelMergeSpec(ApiModel):
     models: list[MergeInput] = Field(
         min_length=1,
         max_length=MAX_LIST,
-        description="The models to merge, each a uri or modelRef with optional weight and "
-        "density.",
+        description="The models to merge, each a uri or modelRef with optional weight and density.",
     )
     parameters: MergeParameters | None = Field(
         default=None, description="Method-wide parameters such as t for slerp."
     )
     dtype: Dtype = Field(
-        default=Dtype.BFLOAT16, description="dtype of the merged weights: float16, bfloat16 or "
-        "float32."
+        default=Dtype.BFLOAT16,
+        description="dtype of the merged weights: float16, bfloat16 or float32.",
     )
     tokenizer_source: TokenizerSource = Field(
         default=TokenizerSource.BASE,

@@ -33,7 +33,8 @@ class GitSource(ApiModel):
         default="HEAD", description="Branch, tag or commit to index.", max_length=MAX_NAME
     )
     path: str = Field(
-        default="", description="Sub-directory holding the documents; empty means the root.",
+        default="",
+        description="Sub-directory holding the documents; empty means the root.",
         max_length=MAX_URI,
     )
 
@@ -51,8 +52,7 @@ class ConfigMapDocuments(ApiModel):
 
 EXACTLY_ONE_DOCUMENT_SOURCE = cel(
     "[has(self.git), has(self.configMap), has(self.pvc)].filter(x, x).size() == 1",
-    "set exactly one of git ({url, revision, path}), configMap ({name}) or pvc "
-    "({claimName, path})",
+    "set exactly one of git ({url, revision, path}), configMap ({name}) or pvc ({claimName, path})",
     reason="FieldValueInvalid",
 )
 
@@ -159,4 +159,3 @@ class RagIndexStatus(RunStatus):
     last_indexed_time: datetime | None = Field(
         default=None, description="When the index was last written."
     )
-

@@ -35,9 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     scope.add_argument(
         "-n", "--namespace", action="append", default=[], help="watch this namespace (repeatable)"
     )
-    scope.add_argument(
-        "-A", "--all-namespaces", action="store_true", help="watch every namespace"
-    )
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
     operator.set_defaults(func=_operator)
     return parser
 

@@ -13,8 +13,8 @@ VERSIONS_FILE = Path(__file__).with_name("versions.env")
 def versions() -> dict[str, str]:
     """The pinned versions (versions.env), shared with the build script."""
     pinned = {}
-    for line in VERSIONS_FILE.read_text().splitlines():
-        line = line.strip()
+    for raw in VERSIONS_FILE.read_text().splitlines():
+        line = raw.strip()
         if line and not line.startswith("#"):
             key, _, value = line.partition("=")
             pinned[key] = value
@@ -62,7 +62,8 @@ def find_binaries() -> Binaries:
     missing = [str(p) for p in found.values() if not os.access(p, os.X_OK)]
     if missing:
         raise MissingBinaryError(
-            "control-plane programs not found: " + ", ".join(missing)
+            "control-plane programs not found: "
+            + ", ".join(missing)
             + "; build them with hack/build-controlplane.sh (or `make setup`)"
         )
     return Binaries(**found)

@@ -110,72 +110,120 @@ class LocalCluster:
         b = self.binaries
         self.pki = pki = create_pki(
             self.workdir / "pki",
-            ["127.0.0.1", "localhost", "10.0.0.1", "kubernetes", "kubernetes.default",
-             "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"],
+            [
+                "127.0.0.1",
+                "localhost",
+                "10.0.0.1",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ],
         )
         etcd_port, peer_port = free_port(), free_port()
         etcd_url = f"http://127.0.0.1:{etcd_port}"
-        self._spawn("etcd", [
-            str(b.etcd), "--name=default", f"--data-dir={self.workdir / 'etcd'}",
-            f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
-            f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
-            f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
-            f"--initial-cluster=default=http://127.0.0.1:{peer_port}",
-            "--unsafe-no-fsync", "--log-level=warn",
-        ])
+        self._spawn(
+            "etcd",
+            [
+                str(b.etcd),
+                "--name=default",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls={etcd_url}",
+                f"--advertise-client-urls={etcd_url}",
+                f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
+                f"--initial-cluster=default=http://127.0.0.1:{peer_port}",
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+        )
         self._wait(lambda: self._http_ok(f"{etcd_url}/health"), "etcd", deadline)
 
         self.apiserver_port = free_port()
-        self._spawn("kube-apiserver", [
-            str(b.kube_apiserver), f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-            f"--secure-port={self.apiserver_port}", f"--cert-dir={self.workdir / 'certs'}",
-            f"--tls-cert-file={pki.serving_cert}", f"--tls-private-key-file={pki.serving_key}",
-            f"--client-ca-file={pki.ca_cert}", "--authorization-mode=Node,RBAC",
-            "--service-cluster-ip-range=10.0.0.0/24", "--allow-privileged=true",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={pki.service_account_pub}",
-            f"--service-account-signing-key-file={pki.service_account_key}",
-            "--endpoint-reconciler-type=none", "--profiling=false",
-        ])
-        self._write_kubeconfig(self.kubeconfig, {
-            "client-certificate": str(pki.admin_cert), "client-key": str(pki.admin_key),
-        })
+        self._spawn(
+            "kube-apiserver",
+            [
+                str(b.kube_apiserver),
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.apiserver_port}",
+                f"--cert-dir={self.workdir / 'certs'}",
+                f"--tls-cert-file={pki.serving_cert}",
+                f"--tls-private-key-file={pki.serving_key}",
+                f"--client-ca-file={pki.ca_cert}",
+                "--authorization-mode=Node,RBAC",
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--allow-privileged=true",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={pki.service_account_pub}",
+                f"--service-account-signing-key-file={pki.service_account_key}",
+                "--endpoint-reconciler-type=none",
+                "--profiling=false",
+            ],
+        )
+        self._write_kubeconfig(
+            self.kubeconfig,
+            {
+                "client-certificate": str(pki.admin_cert),
+                "client-key": str(pki.admin_key),
+            },
+        )
         self._wait(lambda: self._api_ok("/readyz"), "kube-apiserver", deadline)
 
         kubeconfig = f"--kubeconfig={self.kubeconfig}"
-        self._spawn("kube-controller-manager", [
-            str(b.kube_controller_manager), kubeconfig,
-            f"--authentication-kubeconfig={self.kubeconfig}",
-            f"--authorization-kubeconfig={self.kubeconfig}",
-            "--bind-address=127.0.0.1", f"--secure-port={free_port()}", "--leader-elect=false",
-            # IPAM would need pod CIDRs and the cloud controllers a cloud: kwok fakes neither.
-            "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller",
-            f"--service-account-private-key-file={pki.service_account_key}",
-            f"--root-ca-file={pki.ca_cert}", "--use-service-account-credentials=false",
-            "--concurrent-job-syncs=5",
-        ])
-        self._spawn("kube-scheduler", [
-            str(b.kube_scheduler), kubeconfig,
-            f"--authentication-kubeconfig={self.kubeconfig}",
-            f"--authorization-kubeconfig={self.kubeconfig}",
-            "--bind-address=127.0.0.1", f"--secure-port={free_port()}", "--leader-elect=false",
-        ])
-        self._spawn("kwok", [
-            str(b.kwok), kubeconfig, f"--config={KWOK_STAGES}",
-            "--manage-all-nodes=false",
-            "--manage-nodes-with-annotation-selector=" + "=".join(FAKE_NODE_ANNOTATION),
-            "--cidr=10.244.0.0/16", "--node-ip=127.0.0.1",
-            # kwok renews the nodes' Leases, the heartbeat the node lifecycle controller reads.
-            "--node-lease-duration-seconds=40",
-            f"--server-address=127.0.0.1:{free_port()}",
-        ])
+        self._spawn(
+            "kube-controller-manager",
+            [
+                str(b.kube_controller_manager),
+                kubeconfig,
+                f"--authentication-kubeconfig={self.kubeconfig}",
+                f"--authorization-kubeconfig={self.kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={free_port()}",
+                "--leader-elect=false",
+                # IPAM would need pod CIDRs and the cloud controllers a cloud: kwok fakes neither.
+                "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller",
+                f"--service-account-private-key-file={pki.service_account_key}",
+                f"--root-ca-file={pki.ca_cert}",
+                "--use-service-account-credentials=false",
+                "--concurrent-job-syncs=5",
+            ],
+        )
+        self._spawn(
+            "kube-scheduler",
+            [
+                str(b.kube_scheduler),
+                kubeconfig,
+                f"--authentication-kubeconfig={self.kubeconfig}",
+                f"--authorization-kubeconfig={self.kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={free_port()}",
+                "--leader-elect=false",
+            ],
+        )
+        self._spawn(
+            "kwok",
+            [
+                str(b.kwok),
+                kubeconfig,
+                f"--config={KWOK_STAGES}",
+                "--manage-all-nodes=false",
+                "--manage-nodes-with-annotation-selector=" + "=".join(FAKE_NODE_ANNOTATION),
+                "--cidr=10.244.0.0/16",
+                "--node-ip=127.0.0.1",
+                # kwok renews the nodes' Leases, the heartbeat the node lifecycle controller reads.
+                "--node-lease-duration-seconds=40",
+                f"--server-address=127.0.0.1:{free_port()}",
+            ],
+        )
         self.kubectl_apply(self._node_manifests())
         self._wait(self._nodes_ready, "kwok nodes", deadline)
         # Pods need their namespace's default ServiceAccount, made by the controller manager.
         self._wait(
             lambda: self.kubectl("get", "serviceaccount", "default", check=False).returncode == 0,
-            "kube-controller-manager", deadline,
+            "kube-controller-manager",
+            deadline,
         )
 
     def stop(self) -> None:
@@ -199,7 +247,11 @@ class LocalCluster:
     ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [str(self.binaries.kubectl), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args],
-            input=stdin, capture_output=True, text=True, timeout=120,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
         if check and result.returncode != 0:
             raise ControlPlaneError(
@@ -214,10 +266,16 @@ class LocalCluster:
     def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [str(self.binaries.helm), f"--kubeconfig={self.kubeconfig}", *args],
-            capture_output=True, text=True, timeout=300,
-            env={**os.environ, "HELM_CACHE_HOME": str(self.workdir / "helm" / "cache"),
-                 "HELM_CONFIG_HOME": str(self.workdir / "helm" / "config"),
-                 "HELM_DATA_HOME": str(self.workdir / "helm" / "data")},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            env={
+                **os.environ,
+                "HELM_CACHE_HOME": str(self.workdir / "helm" / "cache"),
+                "HELM_CONFIG_HOME": str(self.workdir / "helm" / "config"),
+                "HELM_DATA_HOME": str(self.workdir / "helm" / "data"),
+            },
         )
         if check and result.returncode != 0:
             raise ControlPlaneError(f"helm {' '.join(args)} failed: {result.stderr.strip()}")
@@ -239,8 +297,12 @@ class LocalCluster:
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = (self.logs / f"{name}.log").open("ab")
         popen = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, cwd=self.workdir,
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=self.workdir,
         )
         self._processes.append(_Process(name, popen, log))
 
@@ -280,19 +342,38 @@ class LocalCluster:
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "crucible-local", "cluster": {
-                "server": self.server, "certificate-authority": str(self.pki.ca_cert)}}],
+            "clusters": [
+                {
+                    "name": "crucible-local",
+                    "cluster": {
+                        "server": self.server,
+                        "certificate-authority": str(self.pki.ca_cert),
+                    },
+                }
+            ],
             "users": [{"name": "user", "user": user}],
-            "contexts": [{"name": "crucible-local", "context": {
-                "cluster": "crucible-local", "user": "user", "namespace": namespace}}],
+            "contexts": [
+                {
+                    "name": "crucible-local",
+                    "context": {
+                        "cluster": "crucible-local",
+                        "user": "user",
+                        "namespace": namespace,
+                    },
+                }
+            ],
             "current-context": "crucible-local",
         }
         path.write_text(yaml.safe_dump(config))
         path.chmod(0o600)
 
     def _node_manifests(self) -> list[dict[str, Any]]:
-        capacity = {"cpu": "64", "memory": "512Gi", "pods": "110",
-                    GPU_RESOURCE: str(self.gpus_per_node)}
+        capacity = {
+            "cpu": "64",
+            "memory": "512Gi",
+            "pods": "110",
+            GPU_RESOURCE: str(self.gpus_per_node),
+        }
         return [
             {
                 "apiVersion": "v1",
@@ -300,8 +381,12 @@ class LocalCluster:
                 "metadata": {
                     "name": f"kwok-gpu-{i}",
                     "annotations": {FAKE_NODE_ANNOTATION[0]: FAKE_NODE_ANNOTATION[1]},
-                    "labels": {"kubernetes.io/hostname": f"kwok-gpu-{i}", "type": "kwok",
-                               "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"},
+                    "labels": {
+                        "kubernetes.io/hostname": f"kwok-gpu-{i}",
+                        "type": "kwok",
+                        "kubernetes.io/os": "linux",
+                        "kubernetes.io/arch": "amd64",
+                    },
                 },
                 "status": {"capacity": capacity, "allocatable": capacity},
             }
@@ -311,9 +396,12 @@ class LocalCluster:
     def _nodes_ready(self) -> bool:
         nodes = json.loads(self.kubectl("get", "nodes", "-o", "json").stdout)["items"]
         ready = [
-            n for n in nodes
-            if any(c["type"] == "Ready" and c["status"] == "True"
-                   for c in n.get("status", {}).get("conditions", []))
+            n
+            for n in nodes
+            if any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in n.get("status", {}).get("conditions", [])
+            )
         ]
         return len(ready) >= self.nodes
 

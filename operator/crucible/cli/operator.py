@@ -1,0 +1,71 @@
+"""`crucible operator`: kopf plus one HTTP server for /healthz and /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+
+import kopf
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+import crucible.controllers  # noqa: F401  (registers the handlers)
+
+log = logging.getLogger("crucible.operator")
+
+
+def _http_app(ready: threading.Event) -> web.Application:
+    async def healthz(_: web.Request) -> web.Response:
+        if ready.is_set():
+            return web.Response(text="ok\n")
+        return web.Response(status=503, text="starting\n")
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def _serve(namespaces: list[str], cluster_wide: bool, address: str, port: int) -> None:
+    ready = threading.Event()
+    runner = web.AppRunner(_http_app(ready), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, address, port).start()
+    log.info("serving /healthz and /metrics on %s:%d", address, port)
+    ready_flag = asyncio.Event()
+
+    async def mark_ready() -> None:
+        await ready_flag.wait()
+        ready.set()
+
+    marker = asyncio.create_task(mark_ready())
+    try:
+        await kopf.operator(
+            standalone=True,
+            clusterwide=cluster_wide,
+            namespaces=namespaces,
+            ready_flag=ready_flag,
+        )
+    finally:
+        marker.cancel()
+        await runner.cleanup()
+
+
+def run_operator(namespaces: list[str], cluster_wide: bool) -> int:
+    """Run until interrupted. Scope: the given namespaces, else CRUCIBLE_WATCH_NAMESPACES
+    (comma-separated), else every namespace."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if not namespaces and not cluster_wide:
+        namespaces = [n for n in os.environ.get("CRUCIBLE_WATCH_NAMESPACES", "").split(",") if n]
+    cluster_wide = cluster_wide or not namespaces
+    address = os.environ.get("CRUCIBLE_HTTP_ADDRESS", "0.0.0.0")
+    port = int(os.environ.get("CRUCIBLE_HTTP_PORT", "8080"))
+    asyncio.run(_serve(namespaces, cluster_wide, address, port))
+    return 0

@@ -1,0 +1,5 @@
+"""kopf handlers, one module per kind; importing this package registers them all."""
+
+from crucible.controllers import evalrun, finetunejob, modelmerge, ragindex, settings
+
+__all__ = ["evalrun", "finetunejob", "modelmerge", "ragindex", "settings"]

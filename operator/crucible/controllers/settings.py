@@ -1,0 +1,22 @@
+"""Operator-wide kopf settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from crucible.api import GROUP
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # Keep kopf's bookkeeping in annotations: the status schema is typed and would prune it.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.posting.level = 20  # logging.INFO: events for what users act on
+    settings.watching.server_timeout = 60
+    settings.execution.max_workers = 8

@@ -1,0 +1,1 @@
+"""Pure builders: spec → manifests and status. Nothing here calls the Kubernetes API."""
