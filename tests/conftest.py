@@ -1,0 +1,97 @@
+"""Fixtures shared by every test: the repository's paths and, for tests marked `cluster`,
+a real control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok)
+started once per session on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crucible.devcluster.cluster import LocalCluster
+
+ROOT = Path(__file__).resolve().parent.parent
+CRDS = ROOT / "crds"
+EXAMPLES = ROOT / "examples"
+LOGS = ROOT / "test-logs"
+
+
+@pytest.fixture(scope="session")
+def cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
+    workdir = Path(tempfile.mkdtemp(prefix="crucible-cp-"))
+    local = LocalCluster(workdir, nodes=2)
+    try:
+        local.start()
+        local.kubectl("apply", "--server-side", "-f", str(CRDS))
+        local.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        yield local
+    finally:
+        local.stop()
+        if request.session.testsfailed:
+            kept = local.keep_logs(LOGS / "controlplane")
+            print(f"\ncontrol-plane logs kept in {kept}")
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace per test; deleted afterwards unless the test failed."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    # Pods need the namespace's default ServiceAccount, which the controller manager makes.
+    deadline = time.monotonic() + 30
+    while cluster.kubectl("get", "sa", "default", "-n", name, check=False).returncode:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no default ServiceAccount in {name}")
+        time.sleep(0.2)
+    yield name
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        dump = cluster.kubectl("get", "all,crucible,events", "-n", name, "-o", "yaml", check=False)
+        LOGS.mkdir(exist_ok=True)
+        (LOGS / f"{request.node.name}.{name}.yaml").write_text(dump.stdout + dump.stderr)
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+@pytest.fixture
+def get_object(cluster: LocalCluster) -> Callable[..., dict[str, Any]]:
+    def get(kind: str, name: str, namespace: str) -> dict[str, Any]:
+        out = cluster.kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout
+        result: dict[str, Any] = json.loads(out)
+        return result
+
+    return get
+
+
+def wait_for(
+    predicate: Callable[[], Any], timeout: float = 60, interval: float = 0.25, what: str = ""
+) -> Any:
+    """Poll until `predicate()` is truthy and return its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.cluster)
