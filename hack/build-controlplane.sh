@@ -5,10 +5,9 @@
 # ~/.cache/crucible/bin/<component>-<version>/; later runs only check that they are there.
 set -euo pipefail
 
-K8S_VERSION=${K8S_VERSION:-v1.34.4}
-ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
-KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
-HELM_VERSION=${HELM_VERSION:-v3.19.5}
+# The versions live in one place, shared with crucible.devcluster.
+# shellcheck source=../operator/crucible/devcluster/versions.env
+. "$(dirname "$0")/../operator/crucible/devcluster/versions.env"
 CACHE=${CRUCIBLE_CACHE:-$HOME/.cache/crucible}
 
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false

@@ -51,18 +51,36 @@ def test_get_crucible_lists_every_kind_with_its_columns(
 ) -> None:
     cluster.kubectl("create", "-n", namespace, "-f", str(EXAMPLES / "nitro"))
     cluster.kubectl(
-        "patch", "evalrun", "nitro-benchmark", "-n", namespace, "--subresource=status",
-        "--type=merge", "-p",
-        json.dumps({"status": {"phase": "Succeeded", "bestAccuracy": 0.578,
-                               "bestModel": "nitro-sft"}}),
+        "patch",
+        "evalrun",
+        "nitro-benchmark",
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(
+            {"status": {"phase": "Succeeded", "bestAccuracy": 0.578, "bestModel": "nitro-sft"}}
+        ),
     )
     cluster.kubectl(
-        "patch", "ragindex", "nitro-docs", "-n", namespace, "--subresource=status",
-        "--type=merge", "-p", json.dumps({"status": {"phase": "Succeeded", "chunks": 412}}),
+        "patch",
+        "ragindex",
+        "nitro-docs",
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": {"phase": "Succeeded", "chunks": 412}}),
     )
     table = cluster.kubectl("get", "crucible", "-n", namespace).stdout
-    for kind in ("evalrun.crucible.dev/nitro-benchmark", "finetunejob.crucible.dev/nitro-sft",
-                 "modelmerge.crucible.dev/stealth-merge", "ragindex.crucible.dev/nitro-docs"):
+    for kind in (
+        "evalrun.crucible.dev/nitro-benchmark",
+        "finetunejob.crucible.dev/nitro-sft",
+        "modelmerge.crucible.dev/stealth-merge",
+        "ragindex.crucible.dev/nitro-docs",
+    ):
         assert kind in table
     evalruns = cluster.kubectl("get", "er", "-n", namespace).stdout.splitlines()
     assert evalruns[0].split() == ["NAME", "PHASE", "BEST", "MODEL", "AGE"]
@@ -82,15 +100,19 @@ def test_kubectl_explain_documents_the_api(cluster: LocalCluster) -> None:
     assert "sample standard" in repeats and "mean" in repeats
 
 
-def test_spec_is_immutable_once_the_run_has_started(
-    cluster: LocalCluster, namespace: str
-) -> None:
+def test_spec_is_immutable_once_the_run_has_started(cluster: LocalCluster, namespace: str) -> None:
     cluster.kubectl("create", "-n", namespace, "-f", str(EXAMPLES / "nitro" / "01-merge.yaml"))
     edit = ["patch", "mm", "stealth-merge", "-n", namespace, "--type=merge", "-p"]
     cluster.kubectl(*edit, '{"spec": {"dtype": "float16"}}')  # not started: editable
     cluster.kubectl(
-        "patch", "mm", "stealth-merge", "-n", namespace, "--subresource=status",
-        "--type=merge", "-p",
+        "patch",
+        "mm",
+        "stealth-merge",
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
         '{"status": {"phase": "Running", "startTime": "2026-01-01T00:00:00Z"}}',
     )
     refused = cluster.kubectl(*edit, '{"spec": {"dtype": "float32"}}', check=False)

@@ -16,18 +16,28 @@ def _job(name: str, image: str) -> dict:
         "metadata": {"name": name},
         "spec": {
             "backoffLimit": 0,
-            "template": {"spec": {
-                "restartPolicy": "Never",
-                "containers": [{"name": "main", "image": image,
-                                "resources": {"limits": {"nvidia.com/gpu": 1}}}],
-            }},
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [
+                        {
+                            "name": "main",
+                            "image": image,
+                            "resources": {"limits": {"nvidia.com/gpu": 1}},
+                        }
+                    ],
+                }
+            },
         },
     }
 
 
 def _pod_of(cluster: LocalCluster, namespace: str, job: str) -> dict | None:
-    pods = json.loads(cluster.kubectl(
-        "get", "pods", "-n", namespace, "-l", f"job-name={job}", "-o", "json").stdout)["items"]
+    pods = json.loads(
+        cluster.kubectl(
+            "get", "pods", "-n", namespace, "-l", f"job-name={job}", "-o", "json"
+        ).stdout
+    )["items"]
     return pods[0] if pods else None
 
 
@@ -41,19 +51,28 @@ def test_server_version_and_gpu_nodes(cluster: LocalCluster) -> None:
 
 def test_gpu_job_is_scheduled_and_completes(cluster: LocalCluster, namespace: str) -> None:
     cluster.kubectl_apply([_job("ok", "busybox")], "-n", namespace)
-    wait_for(lambda: json.loads(cluster.kubectl(
-        "get", "job", "ok", "-n", namespace, "-o", "json").stdout
-    )["status"].get("succeeded") == 1, what="job to succeed")
+    wait_for(
+        lambda: (
+            json.loads(cluster.kubectl("get", "job", "ok", "-n", namespace, "-o", "json").stdout)[
+                "status"
+            ].get("succeeded")
+            == 1
+        ),
+        what="job to succeed",
+    )
     pod = _pod_of(cluster, namespace, "ok")
     assert pod and pod["spec"]["nodeName"].startswith("kwok-gpu-")
 
 
 def test_failure_images_fail_like_real_workloads(cluster: LocalCluster, namespace: str) -> None:
     cluster.kubectl_apply(
-        [_job("oom", "kwok.crucible.test/fail:oomkilled"),
-         _job("err", "kwok.crucible.test/fail:error"),
-         _job("pull", "kwok.crucible.test/fail:imagepull")],
-        "-n", namespace,
+        [
+            _job("oom", "kwok.crucible.test/fail:oomkilled"),
+            _job("err", "kwok.crucible.test/fail:error"),
+            _job("pull", "kwok.crucible.test/fail:imagepull"),
+        ],
+        "-n",
+        namespace,
     )
 
     def terminated(job: str) -> dict | None:
@@ -76,25 +95,39 @@ def test_failure_images_fail_like_real_workloads(cluster: LocalCluster, namespac
 
 def test_deployment_becomes_available(cluster: LocalCluster, namespace: str) -> None:
     cluster.kubectl("create", "deployment", "web", "--image=nginx", "-n", namespace)
-    cluster.kubectl("wait", "--for=condition=Available", "deployment/web", "-n", namespace,
-                    "--timeout=60s")
+    cluster.kubectl(
+        "wait", "--for=condition=Available", "deployment/web", "-n", namespace, "--timeout=60s"
+    )
 
 
-def test_garbage_collection_follows_owner_references(
-    cluster: LocalCluster, namespace: str
-) -> None:
-    owner = json.loads(cluster.kubectl(
-        "create", "configmap", "owner", "-n", namespace, "-o", "json").stdout)
+def test_garbage_collection_follows_owner_references(cluster: LocalCluster, namespace: str) -> None:
+    owner = json.loads(
+        cluster.kubectl("create", "configmap", "owner", "-n", namespace, "-o", "json").stdout
+    )
     child = {
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "child", "ownerReferences": [{
-            "apiVersion": "v1", "kind": "ConfigMap", "name": "owner",
-            "uid": owner["metadata"]["uid"]}]},
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "child",
+            "ownerReferences": [
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "name": "owner",
+                    "uid": owner["metadata"]["uid"],
+                }
+            ],
+        },
     }
     cluster.kubectl_apply([child], "-n", namespace)
     cluster.kubectl("delete", "configmap", "owner", "-n", namespace)
-    wait_for(lambda: cluster.kubectl("get", "configmap", "child", "-n", namespace,
-                                     check=False).returncode != 0, what="garbage collection")
+    wait_for(
+        lambda: (
+            cluster.kubectl("get", "configmap", "child", "-n", namespace, check=False).returncode
+            != 0
+        ),
+        what="garbage collection",
+    )
 
 
 def test_service_account_kubeconfig_acts_as_that_account(
@@ -104,14 +137,23 @@ def test_service_account_kubeconfig_acts_as_that_account(
     config = cluster.service_account_kubeconfig(namespace, "reader")
 
     def can(verb: str, resource: str) -> bool:
-        out = cluster.kubectl("auth", "can-i", verb, resource, "-n", namespace,
-                              kubeconfig=config, check=False).stdout.strip()
+        out = cluster.kubectl(
+            "auth", "can-i", verb, resource, "-n", namespace, kubeconfig=config, check=False
+        ).stdout.strip()
         return out == "yes"
 
     assert not can("list", "configmaps")
-    cluster.kubectl("create", "role", "read-cm", "--verb=list", "--resource=configmaps",
-                    "-n", namespace)
-    cluster.kubectl("create", "rolebinding", "read-cm", "--role=read-cm",
-                    f"--serviceaccount={namespace}:reader", "-n", namespace)
+    cluster.kubectl(
+        "create", "role", "read-cm", "--verb=list", "--resource=configmaps", "-n", namespace
+    )
+    cluster.kubectl(
+        "create",
+        "rolebinding",
+        "read-cm",
+        "--role=read-cm",
+        f"--serviceaccount={namespace}:reader",
+        "-n",
+        namespace,
+    )
     assert wait_for(lambda: can("list", "configmaps"), what="RBAC grant")
     assert not can("delete", "configmaps")

@@ -68,8 +68,10 @@ def test_unknown_fields_are_refused_and_named() -> None:
 
 def test_round_trip_uses_api_spelling() -> None:
     spec = FineTuneJobSpec.model_validate(
-        {"baseModel": {"modelRef": {"kind": "ModelMerge", "name": "m"}},
-         "dataset": {"configMap": {"name": "qa", "key": "qa.jsonl"}}}
+        {
+            "baseModel": {"modelRef": {"kind": "ModelMerge", "name": "m"}},
+            "dataset": {"configMap": {"name": "qa", "key": "qa.jsonl"}},
+        }
     )
     wire = spec.to_api()
     assert wire["baseModel"] == {"modelRef": {"kind": "ModelMerge", "name": "m"}}

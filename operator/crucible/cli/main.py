@@ -22,6 +22,12 @@ def _operator(args: argparse.Namespace) -> int:
     return run_operator(namespaces=args.namespace, cluster_wide=args.all_namespaces)
 
 
+def _dev_up(args: argparse.Namespace) -> int:
+    from crucible.cli.dev import dev_up
+
+    return dev_up(Path(args.workdir), Path(args.examples), args.namespace, args.once)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crucible", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -37,6 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
     operator.set_defaults(func=_operator)
+
+    dev = commands.add_parser("dev", help="a local development environment")
+    dev_commands = dev.add_subparsers(dest="dev_command", required=True)
+    up = dev_commands.add_parser(
+        "up", help="start the local control plane and operator, apply the examples"
+    )
+    up.add_argument("--workdir", default=".dev", help="state and logs (default: .dev)")
+    up.add_argument("--examples", default="examples/nitro", help="manifests to apply")
+    up.add_argument("--namespace", default="crucible-demo", help="namespace of the examples")
+    up.add_argument("--once", action="store_true", help="exit after showing the resources")
+    up.set_defaults(func=_dev_up)
     return parser
 
 

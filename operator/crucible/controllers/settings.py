@@ -20,3 +20,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = 20  # logging.INFO: events for what users act on
     settings.watching.server_timeout = 60
     settings.execution.max_workers = 8
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod, its ServiceAccount; elsewhere the kubeconfig that KUBECONFIG names, read when
+    the operator logs in rather than when a client library was imported."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)

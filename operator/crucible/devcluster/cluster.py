@@ -75,6 +75,10 @@ class LocalCluster:
     apiserver_port: int = field(default=0, init=False)
     pki: Pki | None = field(default=None, init=False)
 
+    def __post_init__(self) -> None:
+        # The components run with the workdir as their cwd: every path handed to them is absolute.
+        self.workdir = self.workdir.resolve()
+
     @property
     def logs(self) -> Path:
         return self.workdir / "logs"

@@ -1,0 +1,19 @@
+# The two commands of README.md, and the pieces they are made of.
+.PHONY: demo test setup lint crds
+
+demo: setup  ## the main job: local control plane + operator + examples
+	.venv/bin/crucible dev up
+
+test: setup lint  ## everything CI runs
+	.venv/bin/pytest
+
+setup:
+	hack/setup.sh
+
+lint:
+	.venv/bin/ruff check operator tests
+	.venv/bin/ruff format --check operator tests
+	.venv/bin/mypy
+
+crds: setup  ## regenerate crds/ from the API types
+	.venv/bin/crucible crds

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Everything the project needs on a fresh machine, idempotent and cached:
+# a virtualenv with Crucible and its dev tools (.venv), and the control-plane programs
+# built from the Go module proxy (~/.cache/crucible/bin).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+# Reinstall only when the dependency declaration changed.
+stamp=.venv/.crucible-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  log "installing Crucible and its dev tools into .venv"
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e '.[dev]'
+  echo "$want" > "$stamp"
+fi
+
+set -a; . operator/crucible/devcluster/versions.env; set +a
+hack/build-controlplane.sh

@@ -1,0 +1,120 @@
+"""The operator entrypoint: kopf handlers registered for the four kinds, /healthz, /metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kopf.testing import KopfRunner
+
+from crucible.devcluster.cluster import LocalCluster, free_port
+from tests.conftest import EXAMPLES, wait_for
+
+
+@pytest.fixture
+def kubeconfig_env(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+    return cluster.kubeconfig
+
+
+def _phase(cluster: LocalCluster, namespace: str, kind: str, name: str) -> dict:
+    obj = json.loads(cluster.kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout)
+    status: dict = obj.get("status", {})
+    return status
+
+
+def test_every_kind_is_taken_in(
+    cluster: LocalCluster, namespace: str, kubeconfig_env: Path
+) -> None:
+    args = ["run", "--standalone", "-n", namespace, "-m", "crucible.controllers"]
+    with KopfRunner(args, timeout=60) as runner:
+        cluster.kubectl("create", "-n", namespace, "-f", str(EXAMPLES / "nitro"))
+        for kind, name in [
+            ("mm", "stealth-merge"),
+            ("ftj", "nitro-sft"),
+            ("ri", "nitro-docs"),
+            ("er", "nitro-benchmark"),
+        ]:
+            status = wait_for(
+                lambda k=kind, n=name: (
+                    _phase(cluster, namespace, k, n).get("phase")
+                    and _phase(cluster, namespace, k, n)
+                ),
+                what=f"{kind}/{name} to be taken in",
+            )
+            assert status["phase"] == "Pending"
+            assert status["observedGeneration"] == 1
+            (ready,) = status["conditions"]
+            assert (ready["type"], ready["status"], ready["reason"]) == (
+                "Ready",
+                "False",
+                "Accepted",
+            )
+        cluster.kubectl("delete", "-n", namespace, "-f", str(EXAMPLES / "nitro"))
+    assert runner.exception is None
+    assert runner.exit_code == 0
+
+
+@pytest.fixture
+def operator_process(
+    cluster: LocalCluster, namespace: str, tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    port = free_port()
+    log = (tmp_path / "operator.log").open("wb")
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(cluster.kubeconfig),
+        "CRUCIBLE_HTTP_ADDRESS": "127.0.0.1",
+        "CRUCIBLE_HTTP_PORT": str(port),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "crucible.cli.main", "operator", "-n", namespace],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    yield process, port
+    process.terminate()
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, ""
+    except OSError:
+        return 0, ""
+
+
+def test_operator_command_serves_health_and_metrics(
+    cluster: LocalCluster,
+    namespace: str,
+    operator_process: tuple[subprocess.Popen[bytes], int],
+) -> None:
+    process, port = operator_process
+    wait_for(
+        lambda: _get(f"http://127.0.0.1:{port}/healthz")[0] == 200,
+        timeout=60,
+        what="/healthz to report ok",
+    )
+    status, body = _get(f"http://127.0.0.1:{port}/metrics")
+    assert status == 200 and "python_info" in body
+    cluster.kubectl("create", "-n", namespace, "-f", str(EXAMPLES / "nitro" / "03-rag.yaml"))
+    wait_for(
+        lambda: _phase(cluster, namespace, "ri", "nitro-docs").get("phase") == "Pending",
+        what="the operator process to take the RagIndex in",
+    )
+    cluster.kubectl("delete", "ri", "nitro-docs", "-n", namespace)
+    assert process.poll() is None
