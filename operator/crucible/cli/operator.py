@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import threading
 
 import kopf
@@ -12,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 import crucible.controllers  # noqa: F401  (registers the handlers)
+from crucible.config import ConfigError, OperatorConfig
 
 log = logging.getLogger("crucible.operator")
 
@@ -61,6 +63,11 @@ async def _serve(namespaces: list[str], cluster_wide: bool, address: str, port: 
 def run_operator(namespaces: list[str], cluster_wide: bool) -> int:
     """Run until interrupted. Scope: the given namespaces, else CRUCIBLE_WATCH_NAMESPACES
     (comma-separated), else every namespace."""
+    try:
+        OperatorConfig.from_env()
+    except ConfigError as error:
+        print(f"crucible operator: {error}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if not namespaces and not cluster_wide:
         namespaces = [n for n in os.environ.get("CRUCIBLE_WATCH_NAMESPACES", "").split(",") if n]

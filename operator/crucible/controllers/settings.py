@@ -7,10 +7,17 @@ from typing import Any
 import kopf
 
 from crucible.api import GROUP
+from crucible.config import ConfigError, OperatorConfig
+from crucible.controllers.kube import Kube, api_client
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    try:
+        memo.config = OperatorConfig.from_env()
+    except ConfigError as error:
+        raise kopf.PermanentError(str(error)) from None
+    memo.kube = Kube(api_client())
     # Keep kopf's bookkeeping in annotations: the status schema is typed and would prune it.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(

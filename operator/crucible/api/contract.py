@@ -1,0 +1,132 @@
+"""The contract between the operator and its workloads.
+
+The operator renders a task (one of the *Task types) into a ConfigMap mounted at
+`TASK_PATH`; the workload reads it, does the work and writes a `WorkloadReport` into the run's
+report ConfigMap (key `REPORT_KEY`). Both sides import these types, so they cannot drift.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from crucible.api.base import ApiModel
+from crucible.api.evalrun import JudgeRating, ModelResult
+from crucible.api.finetunejob import (
+    DatasetFormat,
+    Hyperparameters,
+    InvalidRowPolicy,
+    Lora,
+    TrainingMethod,
+    TrainingProgress,
+)
+from crucible.api.ragindex import Chunking, Embedding, GitSource
+
+TASK_DIR = "/etc/crucible"
+TASK_FILE = "task.json"
+TASK_PATH = f"{TASK_DIR}/{TASK_FILE}"
+REPORT_KEY = "report.json"
+DATABASE_URL_ENV = "CRUCIBLE_DATABASE_URL"
+
+
+class TaskBase(ApiModel):
+    namespace: str = Field(description="Namespace of the run.")
+    name: str = Field(description="Name of the resource the task belongs to.")
+    report_config_map: str = Field(description="ConfigMap the workload writes its report to.")
+    mounts: dict[str, str] = Field(
+        default_factory=dict,
+        description="PersistentVolumeClaim name → where it is mounted, to resolve pvc:// URIs.",
+    )
+    output_uri: str = Field(description="Where the result goes, as a URI.")
+    output_path: str = Field(description="The same place as a local path in the pod.")
+
+
+class MergeTask(TaskBase):
+    workload: Literal["merge"] = "merge"
+    mergekit: dict[str, Any] = Field(
+        description="mergekit configuration; model names are URIs the workload resolves."
+    )
+
+
+class DataFile(ApiModel):
+    path: str | None = Field(default=None, description="Local file of the data.")
+    uri: str | None = Field(default=None, description="Remote file to download.")
+
+
+class DatasetInput(DataFile):
+    format: DatasetFormat = Field(description="How the rows read.")
+    system_prompt: str | None = Field(default=None, description="System message for chat rows.")
+    on_invalid_row: InvalidRowPolicy = Field(description="Fail or Skip on bad rows.")
+
+
+class FineTuneTask(TaskBase):
+    workload: Literal["finetune"] = "finetune"
+    base_model_uri: str = Field(description="Model to adapt (full weights).")
+    method: TrainingMethod
+    dataset: DatasetInput
+    lora: Lora
+    hyperparameters: Hyperparameters
+    merge_adapter: bool
+    adapter_path: str = Field(description="Where the adapter is saved.")
+    merged_path: str | None = Field(default=None, description="Where merged weights go.")
+    checkpoint_path: str = Field(description="Checkpoints, for resuming after a restart.")
+    gpus: int = Field(ge=0, description="GPUs, one training process each.")
+
+
+class RagTask(TaskBase):
+    workload: Literal["rag"] = "rag"
+    git: GitSource | None = Field(default=None, description="Repository to check out.")
+    documents_path: str | None = Field(default=None, description="Local folder of documents.")
+    include: list[str]
+    chunking: Chunking
+    embedding: Embedding
+    table: str
+    database_url_env: str = DATABASE_URL_ENV
+
+
+class EvalEndpoint(ApiModel):
+    name: str = Field(description="Name of the model in results.")
+    base_url: str = Field(description="OpenAI-compatible base URL, ending in /v1.")
+    model: str = Field(description="Model name to send in requests.")
+    api_key_env: str | None = Field(default=None, description="Environment variable of the key.")
+
+
+class EvalRag(ApiModel):
+    table: str
+    top_k: int
+    compare_without_rag: bool
+    embedding: Embedding
+    database_url_env: str = DATABASE_URL_ENV
+
+
+class EvalTask(TaskBase):
+    workload: Literal["eval"] = "eval"
+    endpoints: list[EvalEndpoint]
+    dataset: DataFile = Field(description="Multiple-choice CSV: question, a, b, c, d, correct.")
+    rag: EvalRag | None = None
+    repeats: int
+    seed: int
+    temperature: float
+    max_tokens: int
+    concurrency: int
+    system_prompt: str | None = None
+    judge: EvalEndpoint | None = None
+    judge_prompt: str | None = None
+    bootstrap_samples: int = 1000
+
+
+Task = MergeTask | FineTuneTask | RagTask | EvalTask
+
+
+class WorkloadReport(ApiModel):
+    """What a workload tells the operator; small, since it travels through a ConfigMap."""
+
+    progress: TrainingProgress | None = None
+    documents: int | None = Field(default=None, ge=0)
+    chunks: int | None = Field(default=None, ge=0)
+    content_hash: str | None = None
+    results: list[ModelResult] | None = Field(default=None, max_length=64)
+    judge_ratings: list[JudgeRating] | None = Field(default=None, max_length=16)
+    results_uri: str | None = None
+    message: str | None = Field(default=None, max_length=4096)

@@ -1,0 +1,306 @@
+"""Pieces every child manifest is made of: names, labels, owner references, the model store,
+pod security and the Job wrapper."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from crucible.api import GROUP
+from crucible.api.common import Resources
+from crucible.api.contract import REPORT_KEY, TASK_DIR, TASK_FILE, TaskBase
+from crucible.api.kinds import Kind
+from crucible.config import OperatorConfig
+
+MANAGED_BY = "crucible"
+LABEL_KIND = f"{GROUP}/kind"
+LABEL_NAME = f"{GROUP}/name"
+LABEL_ROLE = f"{GROUP}/role"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+MAX_NAME = 63
+TASK_VOLUME = "task"
+STORE_VOLUME = "model-store"
+TMP_VOLUME = "tmp"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The custom resource a child belongs to."""
+
+    kind: Kind
+    name: str
+    namespace: str
+    uid: str
+
+    @classmethod
+    def of(cls, kind: Kind, body: Mapping[str, Any]) -> Owner:
+        meta = body["metadata"]
+        return cls(kind, meta["name"], meta["namespace"], meta["uid"])
+
+
+def child_name(owner_name: str, suffix: str) -> str:
+    """`<owner>-<suffix>`, shortened with a hash when it would pass 63 characters, so it can
+    also be a label value, a Service name and a container hostname."""
+    name = f"{owner_name}-{suffix}"
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(owner_name.encode()).hexdigest()[:8]
+    keep = MAX_NAME - len(suffix) - len(digest) - 2
+    return f"{owner_name[:keep].rstrip('-.')}-{digest}-{suffix}"
+
+
+def labels(owner: Owner, role: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "app.kubernetes.io/name": "crucible",
+        "app.kubernetes.io/component": role,
+        LABEL_KIND: owner.kind.kind,
+        LABEL_NAME: owner.name if len(owner.name) <= MAX_NAME else child_name(owner.name, "x"),
+        LABEL_ROLE: role,
+    }
+
+
+def metadata(owner: Owner, name: str, role: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": labels(owner, role),
+        "ownerReferences": [
+            {
+                "apiVersion": f"{GROUP}/v1alpha1",
+                "kind": owner.kind.kind,
+                "name": owner.name,
+                "uid": owner.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ],
+    }
+
+
+# -- the model store ---------------------------------------------------------------------
+
+
+def store_relative(owner: Owner) -> str:
+    """The path convention of the model store: <namespace>/<kind-plural>/<name>."""
+    return f"{owner.namespace}/{owner.kind.plural}/{owner.name}"
+
+
+def store_uri(config: OperatorConfig, owner: Owner, leaf: str = "") -> str:
+    return f"pvc://{config.model_store_pvc}/{store_relative(owner)}/{leaf}".rstrip("/") + "/"
+
+
+def store_path(config: OperatorConfig, owner: Owner, leaf: str = "") -> str:
+    return f"{config.model_store_mount}/{store_relative(owner)}/{leaf}".rstrip("/")
+
+
+def pvc_mount_path(config: OperatorConfig, claim: str) -> str:
+    if claim == config.model_store_pvc:
+        return config.model_store_mount
+    return f"/mnt/pvc/{claim}"
+
+
+def pvc_claims(uris: list[str]) -> list[str]:
+    """PersistentVolumeClaims the pvc:// URIs live on, in first-seen order."""
+    claims: list[str] = []
+    for uri in uris:
+        if uri.startswith("pvc://"):
+            claim = uri.removeprefix("pvc://").split("/", 1)[0]
+            if claim not in claims:
+                claims.append(claim)
+    return claims
+
+
+def pvc_volumes(
+    config: OperatorConfig, claims: list[str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, str]]:
+    """Volumes, mounts and claim → mount path for the model store plus `claims`."""
+    volumes, mounts, paths = [], [], {}
+    for claim in [config.model_store_pvc, *[c for c in claims if c != config.model_store_pvc]]:
+        volume = STORE_VOLUME if claim == config.model_store_pvc else f"pvc-{claim}"[:MAX_NAME]
+        volumes.append({"name": volume, "persistentVolumeClaim": {"claimName": claim}})
+        mounts.append({"name": volume, "mountPath": pvc_mount_path(config, claim)})
+        paths[claim] = pvc_mount_path(config, claim)
+    return volumes, mounts, paths
+
+
+# -- tasks and reports --------------------------------------------------------------------
+
+
+def task_config_map(
+    owner: Owner, name: str, role: str, task: TaskBase, extra: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(owner, name, role),
+        "data": {TASK_FILE: json.dumps(task.to_api(), indent=2, sort_keys=True), **(extra or {})},
+    }
+
+
+def report_objects(owner: Owner, workload: str) -> list[dict[str, Any]]:
+    """The report ConfigMap and the identity allowed to write it: a ServiceAccount whose Role
+    can read and update that one ConfigMap and nothing else."""
+    report = child_name(owner.name, "report")
+    account = child_name(owner.name, workload)
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": metadata(owner, report, "report"),
+            "data": {},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": metadata(owner, account, workload),
+            "automountServiceAccountToken": False,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": metadata(owner, account, workload),
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["configmaps"],
+                    "resourceNames": [report],
+                    "verbs": ["get", "update", "patch"],
+                }
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": metadata(owner, account, workload),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": owner.namespace}],
+        },
+    ]
+
+
+def report_name(owner: Owner) -> str:
+    return child_name(owner.name, "report")
+
+
+# -- pods ---------------------------------------------------------------------------------
+
+RESTRICTED_CONTAINER = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+RESTRICTED_POD = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "runAsGroup": 1000,
+    "fsGroup": 1000,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def container_resources(resources: Resources, config: OperatorConfig) -> dict[str, Any]:
+    amounts: dict[str, Any] = {}
+    if resources.cpu is not None:
+        amounts["cpu"] = str(resources.cpu)
+    if resources.memory is not None:
+        amounts["memory"] = str(resources.memory)
+    if resources.gpus:
+        amounts[resources.gpu_resource_name or config.gpu_resource] = str(resources.gpus)
+    # GPUs cannot be overcommitted: requests equal limits for everything asked for.
+    return {"requests": dict(amounts), "limits": dict(amounts)} if amounts else {}
+
+
+def scheduling(resources: Resources) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    if resources.node_selector:
+        spec["nodeSelector"] = dict(resources.node_selector)
+    if resources.tolerations:
+        spec["tolerations"] = [t.to_api() for t in resources.tolerations]
+    return spec
+
+
+def workload_pod(
+    *,
+    owner: Owner,
+    role: str,
+    config: OperatorConfig,
+    resources: Resources,
+    image: str,
+    command: list[str],
+    task_config_map_name: str,
+    claims: list[str],
+    env: list[dict[str, Any]] | None = None,
+    extra_volumes: list[dict[str, Any]] | None = None,
+    extra_mounts: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The pod template of a Crucible workload: task mounted, model store (and any other
+    PVCs) mounted, restricted security, token for writing the report."""
+    volumes, mounts, _ = pvc_volumes(config, claims)
+    volumes += [
+        {"name": TASK_VOLUME, "configMap": {"name": task_config_map_name}},
+        {"name": TMP_VOLUME, "emptyDir": {}},
+        *(extra_volumes or []),
+    ]
+    mounts += [
+        {"name": TASK_VOLUME, "mountPath": TASK_DIR, "readOnly": True},
+        {"name": TMP_VOLUME, "mountPath": "/tmp"},
+        *(extra_mounts or []),
+    ]
+    container = {
+        "name": role,
+        "image": resources.image or image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": command,
+        "env": [
+            {"name": "HOME", "value": "/tmp"},
+            {"name": "HF_HOME", "value": f"{config.model_store_mount}/.cache/huggingface"},
+            {"name": "CRUCIBLE_REPORT_KEY", "value": REPORT_KEY},
+            *(env or []),
+        ],
+        "volumeMounts": mounts,
+        "securityContext": RESTRICTED_CONTAINER,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if resources_spec := container_resources(resources, config):
+        container["resources"] = resources_spec
+    return {
+        "metadata": {"labels": labels(owner, role)},
+        "spec": {
+            "restartPolicy": "Never",
+            "serviceAccountName": child_name(owner.name, role),
+            "automountServiceAccountToken": True,
+            "securityContext": RESTRICTED_POD,
+            "containers": [container],
+            "volumes": volumes,
+            **scheduling(resources),
+        },
+    }
+
+
+def job(
+    owner: Owner, name: str, role: str, pod: dict[str, Any], config: OperatorConfig
+) -> dict[str, Any]:
+    """A Job around `pod`; with a Kueue queue configured it starts suspended in that queue."""
+    meta = metadata(owner, name, role)
+    if config.kueue_queue:
+        meta["labels"][KUEUE_QUEUE_LABEL] = config.kueue_queue
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
+        "spec": {
+            "backoffLimit": config.job_backoff_limit,
+            "suspend": bool(config.kueue_queue),
+            "template": pod,
+        },
+    }
+
+
+def env_from_secret(name: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}

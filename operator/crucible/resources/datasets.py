@@ -1,0 +1,48 @@
+"""Mounting a DataSource (ConfigMap key, PVC file or URI) into a workload pod."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from crucible.api.common import DataSource
+from crucible.config import OperatorConfig
+from crucible.resources.common import pvc_mount_path
+
+DATASET_DIR = "/data/dataset"
+
+
+@dataclass(frozen=True)
+class MountedData:
+    path: str | None
+    uri: str | None
+    claims: list[str] = field(default_factory=list)
+    volumes: list[dict[str, Any]] = field(default_factory=list)
+    mounts: list[dict[str, Any]] = field(default_factory=list)
+
+
+def mount_data(source: DataSource, config: OperatorConfig) -> MountedData:
+    if source.config_map is not None:
+        key = source.config_map.key
+        return MountedData(
+            path=f"{DATASET_DIR}/{key}",
+            uri=None,
+            volumes=[
+                {
+                    "name": "dataset",
+                    "configMap": {
+                        "name": source.config_map.name,
+                        "items": [{"key": key, "path": key}],
+                    },
+                }
+            ],
+            mounts=[{"name": "dataset", "mountPath": DATASET_DIR, "readOnly": True}],
+        )
+    if source.pvc is not None:
+        base = pvc_mount_path(config, source.pvc.claim_name)
+        return MountedData(
+            path=f"{base}/{source.pvc.path}".rstrip("/"),
+            uri=None,
+            claims=[source.pvc.claim_name],
+        )
+    return MountedData(path=None, uri=source.uri)

@@ -1,0 +1,97 @@
+"""FineTuneJob → the training Job (one process per GPU with torchrun)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crucible.api.contract import TASK_PATH, DatasetInput, FineTuneTask
+from crucible.api.finetunejob import FineTuneJobSpec
+from crucible.config import OperatorConfig
+from crucible.resources.common import (
+    Owner,
+    child_name,
+    job,
+    pvc_claims,
+    pvc_volumes,
+    report_name,
+    report_objects,
+    store_path,
+    store_uri,
+    task_config_map,
+    workload_pod,
+)
+from crucible.resources.datasets import mount_data
+
+ROLE = "train"
+SHM = (
+    {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+    {"name": "dshm", "mountPath": "/dev/shm"},
+)
+
+
+def outputs(owner: Owner, spec: FineTuneJobSpec, config: OperatorConfig) -> dict[str, str]:
+    """adapterUri and outputUri (merged weights when asked for, else the adapter)."""
+    adapter = store_uri(config, owner, "adapter")
+    merged = store_uri(config, owner, "merged")
+    return {"adapterUri": adapter, "outputUri": merged if spec.merge_adapter else adapter}
+
+
+def command(gpus: int) -> list[str]:
+    entry = ["-m", "crucible.workloads.finetune", "--task", TASK_PATH]
+    if gpus > 1:
+        return ["torchrun", "--standalone", f"--nproc_per_node={gpus}", *entry]
+    return ["python", *entry]
+
+
+def build(
+    owner: Owner, spec: FineTuneJobSpec, base_model_uri: str, config: OperatorConfig
+) -> list[dict[str, Any]]:
+    data = mount_data(spec.dataset, config)
+    claims = pvc_claims([base_model_uri]) + data.claims
+    _, _, mounts = pvc_volumes(config, claims)
+    task = FineTuneTask(
+        namespace=owner.namespace,
+        name=owner.name,
+        report_config_map=report_name(owner),
+        mounts=mounts,
+        output_uri=outputs(owner, spec, config)["outputUri"],
+        output_path=store_path(config, owner),
+        base_model_uri=base_model_uri,
+        method=spec.method,
+        dataset=DatasetInput(
+            path=data.path,
+            uri=data.uri,
+            format=spec.dataset.format,
+            system_prompt=spec.dataset.system_prompt,
+            on_invalid_row=spec.dataset.on_invalid_row,
+        ),
+        lora=spec.lora,
+        hyperparameters=spec.hyperparameters,
+        merge_adapter=spec.merge_adapter,
+        adapter_path=store_path(config, owner, "adapter"),
+        merged_path=store_path(config, owner, "merged") if spec.merge_adapter else None,
+        checkpoint_path=store_path(config, owner, "checkpoints"),
+        gpus=spec.resources.gpus,
+    )
+    name = child_name(owner.name, ROLE)
+    volumes, mounts_ = list(data.volumes), list(data.mounts)
+    if spec.resources.gpus > 1:  # NCCL needs more shared memory than the default 64 MiB
+        volumes.append(SHM[0])
+        mounts_.append(SHM[1])
+    pod = workload_pod(
+        owner=owner,
+        role=ROLE,
+        config=config,
+        resources=spec.resources,
+        image=config.train_image,
+        command=command(spec.resources.gpus),
+        task_config_map_name=name,
+        claims=claims,
+        extra_volumes=volumes,
+        extra_mounts=mounts_,
+    )
+    return [
+        *report_objects(owner, ROLE),
+        task_config_map(owner, name, ROLE, task),
+        job(owner, name, ROLE, pod, config),
+    ]
