@@ -46,6 +46,7 @@ def api_config(*rules: dict[str, Any]) -> ConfigDict:
         populate_by_name=True,
         extra="forbid",
         use_enum_values=True,
+        validate_default=True,
     )
     if rules:
         config["json_schema_extra"] = {"x-kubernetes-validations": list(rules)}

@@ -72,6 +72,7 @@ class Lora(ApiModel):
     )
     load_in_4bit: bool = Field(
         default=False,
+        alias="loadIn4bit",  # as transformers spells it (load_in_4bit)
         description="QLoRA: load the base model in 4-bit NF4 (needs a GPU and bitsandbytes).",
     )
 

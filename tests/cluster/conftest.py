@@ -1,0 +1,186 @@
+"""Fixtures for running the operator against the control plane and playing the parts that
+kwok does not: the workload writing its report, the kubelet finishing a held pod."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from kopf.testing import KopfRunner
+
+from crucible.api.contract import REPORT_KEY
+from crucible.devcluster.cluster import LocalCluster
+from tests.conftest import wait_for
+
+HOLD_IMAGE = "kwok.crucible.test/hold"
+OperatorFactory = Callable[..., contextlib.AbstractContextManager[KopfRunner]]
+
+
+@pytest.fixture
+def model_store(cluster: LocalCluster, namespace: str) -> str:
+    """The model-store PVC, bound to a PersistentVolume so that pods mounting it schedule."""
+    cluster.kubectl_apply(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": f"store-{namespace}"},
+                "spec": {
+                    "capacity": {"storage": "100Gi"},
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": "",
+                    "hostPath": {"path": f"/tmp/{namespace}"},
+                    "claimRef": {"namespace": namespace, "name": "crucible-models"},
+                },
+            },
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": "crucible-models", "namespace": namespace},
+                "spec": {
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": "",
+                    "volumeName": f"store-{namespace}",
+                    "resources": {"requests": {"storage": "100Gi"}},
+                },
+            },
+        ]
+    )
+    wait_for(
+        lambda: (
+            cluster.kubectl(
+                "get", "pvc", "crucible-models", "-n", namespace, "-o", "jsonpath={.status.phase}"
+            ).stdout
+            == "Bound"
+        ),
+        what="the model store PVC to bind",
+    )
+    return "crucible-models"
+
+
+@pytest.fixture
+def operator(
+    cluster: LocalCluster, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> OperatorFactory:
+    """`with operator(**env):` runs the operator (kopf, in this process) on the namespace."""
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+
+    @contextlib.contextmanager
+    def run(**env: str) -> Iterator[KopfRunner]:
+        settings = {"CRUCIBLE_RECONCILE_INTERVAL": "0.3", "CRUCIBLE_JOB_BACKOFF_LIMIT": "0", **env}
+        with monkeypatch.context() as patched:
+            for key, value in settings.items():
+                patched.setenv(key, value)
+            args = ["run", "--standalone", "-n", namespace, "-m", "crucible.controllers"]
+            with KopfRunner(args, timeout=60) as runner:
+                yield runner
+        assert runner.exception is None, runner.output
+
+    return run
+
+
+def status_of(cluster: LocalCluster, namespace: str, kind: str, name: str) -> dict[str, Any]:
+    out = cluster.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
+    if out.returncode:
+        return {}
+    status: dict[str, Any] = json.loads(out.stdout).get("status") or {}
+    return status
+
+
+def wait_phase(
+    cluster: LocalCluster, namespace: str, kind: str, name: str, phase: str, *, timeout: float = 60
+) -> dict[str, Any]:
+    def reached() -> dict[str, Any] | None:
+        status = status_of(cluster, namespace, kind, name)
+        if status.get("phase") == phase:
+            return status
+        if status.get("phase") in ("Succeeded", "Failed"):
+            raise AssertionError(f"{kind}/{name} ended {status['phase']}, not {phase}: {status}")
+        return None
+
+    result: dict[str, Any] = wait_for(reached, timeout=timeout, what=f"{kind}/{name} {phase}")
+    return result
+
+
+def ready_condition(status: dict[str, Any]) -> dict[str, Any]:
+    (ready,) = [c for c in status["conditions"] if c["type"] == "Ready"]
+    return ready
+
+
+def running_pod(cluster: LocalCluster, namespace: str, job: str) -> dict[str, Any]:
+    def find() -> dict[str, Any] | None:
+        pods = json.loads(
+            cluster.kubectl(
+                "get", "pods", "-n", namespace, "-l", f"job-name={job}", "-o", "json"
+            ).stdout
+        )["items"]
+        running = [p for p in pods if p.get("status", {}).get("phase") == "Running"]
+        return running[0] if running else None
+
+    pod: dict[str, Any] = wait_for(find, what=f"a running pod of Job {job}")
+    return pod
+
+
+def write_report(
+    cluster: LocalCluster, namespace: str, name: str, report: dict[str, Any], kubeconfig: Any = None
+) -> None:
+    """What the workload does at its end: write its report into the run's ConfigMap."""
+    patch = json.dumps({"data": {REPORT_KEY: json.dumps(report)}})
+    cluster.kubectl(
+        "patch",
+        "configmap",
+        f"{name}-report",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        patch,
+        kubeconfig=kubeconfig,
+    )
+
+
+def finish_pod(
+    cluster: LocalCluster,
+    namespace: str,
+    pod: dict[str, Any],
+    exit_code: int = 0,
+    message: str = "",
+) -> None:
+    """What the kubelet does when the container exits."""
+    terminated = {
+        "exitCode": exit_code,
+        "reason": "Completed" if exit_code == 0 else "Error",
+        "startedAt": "2026-01-01T00:00:00Z",
+        "finishedAt": "2026-01-01T00:00:01Z",
+        **({"message": message} if message else {}),
+    }
+    container = pod["spec"]["containers"][0]
+    status = {
+        "status": {
+            "phase": "Succeeded" if exit_code == 0 else "Failed",
+            "containerStatuses": [
+                {
+                    "name": container["name"],
+                    "image": container["image"],
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
+                    "state": {"terminated": terminated},
+                }
+            ],
+        }
+    }
+    cluster.kubectl(
+        "patch",
+        "pod",
+        pod["metadata"]["name"],
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps(status),
+    )

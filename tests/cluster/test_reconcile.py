@@ -1,0 +1,459 @@
+"""The reconcile chain on the real control plane: ModelMerge → FineTuneJob(modelRef) →
+RagIndex → EvalRun, with lineage, failures that say why, and restarts that duplicate nothing."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from crucible.devcluster.cluster import LocalCluster
+from tests.cluster.conftest import (
+    HOLD_IMAGE,
+    OperatorFactory,
+    finish_pod,
+    ready_condition,
+    running_pod,
+    status_of,
+    wait_phase,
+    write_report,
+)
+from tests.conftest import wait_for
+
+API = "crucible.dev/v1alpha1"
+
+
+def merge(name: str = "merged", **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": API,
+        "kind": "ModelMerge",
+        "metadata": {"name": name},
+        "spec": {
+            "method": "slerp",
+            "parameters": {"t": 0.5},
+            "models": [{"uri": "hf://org/a"}, {"uri": "hf://org/b"}],
+            **spec,
+        },
+    }
+
+
+def finetune(name: str = "tuned", base: str = "merged", **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": API,
+        "kind": "FineTuneJob",
+        "metadata": {"name": name},
+        "spec": {
+            "baseModel": {"modelRef": {"kind": "ModelMerge", "name": base}},
+            "dataset": {"configMap": {"name": "qa", "key": "qa.csv"}},
+            **spec,
+        },
+    }
+
+
+def rag_index(name: str = "docs") -> dict[str, Any]:
+    return {
+        "apiVersion": API,
+        "kind": "RagIndex",
+        "metadata": {"name": name},
+        "spec": {
+            "source": {"configMap": {"name": "docs"}},
+            "database": {"connectionSecretRef": {"name": "pg", "key": "uri"}, "table": "docs"},
+        },
+    }
+
+
+def eval_run(name: str = "bench") -> dict[str, Any]:
+    return {
+        "apiVersion": API,
+        "kind": "EvalRun",
+        "metadata": {"name": name},
+        "spec": {
+            "models": [
+                {"name": "merged", "modelRef": {"kind": "ModelMerge", "name": "merged"}},
+                {"name": "tuned", "modelRef": {"kind": "FineTuneJob", "name": "tuned"}},
+                {
+                    "name": "gpt",
+                    "endpoint": {
+                        "url": "https://api.example.com/v1",
+                        "model": "gpt-4",
+                        "apiKeySecretRef": {"name": "openai", "key": "apiKey"},
+                    },
+                },
+            ],
+            "dataset": {"configMap": {"name": "mcq", "key": "mcq.csv"}},
+            "rag": {"indexName": "docs", "topK": 3},
+            "repeats": 3,
+        },
+    }
+
+
+def inputs() -> list[dict[str, Any]]:
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "qa"},
+            "data": {"qa.csv": "question,answer\nWhat is Nitro?,An inference server.\n"},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "docs"},
+            "data": {"intro.md": "# Nitro\nNitro is fast."},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "mcq"},
+            "data": {"mcq.csv": "question,a,b,c,d,correct\nQ?,A. x,B. y,C. z,D. w,A\n"},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "pg"},
+            "stringData": {"uri": "postgresql://u:p@db:5432/rag"},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "openai"},
+            "stringData": {"apiKey": "sk-test"},
+        },
+    ]
+
+
+def objects(
+    cluster: LocalCluster, namespace: str, kind: str, owner: str | None = None
+) -> list[dict[str, Any]]:
+    selector = ["-l", f"crucible.dev/name={owner}"] if owner else []
+    items: list[dict[str, Any]] = json.loads(
+        cluster.kubectl("get", kind, "-n", namespace, *selector, "-o", "json").stdout
+    )["items"]
+    return items
+
+
+def result(model: str, rag: bool, rounds: list[float]) -> dict[str, Any]:
+    mean = sum(rounds) / len(rounds)
+    return {
+        "model": model,
+        "rag": rag,
+        "n": len(rounds),
+        "questions": 50,
+        "accuracyMean": mean,
+        "accuracyStddev": 0.02,
+        "ci95Low": mean - 0.05,
+        "ci95High": mean + 0.05,
+        "rounds": rounds,
+        "unparsed": 0,
+    }
+
+
+def test_the_chain_reaches_succeeded_with_lineage(
+    cluster: LocalCluster, namespace: str, model_store: str, operator: OperatorFactory
+) -> None:
+    apply = lambda docs: cluster.kubectl_apply(docs, "-n", namespace)  # noqa: E731
+    apply(inputs())
+    with operator(CRUCIBLE_RAG_IMAGE=HOLD_IMAGE, CRUCIBLE_EVAL_IMAGE=HOLD_IMAGE):
+        # Applied in the "wrong" order: each waits for what it references.
+        apply([eval_run(), finetune()])
+        tuned = wait_phase(cluster, namespace, "ftj", "tuned", "Waiting")
+        assert ready_condition(tuned)["reason"] == "DependencyNotFound"
+        assert "ModelMerge 'merged' does not exist" in ready_condition(tuned)["message"]
+        apply([merge(), rag_index()])
+
+        merged = wait_phase(cluster, namespace, "mm", "merged", "Succeeded")
+        assert merged["outputUri"] == f"pvc://crucible-models/{namespace}/modelmerges/merged/"
+        assert merged["jobName"] == "merged-merge" and merged["startTime"]
+        assert merged["observedGeneration"] == 1
+        mergekit = objects(cluster, namespace, "configmap", "merged")
+        assert any("mergekit.yaml" in cm["data"] for cm in mergekit)
+
+        tuned = wait_phase(cluster, namespace, "ftj", "tuned", "Succeeded")
+        assert tuned["baseModelUri"] == merged["outputUri"]
+        assert tuned["adapterUri"].endswith("/finetunejobs/tuned/adapter/")
+        assert tuned["outputUri"] == tuned["adapterUri"]
+        (train_job,) = objects(cluster, namespace, "job", "tuned")
+        assert train_job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {
+            "nvidia.com/gpu": "1"
+        }
+
+        # The rag workload (held) reports its counts, then its pod exits.
+        pod = running_pod(cluster, namespace, "docs-rag")
+        write_report(
+            cluster, namespace, "docs", {"documents": 1, "chunks": 3, "contentHash": "sha256:abc"}
+        )
+        finish_pod(cluster, namespace, pod)
+        docs = wait_phase(cluster, namespace, "ri", "docs", "Succeeded")
+        assert (docs["documents"], docs["chunks"], docs["table"]) == (1, 3, "docs")
+        assert docs["contentHash"] == "sha256:abc" and docs["lastIndexedTime"]
+
+        # The EvalRun serves merged and tuned with vLLM, then runs its Job against them.
+        pod = running_pod(cluster, namespace, "bench-eval")
+        deployments = {
+            d["metadata"]["name"]: d for d in objects(cluster, namespace, "deployment", "bench")
+        }
+        assert set(deployments) == {"bench-vllm-merged", "bench-vllm-tuned"}
+        tuned_args = deployments["bench-vllm-tuned"]["spec"]["template"]["spec"]["containers"][0][
+            "args"
+        ]
+        base_path = f"/models/{namespace}/modelmerges/merged"
+        assert tuned_args[:2] == ["--model", base_path]
+        assert f"tuned=/models/{namespace}/finetunejobs/tuned/adapter" in tuned_args
+        assert {
+            s["metadata"]["name"] for s in objects(cluster, namespace, "service", "bench")
+        } == set(deployments)
+        running = status_of(cluster, namespace, "er", "bench")
+        assert running["phase"] == "Running"
+        assert running["servers"] == ["bench-vllm-merged", "bench-vllm-tuned"]
+
+        write_report(
+            cluster,
+            namespace,
+            "bench",
+            {
+                "results": [
+                    result("merged", True, [0.46, 0.48, 0.49]),
+                    result("tuned", True, [0.56, 0.58, 0.59]),
+                    result("gpt", True, [0.55, 0.57, 0.58]),
+                ],
+                "resultsUri": f"pvc://crucible-models/{namespace}/evalruns/bench/",
+            },
+        )
+        finish_pod(cluster, namespace, pod)
+        bench = wait_phase(cluster, namespace, "er", "bench", "Succeeded")
+        assert bench["bestModel"] == "tuned (RAG)"
+        assert bench["bestAccuracy"] == round((0.56 + 0.58 + 0.59) / 3, 4)
+        assert [r["model"] for r in bench["results"]] == ["merged", "tuned", "gpt"]
+        assert bench["results"][1]["rounds"] == [0.56, 0.58, 0.59]
+        assert ready_condition(bench)["status"] == "True"
+        # The servers were the run's alone: gone once it is done.
+        wait_for(
+            lambda: not objects(cluster, namespace, "deployment", "bench"),
+            what="the vLLM Deployments to be removed",
+        )
+        assert not objects(cluster, namespace, "service", "bench")
+
+
+def test_failed_jobs_say_why(
+    cluster: LocalCluster, namespace: str, model_store: str, operator: OperatorFactory
+) -> None:
+    cluster.kubectl_apply(inputs(), "-n", namespace)
+    failing = {
+        "oom": "kwok.crucible.test/fail:oomkilled",
+        "crash": "kwok.crucible.test/fail:error",
+        "nopull": "kwok.crucible.test/fail:imagepull",
+    }
+    with operator():
+        cluster.kubectl_apply(
+            [merge(name, resources={"gpus": 1, "image": image}) for name, image in failing.items()],
+            "-n",
+            namespace,
+        )
+        oom = ready_condition(wait_phase(cluster, namespace, "mm", "oom", "Failed"))
+        assert oom["reason"] == "OOMKilled" and "spec.resources.memory" in oom["message"]
+        crash = ready_condition(wait_phase(cluster, namespace, "mm", "crash", "Failed"))
+        assert crash["reason"] == "Error"
+        assert crash["message"] == (
+            "container merge exited with code 3: simulated failure: the "
+            "workload exited with status 3"
+        )
+        nopull = wait_phase(cluster, namespace, "mm", "nopull", "Failed")
+        assert ready_condition(nopull)["reason"] == "ImagePullFailed"
+        assert "kwok.crucible.test/fail:imagepull" in ready_condition(nopull)["message"]
+        assert nopull["completionTime"]
+        # A Job that can never pull its image would hold a GPU: it is removed.
+        wait_for(
+            lambda: not objects(cluster, namespace, "job", "nopull"),
+            what="the unpullable Job to be deleted",
+        )
+
+
+def test_lineage_failures_are_explicit(
+    cluster: LocalCluster, namespace: str, model_store: str, operator: OperatorFactory
+) -> None:
+    cluster.kubectl_apply(inputs(), "-n", namespace)
+    with operator():
+        cluster.kubectl_apply(
+            [
+                merge("broken", resources={"image": "kwok.crucible.test/fail:error"}),
+                finetune("on-broken", base="broken"),
+                merge("ok"),
+                # a dataset ConfigMap without the key the spec names
+                finetune(
+                    "no-key", base="ok", dataset={"configMap": {"name": "qa", "key": "x.csv"}}
+                ),
+                # an adapter is not full weights: it cannot be merged
+                finetune("adapter", base="ok"),
+                merge(
+                    "of-adapter",
+                    models=[
+                        {"modelRef": {"kind": "FineTuneJob", "name": "adapter"}},
+                        {"uri": "hf://o/b"},
+                    ],
+                ),
+            ],
+            "-n",
+            namespace,
+        )
+        failed = ready_condition(wait_phase(cluster, namespace, "ftj", "on-broken", "Failed"))
+        assert failed["reason"] == "DependencyFailed"
+        assert failed["message"].startswith(
+            "spec.baseModel.modelRef: ModelMerge 'broken' failed: container merge exited"
+        )
+        no_key = ready_condition(wait_phase(cluster, namespace, "ftj", "no-key", "Failed"))
+        assert no_key["message"] == (
+            "spec.dataset.configMap.key: ConfigMap 'qa' has no key 'x.csv' (it has: qa.csv)"
+        )
+        of_adapter = ready_condition(wait_phase(cluster, namespace, "mm", "of-adapter", "Failed"))
+        assert of_adapter["reason"] == "InvalidReference"
+        assert (
+            "spec.models[0].modelRef: FineTuneJob 'adapter' produces a LoRA adapter"
+            in (of_adapter["message"])
+        )
+    assert not objects(cluster, namespace, "job", "no-key")
+    assert not objects(cluster, namespace, "job", "of-adapter")
+
+
+def test_restarts_never_duplicate_children_nor_lose_results(
+    cluster: LocalCluster, namespace: str, model_store: str, operator: OperatorFactory
+) -> None:
+    cluster.kubectl_apply(inputs(), "-n", namespace)
+    held = {"CRUCIBLE_MERGE_IMAGE": HOLD_IMAGE, "CRUCIBLE_EVAL_IMAGE": HOLD_IMAGE}
+    with operator(**held):
+        cluster.kubectl_apply([merge()], "-n", namespace)
+        wait_phase(cluster, namespace, "mm", "merged", "Running")
+    (job,) = objects(cluster, namespace, "job", "merged")
+    # The operator died after creating the Job but before writing status.
+    cluster.kubectl(
+        "patch",
+        "mm",
+        "merged",
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=json",
+        "-p",
+        json.dumps(
+            [
+                {"op": "remove", "path": "/status/jobName"},
+                {"op": "replace", "path": "/status/phase", "value": "Pending"},
+            ]
+        ),
+    )
+    with operator(**held):
+        restored = wait_phase(cluster, namespace, "mm", "merged", "Running")
+        assert restored["jobName"] == "merged-merge"
+        (again,) = objects(cluster, namespace, "job", "merged")
+        assert again["metadata"]["uid"] == job["metadata"]["uid"]
+        finish_pod(cluster, namespace, running_pod(cluster, namespace, "merged-merge"))
+        wait_phase(cluster, namespace, "mm", "merged", "Succeeded")
+        cluster.kubectl_apply(
+            [
+                {
+                    **eval_run(),
+                    "spec": {
+                        **eval_run()["spec"],
+                        "rag": None,
+                        "models": eval_run()["spec"]["models"][:1],
+                    },
+                }
+            ],
+            "-n",
+            namespace,
+        )
+        running_pod(cluster, namespace, "bench-eval")
+    # Killed while the eval runs: after the restart, one server, one Job, the same ones.
+    servers = objects(cluster, namespace, "deployment", "bench")
+    with operator(**held):
+        pod = running_pod(cluster, namespace, "bench-eval")
+        assert [
+            d["metadata"]["uid"] for d in objects(cluster, namespace, "deployment", "bench")
+        ] == [d["metadata"]["uid"] for d in servers]
+        assert len(objects(cluster, namespace, "job", "bench")) == 1
+        write_report(
+            cluster, namespace, "bench", {"results": [result("merged", False, [0.5, 0.5, 0.5])]}
+        )
+        finish_pod(cluster, namespace, pod)
+        done = wait_phase(cluster, namespace, "er", "bench", "Succeeded")
+    # Results survive another restart untouched.
+    with operator(**held):
+        time.sleep(2)  # several reconcile intervals of the restarted operator
+        assert status_of(cluster, namespace, "er", "bench") == done
+        assert status_of(cluster, namespace, "mm", "merged")["phase"] == "Succeeded"
+
+
+def test_deleting_a_resource_removes_its_children(
+    cluster: LocalCluster, namespace: str, model_store: str, operator: OperatorFactory
+) -> None:
+    cluster.kubectl_apply(inputs(), "-n", namespace)
+    with operator(CRUCIBLE_MERGE_IMAGE=HOLD_IMAGE):
+        cluster.kubectl_apply([merge()], "-n", namespace)
+        wait_phase(cluster, namespace, "mm", "merged", "Running")
+        kinds = ("job", "configmap", "serviceaccount", "role", "rolebinding")
+        assert all(objects(cluster, namespace, kind, "merged") for kind in kinds)
+        cluster.kubectl("delete", "mm", "merged", "-n", namespace)
+        wait_for(
+            lambda: not any(objects(cluster, namespace, kind, "merged") for kind in kinds),
+            what="garbage collection of the children",
+        )
+
+
+def test_kueue_queue_holds_jobs_suspended(
+    cluster: LocalCluster, namespace: str, model_store: str, operator: OperatorFactory
+) -> None:
+    with operator(CRUCIBLE_KUEUE_QUEUE="gpu-queue"):
+        cluster.kubectl_apply([merge()], "-n", namespace)
+        queued = wait_phase(cluster, namespace, "mm", "merged", "Pending")
+        wait_for(
+            lambda: (
+                ready_condition(status_of(cluster, namespace, "mm", "merged"))["reason"] == "Queued"
+            ),
+            what="the Queued reason",
+        )
+        (job,) = objects(cluster, namespace, "job", "merged")
+        assert job["spec"]["suspend"] is True
+        assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+        assert queued["jobName"] == "merged-merge"
+
+
+def test_malformed_report_fails_the_run_clearly(
+    cluster: LocalCluster, namespace: str, model_store: str, operator: OperatorFactory
+) -> None:
+    cluster.kubectl_apply(inputs(), "-n", namespace)
+    with operator(CRUCIBLE_RAG_IMAGE=HOLD_IMAGE):
+        cluster.kubectl_apply([rag_index()], "-n", namespace)
+        pod = running_pod(cluster, namespace, "docs-rag")
+        write_report(cluster, namespace, "docs", {"chunks": -3})
+        finish_pod(cluster, namespace, pod)
+        failed = ready_condition(wait_phase(cluster, namespace, "ri", "docs", "Failed"))
+        assert failed["reason"] == "InvalidReport"
+        assert "report.chunks" in failed["message"]
+
+
+def test_a_workload_may_write_its_own_report_and_nothing_else(
+    cluster: LocalCluster, namespace: str, model_store: str, operator: OperatorFactory
+) -> None:
+    with operator(CRUCIBLE_MERGE_IMAGE=HOLD_IMAGE):
+        cluster.kubectl_apply([merge()], "-n", namespace)
+        wait_phase(cluster, namespace, "mm", "merged", "Running")
+        as_workload = cluster.service_account_kubeconfig(namespace, "merged-merge")
+        write_report(
+            cluster, namespace, "merged", {"message": "merged 2 models"}, kubeconfig=as_workload
+        )
+        other = cluster.kubectl(
+            "patch",
+            "configmap",
+            "merged-merge",
+            "-n",
+            namespace,
+            "--type=merge",
+            "-p",
+            '{"data": {"x": "y"}}',
+            kubeconfig=as_workload,
+            check=False,
+        )
+        assert other.returncode != 0 and "forbidden" in other.stderr
+        secrets = cluster.kubectl(
+            "get", "secrets", "-n", namespace, kubeconfig=as_workload, check=False
+        )
+        assert secrets.returncode != 0 and "forbidden" in secrets.stderr

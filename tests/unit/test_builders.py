@@ -1,0 +1,348 @@
+"""Builders: spec → manifests, pure functions checked field by field."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import yaml
+
+from crucible.api.evalrun import EvalRunSpec
+from crucible.api.finetunejob import FineTuneJobSpec
+from crucible.api.kinds import EVAL_RUN, FINE_TUNE_JOB, MODEL_MERGE, RAG_INDEX
+from crucible.api.modelmerge import ModelMergeSpec
+from crucible.api.ragindex import RagIndexSpec
+from crucible.config import OperatorConfig
+from crucible.resources import evalrun, finetunejob, modelmerge, ragindex
+from crucible.resources.common import Owner, child_name
+
+CONFIG = OperatorConfig.from_env({})
+
+
+def owner(kind: Any, name: str = "run") -> Owner:
+    return Owner(kind, name, "team", "uid-1")
+
+
+def by_kind(manifests: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [m for m in manifests if m["kind"] == kind]
+
+
+def container_of(job: dict[str, Any]) -> dict[str, Any]:
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def test_child_names_are_deterministic_and_short() -> None:
+    assert child_name("merge-a", "merge") == "merge-a-merge"
+    long = "x" * 80
+    assert child_name(long, "vllm-model") == child_name(long, "vllm-model")
+    assert len(child_name(long, "vllm-model")) <= 63
+    assert child_name(long, "a") != child_name(long + "y", "a")
+
+
+def merge_spec(**extra: Any) -> ModelMergeSpec:
+    return ModelMergeSpec.model_validate(
+        {"method": "linear", "models": [{"uri": "hf://o/a"}, {"uri": "hf://o/b"}], **extra}
+    )
+
+
+def test_slerp_config_takes_the_first_model_as_base() -> None:
+    spec = merge_spec(method="slerp", parameters={"t": 0.3})
+    config = modelmerge.mergekit_config(spec, modelmerge.MergeInputs(["A", "B"], None))
+    assert config == {
+        "merge_method": "slerp",
+        "base_model": "A",
+        "models": [{"model": "A"}, {"model": "B"}],
+        "parameters": {"t": 0.3},
+        "dtype": "bfloat16",
+        "tokenizer_source": "base",
+    }
+
+
+def test_ties_config_carries_weights_densities_and_base() -> None:
+    spec = ModelMergeSpec.model_validate(
+        {
+            "method": "ties",
+            "baseModel": {"uri": "hf://o/base"},
+            "models": [{"uri": "hf://o/a", "weight": 0.7, "density": 0.5}, {"uri": "hf://o/b"}],
+            "parameters": {"normalize": True, "int8Mask": True},
+        }
+    )
+    config = modelmerge.mergekit_config(spec, modelmerge.MergeInputs(["A", "B"], "BASE"))
+    assert config["base_model"] == "BASE"
+    assert config["models"] == [
+        {"model": "A", "parameters": {"weight": 0.7, "density": 0.5}},
+        {"model": "B", "parameters": {"weight": 1.0}},
+    ]
+    assert config["parameters"] == {"normalize": True, "int8_mask": True}
+
+
+def test_merge_children_in_creation_order_with_ownership() -> None:
+    spec = merge_spec(resources={"gpus": 2, "memory": "64Gi"})
+    inputs = modelmerge.MergeInputs(["pvc://crucible-models/team/modelmerges/a/", "hf://o/b"], None)
+    children = modelmerge.build(owner(MODEL_MERGE), spec, inputs, CONFIG)
+    assert [c["kind"] for c in children] == [
+        "ConfigMap",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "ConfigMap",
+        "Job",
+    ]
+    for child in children:
+        meta = child["metadata"]
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "crucible"
+        assert meta["labels"]["crucible.dev/kind"] == "ModelMerge"
+        assert meta["labels"]["crucible.dev/name"] == "run"
+        (ref,) = meta["ownerReferences"]
+        assert (ref["kind"], ref["uid"], ref["controller"]) == ("ModelMerge", "uid-1", True)
+    task_cm = children[4]
+    mergekit = yaml.safe_load(task_cm["data"]["mergekit.yaml"])
+    assert mergekit["models"][0]["model"] == "pvc://crucible-models/team/modelmerges/a/"
+    task = json.loads(task_cm["data"]["task.json"])
+    assert task["outputPath"] == "/models/team/modelmerges/run"
+    assert task["outputUri"] == "pvc://crucible-models/team/modelmerges/run/"
+    assert task["mounts"] == {"crucible-models": "/models"}
+    job = children[5]
+    assert job["metadata"]["name"] == "run-merge" and job["spec"]["suspend"] is False
+    container = container_of(job)
+    assert container["image"] == CONFIG.merge_image
+    assert container["resources"]["limits"] == {"memory": "64Gi", "nvidia.com/gpu": "2"}
+    assert container["securityContext"]["runAsNonRoot"] is True
+    pod = job["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "run-merge"
+    assert {"name": "model-store", "persistentVolumeClaim": {"claimName": "crucible-models"}} in (
+        pod["volumes"]
+    )
+    role = children[2]
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": ["run-report"],
+            "verbs": ["get", "update", "patch"],
+        }
+    ]
+
+
+def test_kueue_queue_suspends_jobs_and_labels_them() -> None:
+    config = OperatorConfig.from_env({"CRUCIBLE_KUEUE_QUEUE": "gpu-queue"})
+    children = modelmerge.build(
+        owner(MODEL_MERGE), merge_spec(), modelmerge.MergeInputs(["A", "B"], None), config
+    )
+    job = by_kind(children, "Job")[0]
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+
+
+def test_gpu_resource_name_and_scheduling_come_from_the_spec() -> None:
+    spec = merge_spec(
+        resources={
+            "gpus": 1,
+            "gpuResourceName": "amd.com/gpu",
+            "nodeSelector": {"pool": "mi300"},
+            "tolerations": [{"key": "gpu", "operator": "Exists"}],
+            "image": "registry.example/merge:dev",
+        }
+    )
+    job = by_kind(
+        modelmerge.build(
+            owner(MODEL_MERGE), spec, modelmerge.MergeInputs(["A", "B"], None), CONFIG
+        ),
+        "Job",
+    )[0]
+    pod = job["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "mi300"}
+    assert pod["tolerations"] == [{"key": "gpu", "operator": "Exists"}]
+    assert container_of(job)["resources"]["limits"] == {"amd.com/gpu": "1"}
+    assert container_of(job)["image"] == "registry.example/merge:dev"
+
+
+def ft_spec(**extra: Any) -> FineTuneJobSpec:
+    return FineTuneJobSpec.model_validate(
+        {
+            "baseModel": {"uri": "hf://o/base"},
+            "dataset": {"configMap": {"name": "qa", "key": "qa.csv"}},
+            **extra,
+        }
+    )
+
+
+def test_single_gpu_training_runs_one_process() -> None:
+    children = finetunejob.build(owner(FINE_TUNE_JOB), ft_spec(), "hf://o/base", CONFIG)
+    job = by_kind(children, "Job")[0]
+    assert container_of(job)["command"][:3] == ["python", "-m", "crucible.workloads.finetune"]
+    task = json.loads(by_kind(children, "ConfigMap")[1]["data"]["task.json"])
+    assert task["dataset"]["path"] == "/data/dataset/qa.csv"
+    assert task["adapterPath"] == "/models/team/finetunejobs/run/adapter"
+    assert "mergedPath" not in task
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["dataset"]["configMap"] == {
+        "name": "qa",
+        "items": [{"key": "qa.csv", "path": "qa.csv"}],
+    }
+
+
+def test_multi_gpu_training_runs_torchrun_with_shared_memory() -> None:
+    spec = ft_spec(
+        resources={"gpus": 4},
+        mergeAdapter=True,
+        dataset={"pvc": {"claimName": "data", "path": "sets/qa.jsonl"}},
+    )
+    children = finetunejob.build(owner(FINE_TUNE_JOB), spec, "hf://o/base", CONFIG)
+    job = by_kind(children, "Job")[0]
+    assert container_of(job)["command"][:3] == ["torchrun", "--standalone", "--nproc_per_node=4"]
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container_of(job)["volumeMounts"]
+    assert {"name": "pvc-data", "mountPath": "/mnt/pvc/data"} in container_of(job)["volumeMounts"]
+    task = json.loads(by_kind(children, "ConfigMap")[1]["data"]["task.json"])
+    assert task["dataset"]["path"] == "/mnt/pvc/data/sets/qa.jsonl"
+    assert task["mergedPath"] == "/models/team/finetunejobs/run/merged"
+    assert finetunejob.outputs(owner(FINE_TUNE_JOB), spec, CONFIG) == {
+        "adapterUri": "pvc://crucible-models/team/finetunejobs/run/adapter/",
+        "outputUri": "pvc://crucible-models/team/finetunejobs/run/merged/",
+    }
+
+
+def test_rag_job_reads_the_connection_from_its_secret() -> None:
+    spec = RagIndexSpec.model_validate(
+        {
+            "source": {"configMap": {"name": "docs"}},
+            "database": {"connectionSecretRef": {"name": "pg", "key": "uri"}, "table": "docs"},
+        }
+    )
+    children = ragindex.build(owner(RAG_INDEX), spec, CONFIG)
+    job = by_kind(children, "Job")[0]
+    env = {e["name"]: e for e in container_of(job)["env"]}
+    assert env["CRUCIBLE_DATABASE_URL"] == {
+        "name": "CRUCIBLE_DATABASE_URL",
+        "valueFrom": {"secretKeyRef": {"name": "pg", "key": "uri"}},
+    }
+    assert "resources" not in container_of(job)  # no GPU asked for, none requested
+    assert "postgresql://" not in json.dumps(children)
+
+
+def eval_spec(**extra: Any) -> EvalRunSpec:
+    return EvalRunSpec.model_validate(
+        {
+            "models": [
+                {"name": "merged", "uri": "hf://o/merged@v2"},
+                {"name": "tuned", "modelRef": {"kind": "FineTuneJob", "name": "ft"}},
+                {
+                    "name": "gpt",
+                    "endpoint": {
+                        "url": "https://api.example.com/v1",
+                        "model": "gpt-4",
+                        "apiKeySecretRef": {"name": "openai", "key": "key"},
+                    },
+                },
+            ],
+            "dataset": {"configMap": {"name": "mcq", "key": "mcq.csv"}},
+            **extra,
+        }
+    )
+
+
+def test_vllm_server_for_a_hub_model() -> None:
+    deployment, service = evalrun.server(
+        owner(EVAL_RUN),
+        evalrun.ServedModel("merged", "hf://o/merged@v2"),
+        eval_spec().serving,
+        CONFIG,
+    )
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    assert args[:4] == ["--model", "o/merged", "--revision", "v2"]
+    assert args[args.index("--served-model-name") + 1] == "merged"
+    assert args[args.index("--max-model-len") + 1] == "4096"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": 8000}
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    assert container["image"] == CONFIG.vllm_image
+    assert service["spec"]["ports"] == [{"name": "http", "port": 8000, "targetPort": "http"}]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_vllm_serves_an_adapter_on_its_base_model() -> None:
+    model = evalrun.ServedModel(
+        "tuned",
+        "pvc://crucible-models/team/modelmerges/m/",
+        "pvc://crucible-models/team/finetunejobs/ft/adapter/",
+    )
+    deployment, _ = evalrun.server(owner(EVAL_RUN), model, eval_spec().serving, CONFIG)
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[:2] == ["--model", "/models/team/modelmerges/m"]
+    assert "--enable-lora" in args
+    assert args[args.index("--lora-modules") + 1] == "tuned=/models/team/finetunejobs/ft/adapter"
+    assert args[args.index("--max-lora-rank") + 1] == "64"
+
+
+def test_eval_job_targets_servers_and_endpoints() -> None:
+    served = [
+        evalrun.ServedModel("merged", "hf://o/merged@v2"),
+        evalrun.ServedModel("tuned", "hf://o/base", "pvc://s/a/"),
+    ]
+    rag = evalrun.RagInputs(
+        "docs",
+        RagIndexSpec.model_validate(
+            {
+                "source": {"configMap": {"name": "d"}},
+                "database": {"connectionSecretRef": {"name": "pg", "key": "uri"}, "table": "docs"},
+            }
+        ).embedding,
+        RagIndexSpec.model_validate(
+            {
+                "source": {"configMap": {"name": "d"}},
+                "database": {"connectionSecretRef": {"name": "pg", "key": "uri"}, "table": "docs"},
+            }
+        ).database.connection_secret_ref,
+    )
+    spec = eval_spec(rag={"indexName": "docs", "topK": 4})
+    children = evalrun.eval_job(owner(EVAL_RUN), spec, served, rag, CONFIG)
+    task = json.loads(by_kind(children, "ConfigMap")[1]["data"]["task.json"])
+    assert [(e["name"], e["baseUrl"], e["model"]) for e in task["endpoints"]] == [
+        ("merged", "http://run-vllm-merged.team.svc:8000/v1", "merged"),
+        ("tuned", "http://run-vllm-tuned.team.svc:8000/v1", "tuned"),
+        ("gpt", "https://api.example.com/v1", "gpt-4"),
+    ]
+    assert task["rag"]["topK"] == 4 and task["rag"]["table"] == "docs"
+    assert task["repeats"] == 5
+    env = {e["name"]: e for e in container_of(by_kind(children, "Job")[0])["env"]}
+    key_env = task["endpoints"][2]["apiKeyEnv"]
+    assert env[key_env]["valueFrom"]["secretKeyRef"] == {"name": "openai", "key": "key"}
+    assert env["CRUCIBLE_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "pg", "key": "uri"}
+
+
+@pytest.mark.parametrize("builder", ["merge", "train", "rag", "eval"])
+def test_workload_pods_meet_the_restricted_profile(builder: str) -> None:
+    children = {
+        "merge": lambda: modelmerge.build(
+            owner(MODEL_MERGE), merge_spec(), modelmerge.MergeInputs(["A", "B"], None), CONFIG
+        ),
+        "train": lambda: finetunejob.build(owner(FINE_TUNE_JOB), ft_spec(), "hf://o/b", CONFIG),
+        "rag": lambda: ragindex.build(
+            owner(RAG_INDEX),
+            RagIndexSpec.model_validate(
+                {
+                    "source": {"git": {"url": "https://github.com/o/docs.git"}},
+                    "database": {
+                        "connectionSecretRef": {"name": "pg", "key": "uri"},
+                        "table": "docs",
+                    },
+                }
+            ),
+            CONFIG,
+        ),
+        "eval": lambda: evalrun.eval_job(
+            owner(EVAL_RUN),
+            eval_spec(),
+            [evalrun.ServedModel("merged", "hf://o/m"), evalrun.ServedModel("tuned", "hf://o/t")],
+            None,
+            CONFIG,
+        ),
+    }[builder]()
+    pod = by_kind(children, "Job")[0]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    context = pod["containers"][0]["securityContext"]
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"] == {"drop": ["ALL"]}

@@ -1,0 +1,142 @@
+"""Explaining Job outcomes, and the operator's configuration."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from crucible.api.common import Phase
+from crucible.config import ConfigError, OperatorConfig
+from crucible.resources.jobs import job_outcome
+
+
+def job(*conditions: tuple[str, str], suspend: bool = False) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "j"},
+        "spec": {"suspend": suspend},
+        "status": {
+            "conditions": [{"type": t, "status": "True", "reason": r} for t, r in conditions]
+        },
+    }
+
+
+def pod(state: dict[str, Any], phase: str = "Failed", **status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "p", "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "status": {
+            "phase": phase,
+            **status,
+            "containerStatuses": [{"name": "main", "image": "img", "state": state}],
+        },
+    }
+
+
+def test_complete_job_succeeds() -> None:
+    assert job_outcome(job(("Complete", "")), []).phase == Phase.SUCCEEDED
+
+
+def test_oomkilled_is_named_with_the_fix() -> None:
+    outcome = job_outcome(
+        job(("Failed", "BackoffLimitExceeded")),
+        [pod({"terminated": {"exitCode": 137, "reason": "OOMKilled"}})],
+    )
+    assert (outcome.phase, outcome.reason) == (Phase.FAILED, "OOMKilled")
+    assert "spec.resources.memory" in outcome.message
+
+
+def test_exit_code_and_termination_message() -> None:
+    outcome = job_outcome(
+        job(("Failed", "BackoffLimitExceeded")),
+        [pod({"terminated": {"exitCode": 2, "reason": "Error", "message": "row 7: no answer"}})],
+    )
+    assert outcome.reason == "Error"
+    assert outcome.message == "container main exited with code 2: row 7: no answer"
+
+
+def test_deadline_exceeded() -> None:
+    outcome = job_outcome(job(("Failed", "DeadlineExceeded")), [])
+    assert (outcome.phase, outcome.reason) == (Phase.FAILED, "DeadlineExceeded")
+
+
+def test_image_pull_failure_fails_at_once() -> None:
+    outcome = job_outcome(
+        job(),
+        [pod({"waiting": {"reason": "ImagePullBackOff", "message": "not found"}}, phase="Pending")],
+    )
+    assert (outcome.phase, outcome.reason) == (Phase.FAILED, "ImagePullFailed")
+    assert "img" in outcome.message and "not found" in outcome.message
+
+
+def test_unschedulable_pod_is_reported() -> None:
+    stuck = pod(
+        {},
+        phase="Pending",
+        conditions=[
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/2 nodes have enough nvidia.com/gpu",
+            }
+        ],
+    )
+    outcome = job_outcome(job(), [stuck])
+    assert (outcome.phase, outcome.reason) == (Phase.PENDING, "Unschedulable")
+    assert "nvidia.com/gpu" in outcome.message
+
+
+def test_failed_attempt_with_retries_left_is_still_running() -> None:
+    outcome = job_outcome(job(), [pod({"terminated": {"exitCode": 1, "reason": "Error"}})])
+    assert (outcome.phase, outcome.reason) == (Phase.RUNNING, "Retrying")
+
+
+def test_suspended_job_is_queued() -> None:
+    assert job_outcome(job(suspend=True), []).reason == "Queued"
+
+
+def test_config_defaults_are_valid() -> None:
+    config = OperatorConfig.from_env({})
+    assert config.gpu_resource == "nvidia.com/gpu"
+    assert config.model_store_pvc == "crucible-models"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("CRUCIBLE_GPU_RESOURCE", "nvidia gpu"),
+        ("CRUCIBLE_MODEL_STORE_PVC", "Models_PVC"),
+        ("CRUCIBLE_WATCH_NAMESPACES", "team-a,Team B"),
+        ("CRUCIBLE_IMAGE_PULL_POLICY", "Sometimes"),
+        ("CRUCIBLE_JOB_BACKOFF_LIMIT", "-1"),
+        ("CRUCIBLE_MODEL_STORE_MOUNT", "models"),
+    ],
+)
+def test_bad_settings_name_the_variable(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        OperatorConfig.from_env({variable: value})
+    assert variable in str(error.value)
+
+
+def test_watch_namespaces_split() -> None:
+    config = OperatorConfig.from_env({"CRUCIBLE_WATCH_NAMESPACES": "a, b"})
+    assert config.watch_namespaces == ("a", "b")
+
+
+def test_operator_refuses_to_start_with_a_bad_setting() -> None:
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "crucible.cli.main", "operator"],
+        env={**os.environ, "CRUCIBLE_GPU_RESOURCE": "nvidia gpu"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "CRUCIBLE_GPU_RESOURCE='nvidia gpu': must be an extended resource name" in (
+        result.stderr
+    )
