@@ -43,15 +43,12 @@ METHODS_NEEDING_BASE = (
     MergeMethod.DELLA_LINEAR,
     MergeMethod.MODEL_STOCK,
 )
-# Methods that prune task vectors by density.
-METHODS_WITH_DENSITY = (
-    MergeMethod.TIES,
-    MergeMethod.DARE_TIES,
-    MergeMethod.DARE_LINEAR,
-    MergeMethod.BREADCRUMBS,
-    MergeMethod.BREADCRUMBS_TIES,
-    MergeMethod.DELLA,
-    MergeMethod.DELLA_LINEAR,
+# Methods that prune task vectors by density: all task-vector methods but plain task
+# arithmetic and model_stock.
+METHODS_WITH_DENSITY = tuple(
+    m
+    for m in METHODS_NEEDING_BASE
+    if m not in (MergeMethod.TASK_ARITHMETIC, MergeMethod.MODEL_STOCK)
 )
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from crucible.api import GROUP
 from crucible.api.common import Resources
-from crucible.api.contract import REPORT_KEY, TASK_DIR, TASK_FILE, TaskBase
+from crucible.api.contract import REPORT_KEY, TASK_DIR, TASK_FILE, TASK_PATH, TaskBase
 from crucible.api.kinds import Kind
 from crucible.config import OperatorConfig
 
@@ -304,3 +304,60 @@ def job(
 
 def env_from_secret(name: str, secret: str, key: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def task_fields(
+    owner: Owner, config: OperatorConfig, claims: list[str], output_uri: str | None = None
+) -> dict[str, Any]:
+    """The TaskBase fields every workload's task has."""
+    _, _, mounts = pvc_volumes(config, claims)
+    return {
+        "namespace": owner.namespace,
+        "name": owner.name,
+        "report_config_map": report_name(owner),
+        "mounts": mounts,
+        "output_uri": output_uri or store_uri(config, owner),
+        "output_path": store_path(config, owner),
+    }
+
+
+def workload_command(module: str) -> list[str]:
+    return ["python", "-m", f"crucible.workloads.{module}", "--task", TASK_PATH]
+
+
+def workload_children(
+    *,
+    owner: Owner,
+    role: str,
+    config: OperatorConfig,
+    resources: Resources,
+    image: str,
+    command: list[str],
+    task: TaskBase,
+    claims: list[str],
+    env: list[dict[str, Any]] | None = None,
+    extra_volumes: list[dict[str, Any]] | None = None,
+    extra_mounts: list[dict[str, Any]] | None = None,
+    extra_data: Mapping[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """Every child of a workload run, in creation order: report ConfigMap and the identity
+    that may write it, the task ConfigMap, the Job."""
+    name = child_name(owner.name, role)
+    pod = workload_pod(
+        owner=owner,
+        role=role,
+        config=config,
+        resources=resources,
+        image=image,
+        command=command,
+        task_config_map_name=name,
+        claims=claims,
+        env=env,
+        extra_volumes=extra_volumes,
+        extra_mounts=extra_mounts,
+    )
+    return [
+        *report_objects(owner, role),
+        task_config_map(owner, name, role, task, extra_data),
+        job(owner, name, role, pod, config),
+    ]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crucible.api.common import SecretKeyRef
-from crucible.api.contract import TASK_PATH, DataFile, EvalEndpoint, EvalRag, EvalTask
+from crucible.api.contract import DataFile, EvalEndpoint, EvalRag, EvalTask
 from crucible.api.evalrun import Endpoint, EvalRunSpec, Serving
 from crucible.api.ragindex import Embedding
 from crucible.config import OperatorConfig
@@ -16,18 +16,14 @@ from crucible.resources.common import (
     child_name,
     container_resources,
     env_from_secret,
-    job,
     labels,
     metadata,
     pvc_claims,
     pvc_volumes,
-    report_name,
-    report_objects,
     scheduling,
-    store_path,
-    store_uri,
-    task_config_map,
-    workload_pod,
+    task_fields,
+    workload_children,
+    workload_command,
 )
 from crucible.resources.datasets import mount_data
 
@@ -212,7 +208,6 @@ def eval_job(
         )
     data = mount_data(spec.dataset, config)
     claims = data.claims + pvc_claims([rag.embedding.model] if rag else [])
-    _, _, claim_paths = pvc_volumes(config, claims)
     eval_rag = None
     if rag is not None and spec.rag is not None:
         eval_rag = EvalRag(
@@ -225,12 +220,7 @@ def eval_job(
             env_from_secret(eval_rag.database_url_env, rag.connection.name, rag.connection.key)
         )
     task = EvalTask(
-        namespace=owner.namespace,
-        name=owner.name,
-        report_config_map=report_name(owner),
-        mounts=claim_paths,
-        output_uri=store_uri(config, owner),
-        output_path=store_path(config, owner),
+        **task_fields(owner, config, claims),
         endpoints=endpoints,
         dataset=DataFile(path=data.path, uri=data.uri),
         rag=eval_rag,
@@ -244,22 +234,16 @@ def eval_job(
         judge_prompt=spec.judge.prompt if spec.judge else None,
         bootstrap_samples=spec.judge.bootstrap_samples if spec.judge else 0,
     )
-    name = child_name(owner.name, ROLE)
-    pod = workload_pod(
+    return workload_children(
         owner=owner,
         role=ROLE,
         config=config,
         resources=spec.resources,
         image=config.eval_image,
-        command=["python", "-m", "crucible.workloads.evaluate", "--task", TASK_PATH],
-        task_config_map_name=name,
+        command=workload_command("evaluate"),
+        task=task,
         claims=claims,
         env=env,
         extra_volumes=data.volumes,
         extra_mounts=data.mounts,
     )
-    return [
-        *report_objects(owner, ROLE),
-        task_config_map(owner, name, ROLE, task),
-        job(owner, name, ROLE, pod, config),
-    ]

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from crucible.api.contract import TASK_PATH, DatasetInput, FineTuneTask
+from crucible.api.contract import DatasetInput, FineTuneTask
 from crucible.api.finetunejob import FineTuneJobSpec
 from crucible.config import OperatorConfig
 from crucible.resources.common import (
     Owner,
-    child_name,
-    job,
     pvc_claims,
-    pvc_volumes,
-    report_name,
-    report_objects,
     store_path,
     store_uri,
-    task_config_map,
-    workload_pod,
+    task_fields,
+    workload_children,
+    workload_command,
 )
 from crucible.resources.datasets import mount_data
 
@@ -37,10 +33,10 @@ def outputs(owner: Owner, spec: FineTuneJobSpec, config: OperatorConfig) -> dict
 
 
 def command(gpus: int) -> list[str]:
-    entry = ["-m", "crucible.workloads.finetune", "--task", TASK_PATH]
+    python, *entry = workload_command("finetune")
     if gpus > 1:
         return ["torchrun", "--standalone", f"--nproc_per_node={gpus}", *entry]
-    return ["python", *entry]
+    return [python, *entry]
 
 
 def build(
@@ -48,14 +44,8 @@ def build(
 ) -> list[dict[str, Any]]:
     data = mount_data(spec.dataset, config)
     claims = pvc_claims([base_model_uri]) + data.claims
-    _, _, mounts = pvc_volumes(config, claims)
     task = FineTuneTask(
-        namespace=owner.namespace,
-        name=owner.name,
-        report_config_map=report_name(owner),
-        mounts=mounts,
-        output_uri=outputs(owner, spec, config)["outputUri"],
-        output_path=store_path(config, owner),
+        **task_fields(owner, config, claims, outputs(owner, spec, config)["outputUri"]),
         base_model_uri=base_model_uri,
         method=spec.method,
         dataset=DatasetInput(
@@ -73,25 +63,19 @@ def build(
         checkpoint_path=store_path(config, owner, "checkpoints"),
         gpus=spec.resources.gpus,
     )
-    name = child_name(owner.name, ROLE)
-    volumes, mounts_ = list(data.volumes), list(data.mounts)
+    volumes, mounts = list(data.volumes), list(data.mounts)
     if spec.resources.gpus > 1:  # NCCL needs more shared memory than the default 64 MiB
         volumes.append(SHM[0])
-        mounts_.append(SHM[1])
-    pod = workload_pod(
+        mounts.append(SHM[1])
+    return workload_children(
         owner=owner,
         role=ROLE,
         config=config,
         resources=spec.resources,
         image=config.train_image,
         command=command(spec.resources.gpus),
-        task_config_map_name=name,
+        task=task,
         claims=claims,
         extra_volumes=volumes,
-        extra_mounts=mounts_,
+        extra_mounts=mounts,
     )
-    return [
-        *report_objects(owner, ROLE),
-        task_config_map(owner, name, ROLE, task),
-        job(owner, name, ROLE, pod, config),
-    ]

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from crucible.api.contract import TASK_PATH, MergeTask
+from crucible.api.contract import MergeTask
 from crucible.api.modelmerge import (
     METHODS_NEEDING_BASE,
     MergeMethod,
@@ -16,16 +16,10 @@ from crucible.api.modelmerge import (
 from crucible.config import OperatorConfig
 from crucible.resources.common import (
     Owner,
-    child_name,
-    job,
     pvc_claims,
-    pvc_volumes,
-    report_name,
-    report_objects,
-    store_path,
-    store_uri,
-    task_config_map,
-    workload_pod,
+    task_fields,
+    workload_children,
+    workload_command,
 )
 
 ROLE = "merge"
@@ -72,34 +66,16 @@ def build(
     owner: Owner, spec: ModelMergeSpec, inputs: MergeInputs, config: OperatorConfig
 ) -> list[dict[str, Any]]:
     """Every child of a ModelMerge, in creation order."""
-    uris = [*inputs.models, *([inputs.base_model] if inputs.base_model else [])]
-    claims = pvc_claims(uris)
-    _, _, mounts = pvc_volumes(config, claims)
+    claims = pvc_claims([*inputs.models, *([inputs.base_model] if inputs.base_model else [])])
     mergekit = mergekit_config(spec, inputs)
-    task = MergeTask(
-        namespace=owner.namespace,
-        name=owner.name,
-        report_config_map=report_name(owner),
-        mounts=mounts,
-        output_uri=store_uri(config, owner),
-        output_path=store_path(config, owner),
-        mergekit=mergekit,
-    )
-    name = child_name(owner.name, ROLE)
-    pod = workload_pod(
+    return workload_children(
         owner=owner,
         role=ROLE,
         config=config,
         resources=spec.resources,
         image=config.merge_image,
-        command=["python", "-m", "crucible.workloads.merge", "--task", TASK_PATH],
-        task_config_map_name=name,
+        command=workload_command("merge"),
+        task=MergeTask(**task_fields(owner, config, claims), mergekit=mergekit),
         claims=claims,
+        extra_data={"mergekit.yaml": yaml.safe_dump(mergekit, sort_keys=False)},
     )
-    return [
-        *report_objects(owner, ROLE),
-        task_config_map(
-            owner, name, ROLE, task, {"mergekit.yaml": yaml.safe_dump(mergekit, sort_keys=False)}
-        ),
-        job(owner, name, ROLE, pod, config),
-    ]

@@ -4,23 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from crucible.api.contract import DATABASE_URL_ENV, TASK_PATH, RagTask
+from crucible.api.contract import DATABASE_URL_ENV, RagTask
 from crucible.api.ragindex import RagIndexSpec
 from crucible.config import OperatorConfig
 from crucible.resources.common import (
     Owner,
-    child_name,
     env_from_secret,
-    job,
     pvc_claims,
     pvc_mount_path,
-    pvc_volumes,
-    report_name,
-    report_objects,
-    store_path,
-    store_uri,
-    task_config_map,
-    workload_pod,
+    task_fields,
+    workload_children,
+    workload_command,
 )
 
 ROLE = "rag"
@@ -41,14 +35,8 @@ def build(owner: Owner, spec: RagIndexSpec, config: OperatorConfig) -> list[dict
         claims.append(source.pvc.claim_name)
         base = pvc_mount_path(config, source.pvc.claim_name)
         documents_path = f"{base}/{source.pvc.path}".rstrip("/")
-    _, _, claim_paths = pvc_volumes(config, claims)
     task = RagTask(
-        namespace=owner.namespace,
-        name=owner.name,
-        report_config_map=report_name(owner),
-        mounts=claim_paths,
-        output_uri=store_uri(config, owner),
-        output_path=store_path(config, owner),
+        **task_fields(owner, config, claims),
         git=source.git,
         documents_path=documents_path,
         include=source.include,
@@ -56,23 +44,17 @@ def build(owner: Owner, spec: RagIndexSpec, config: OperatorConfig) -> list[dict
         embedding=spec.embedding,
         table=spec.database.table,
     )
-    name = child_name(owner.name, ROLE)
     secret = spec.database.connection_secret_ref
-    pod = workload_pod(
+    return workload_children(
         owner=owner,
         role=ROLE,
         config=config,
         resources=spec.resources,
         image=config.rag_image,
-        command=["python", "-m", "crucible.workloads.rag", "--task", TASK_PATH],
-        task_config_map_name=name,
+        command=workload_command("rag"),
+        task=task,
         claims=claims,
         env=[env_from_secret(DATABASE_URL_ENV, secret.name, secret.key)],
         extra_volumes=volumes,
         extra_mounts=mounts,
     )
-    return [
-        *report_objects(owner, ROLE),
-        task_config_map(owner, name, ROLE, task),
-        job(owner, name, ROLE, pod, config),
-    ]
