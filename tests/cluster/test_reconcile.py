@@ -7,6 +7,8 @@ import json
 import time
 from typing import Any
 
+from prometheus_client import REGISTRY, generate_latest
+
 from crucible.devcluster.cluster import LocalCluster
 from tests.cluster.conftest import (
     HOLD_IMAGE,
@@ -226,6 +228,14 @@ def test_the_chain_reaches_succeeded_with_lineage(
         assert [r["model"] for r in bench["results"]] == ["merged", "tuned", "gpt"]
         assert bench["results"][1]["rounds"] == [0.56, 0.58, 0.59]
         assert ready_condition(bench)["status"] == "True"
+        # The same figures on /metrics.
+        metrics = generate_latest(REGISTRY).decode()
+        assert (
+            f'crucible_eval_accuracy{{dataset="configmap/mcq/mcq.csv",evalrun="bench",'
+            f'model="tuned",namespace="{namespace}",rag="true"}} '
+            f"{(0.56 + 0.58 + 0.59) / 3}"
+        ) in metrics
+        assert 'crucible_job_duration_seconds_count{kind="EvalRun",phase="Succeeded"}' in metrics
         # The servers were the run's alone: gone once it is done.
         wait_for(
             lambda: not objects(cluster, namespace, "deployment", "bench"),

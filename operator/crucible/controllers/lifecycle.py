@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -22,6 +23,7 @@ from crucible.api.contract import REPORT_KEY, WorkloadReport
 from crucible.api.kinds import FINE_TUNE_JOB, KINDS_BY_NAME
 from crucible.config import OperatorConfig
 from crucible.controllers.kube import ChildConflictError, Kube
+from crucible.metrics import JOB_SECONDS, RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES, RUNS
 from crucible.resources.common import Owner, child_name, report_name
 from crucible.resources.jobs import job_outcome
 from crucible.resources.status import describe_validation_error, now, phase_status
@@ -251,6 +253,18 @@ def changed(current: Mapping[str, Any], patch: Mapping[str, Any]) -> bool:
     return False
 
 
+def record_run(
+    kind: Kind, body: Mapping[str, Any], before: Mapping[str, Any], after: Mapping[str, Any]
+) -> None:
+    """Metrics of one step: the status seen, and the run's duration when it just ended."""
+    RUNS.observe(kind.kind, body, after)
+    RECONCILES.labels(kind.kind, after.get("phase") or "Pending").inc()
+    ended = after.get("phase") in TERMINAL and before.get("phase") not in TERMINAL
+    if ended and after.get("startTime"):
+        seconds = (datetime.now(UTC) - datetime.fromisoformat(after["startTime"])).total_seconds()
+        JOB_SECONDS.labels(kind.kind, after["phase"]).observe(max(seconds, 0.0))
+
+
 def register(kind: Kind, reconcile: Step) -> None:
     """Run `reconcile` for every resource of `kind` until it is done."""
 
@@ -273,17 +287,29 @@ def register(kind: Kind, reconcile: Step) -> None:
                 return
             status = body.get("status") or {}
             if status.get("phase") in TERMINAL:
+                RUNS.observe(kind.kind, body, status)  # rebuilds the series after a restart
                 return
-            patch = step(kind, reconcile, kube, config, body)
-            if changed(status, patch):
-                kube.patch_status(kind, namespace, name, patch)
-                if patch.get("phase") != status.get("phase"):
-                    logger.info(
-                        "%s %s: %s",
-                        kind.kind,
-                        patch.get("phase"),
-                        patch["conditions"][-1]["message"],
-                    )
+            try:
+                with RECONCILE_SECONDS.labels(kind.kind).time():
+                    patch = step(kind, reconcile, kube, config, body)
+                    if changed(status, patch):
+                        kube.patch_status(kind, namespace, name, patch)
+            except Exception:  # an API hiccup or a bug: count it, log it, try again
+                RECONCILE_ERRORS.labels(kind.kind).inc()
+                logger.exception(
+                    "reconcile of %s %s/%s failed; retrying", kind.kind, namespace, name
+                )
+                stopped.wait(config.reconcile_interval)
+                continue
+            record_run(kind, body, status, {**status, **patch})
+            if patch.get("phase") != status.get("phase"):
+                logger.info(
+                    "%s %s: %s", kind.kind, patch.get("phase"), patch["conditions"][-1]["message"]
+                )
             if patch.get("phase") in TERMINAL:
                 return
             stopped.wait(config.reconcile_interval)
+
+    @kopf.on.delete(GROUP, VERSION, kind.plural, id="forget", optional=True)
+    def forget(name: str, namespace: str | None, **_: Any) -> None:
+        RUNS.forget(kind.kind, namespace or "", name)

@@ -1,0 +1,134 @@
+"""Prometheus metrics of the operator.
+
+Eval results and resources-by-phase are derived at scrape time from the last status the
+operator saw of every resource (`RunStatusCollector`): they are rebuilt after a restart as the
+reconcile daemons resume, and a deleted resource's series go with it. Reconcile counts and
+latencies and Job durations are ordinary counters and histograms.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from crucible.api.common import Phase
+
+EVAL_LABELS = ("namespace", "evalrun", "model", "dataset", "rag")
+
+RECONCILES = Counter(
+    "crucible_reconcile_total", "Reconcile steps, by kind and result.", ("kind", "result")
+)
+RECONCILE_ERRORS = Counter(
+    "crucible_reconcile_errors_total",
+    "Reconcile steps that raised an unexpected error (retried).",
+    ("kind",),
+)
+RECONCILE_SECONDS = Histogram(
+    "crucible_reconcile_duration_seconds",
+    "Time one reconcile step takes.",
+    ("kind",),
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+JOB_SECONDS = Histogram(
+    "crucible_job_duration_seconds",
+    "Wall time of runs from start to success or failure, by kind and outcome.",
+    ("kind", "phase"),
+    buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400),
+)
+
+
+def dataset_label(spec: Mapping[str, Any]) -> str:
+    """A short, stable name for an EvalRun's question set."""
+    dataset = spec.get("dataset") or {}
+    if "configMap" in dataset:
+        return f"configmap/{dataset['configMap']['name']}/{dataset['configMap']['key']}"
+    if "pvc" in dataset:
+        return f"pvc/{dataset['pvc']['claimName']}/{dataset['pvc'].get('path', '')}"
+    return str(dataset.get("uri", ""))
+
+
+class RunStatusCollector(Collector):
+    """Holds the last seen spec and status of every resource; renders gauges from them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: dict[tuple[str, str, str], tuple[Mapping[str, Any], Mapping[str, Any]]] = {}
+
+    def observe(self, kind: str, body: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+        meta = body["metadata"]
+        with self._lock:
+            self._runs[(kind, meta["namespace"], meta["name"])] = (body.get("spec") or {}, status)
+
+    def forget(self, kind: str, namespace: str, name: str) -> None:
+        with self._lock:
+            self._runs.pop((kind, namespace, name), None)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._lock:
+            runs = dict(self._runs)
+        by_phase = GaugeMetricFamily(
+            "crucible_resources", "Crucible resources by kind and phase.", labels=("kind", "phase")
+        )
+        counts: dict[tuple[str, str], int] = {}
+        for (kind, _, _), (_, status) in runs.items():
+            key = (kind, status.get("phase") or Phase.PENDING.value)
+            counts[key] = counts.get(key, 0) + 1
+        for (kind, phase), count in sorted(counts.items()):
+            by_phase.add_metric([kind, phase], count)
+        yield by_phase
+        yield from self._eval_families(runs)
+
+    @staticmethod
+    def _eval_families(
+        runs: dict[tuple[str, str, str], tuple[Mapping[str, Any], Mapping[str, Any]]],
+    ) -> Iterator[GaugeMetricFamily]:
+        def family(name: str, text: str, extra: tuple[str, ...] = ()) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, text, labels=(*EVAL_LABELS, *extra))
+
+        accuracy = family("crucible_eval_accuracy", "Mean accuracy over rounds, in [0, 1].")
+        stddev = family("crucible_eval_accuracy_stddev", "Sample standard deviation over rounds.")
+        low = family("crucible_eval_accuracy_ci95_lower", "Lower 95% bound of the mean accuracy.")
+        high = family("crucible_eval_accuracy_ci95_upper", "Upper 95% bound of the mean accuracy.")
+        rounds = family("crucible_eval_rounds", "Rounds the accuracy is computed over (n).")
+        per_round = family("crucible_eval_round_accuracy", "Accuracy of one round.", ("round",))
+        rating = GaugeMetricFamily(
+            "crucible_eval_judge_rating",
+            "Bradley-Terry rating from the LLM judge.",
+            labels=("namespace", "evalrun", "model", "dataset"),
+        )
+        for (kind, namespace, name), (spec, status) in sorted(runs.items()):
+            if kind != "EvalRun":
+                continue
+            dataset = dataset_label(spec)
+            for result in status.get("results") or []:
+                labels = [
+                    namespace,
+                    name,
+                    result["model"],
+                    dataset,
+                    "true" if result["rag"] else "false",
+                ]
+                accuracy.add_metric(labels, result["accuracyMean"])
+                stddev.add_metric(labels, result["accuracyStddev"])
+                low.add_metric(labels, result["ci95Low"])
+                high.add_metric(labels, result["ci95High"])
+                rounds.add_metric(labels, result["n"])
+                for i, score in enumerate(result.get("rounds") or []):
+                    per_round.add_metric([*labels, str(i + 1)], score)
+            for judged in status.get("judgeRatings") or []:
+                rating.add_metric([namespace, name, judged["model"], dataset], judged["rating"])
+        yield from (accuracy, stddev, low, high, rounds, per_round, rating)
+
+
+def register_collector(registry: CollectorRegistry = REGISTRY) -> RunStatusCollector:
+    collector = RunStatusCollector()
+    registry.register(collector)
+    return collector
+
+
+RUNS = register_collector()

@@ -1,0 +1,81 @@
+"""Metrics derived from resources' status: names, labels, rebuild and removal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from crucible.metrics import dataset_label, register_collector
+
+
+def evalrun(name: str, results: list[dict[str, Any]], **status: Any) -> tuple[dict, dict]:
+    body = {
+        "metadata": {"namespace": "team", "name": name},
+        "spec": {"dataset": {"configMap": {"name": "mcq", "key": "nitro.csv"}}},
+    }
+    return body, {"phase": "Succeeded", "results": results, **status}
+
+
+RESULT = {
+    "model": "tuned",
+    "rag": True,
+    "n": 3,
+    "questions": 50,
+    "accuracyMean": 0.578,
+    "accuracyStddev": 0.021,
+    "ci95Low": 0.526,
+    "ci95High": 0.63,
+    "rounds": [0.56, 0.58, 0.594],
+    "unparsed": 1,
+}
+
+
+def scrape(registry: CollectorRegistry) -> str:
+    return generate_latest(registry).decode()
+
+
+def test_eval_results_become_gauges_with_the_documented_labels() -> None:
+    registry = CollectorRegistry()
+    runs = register_collector(registry)
+    body, status = evalrun(
+        "bench",
+        [RESULT],
+        judgeRatings=[{"model": "tuned", "rating": 1012.5, "ci95Low": 990.0, "ci95High": 1030.0}],
+    )
+    runs.observe("EvalRun", body, status)
+    text = scrape(registry)
+    labels = (
+        'dataset="configmap/mcq/nitro.csv",evalrun="bench",model="tuned",'
+        'namespace="team",rag="true"'
+    )
+    assert f"crucible_eval_accuracy{{{labels}}} 0.578" in text
+    assert f"crucible_eval_accuracy_stddev{{{labels}}} 0.021" in text
+    assert f"crucible_eval_accuracy_ci95_lower{{{labels}}} 0.526" in text
+    assert f"crucible_eval_rounds{{{labels}}} 3.0" in text
+    assert f'crucible_eval_round_accuracy{{{labels},round="3"}} 0.594' in text
+    assert (
+        'crucible_eval_judge_rating{dataset="configmap/mcq/nitro.csv",evalrun="bench",'
+        'model="tuned",namespace="team"} 1012.5'
+    ) in text
+    assert 'crucible_resources{kind="EvalRun",phase="Succeeded"} 1.0' in text
+
+
+def test_forgetting_a_resource_removes_its_series() -> None:
+    registry = CollectorRegistry()
+    runs = register_collector(registry)
+    runs.observe("EvalRun", *evalrun("old", [RESULT]))
+    runs.observe(
+        "ModelMerge", {"metadata": {"namespace": "team", "name": "m"}}, {"phase": "Running"}
+    )
+    runs.forget("EvalRun", "team", "old")
+    text = scrape(registry)
+    assert 'evalrun="old"' not in text
+    assert 'crucible_resources{kind="ModelMerge",phase="Running"} 1.0' in text
+
+
+def test_dataset_label_names_the_source() -> None:
+    assert dataset_label({"dataset": {"uri": "s3://b/mcq.csv"}}) == "s3://b/mcq.csv"
+    assert dataset_label({"dataset": {"pvc": {"claimName": "d", "path": "x.csv"}}}) == (
+        "pvc/d/x.csv"
+    )
