@@ -11,7 +11,16 @@ from pathlib import Path
 def _crds(args: argparse.Namespace) -> int:
     from crucible.api.crd import write_crds
 
-    for path in write_crds(Path(args.output)):
+    for directory in filter(None, (args.output, args.chart)):
+        for path in write_crds(Path(directory)):
+            print(path)
+    return 0
+
+
+def _dashboards(args: argparse.Namespace) -> int:
+    from crucible.metrics.dashboards import write_dashboards
+
+    for path in write_dashboards(Path(args.output)):
         print(path)
     return 0
 
@@ -34,7 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     crds = commands.add_parser("crds", help="generate the CRD manifests from the API types")
     crds.add_argument("-o", "--output", default="crds", help="directory to write (default: crds)")
+    crds.add_argument(
+        "--chart", default="charts/crucible/crds", help="the chart's copy (empty: none)"
+    )
     crds.set_defaults(func=_crds)
+
+    dashboards = commands.add_parser(
+        "dashboards", help="generate the Grafana dashboards (needs the dev extra)"
+    )
+    dashboards.add_argument(
+        "-o", "--output", default="charts/crucible/dashboards", help="directory to write"
+    )
+    dashboards.set_defaults(func=_dashboards)
 
     operator = commands.add_parser("operator", help="run the operator")
     scope = operator.add_mutually_exclusive_group()

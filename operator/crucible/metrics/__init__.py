@@ -17,6 +17,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from crucible.api.common import Phase
+from crucible.api.kinds import KINDS
 
 EVAL_LABELS = ("namespace", "evalrun", "model", "dataset", "rag")
 
@@ -40,6 +41,11 @@ JOB_SECONDS = Histogram(
     ("kind", "phase"),
     buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400),
 )
+
+
+# Series of every kind exist from the start (at 0), so rate() over them is defined.
+for _kind in KINDS:
+    RECONCILE_ERRORS.labels(_kind.kind)
 
 
 def dataset_label(spec: Mapping[str, Any]) -> str:
@@ -123,6 +129,44 @@ class RunStatusCollector(Collector):
             for judged in status.get("judgeRatings") or []:
                 rating.add_metric([namespace, name, judged["model"], dataset], judged["rating"])
         yield from (accuracy, stddev, low, high, rounds, per_round, rating)
+        yield from RunStatusCollector._trend_families(runs)
+
+    @staticmethod
+    def _trend_families(
+        runs: dict[tuple[str, str, str], tuple[Mapping[str, Any], Mapping[str, Any]]],
+    ) -> Iterator[GaugeMetricFamily]:
+        """Latest versus previous finished EvalRun of each model, dataset and RAG setting."""
+        history: dict[tuple[str, str, str, str], list[tuple[str, Mapping[str, Any]]]] = {}
+        for (kind, namespace, _), (spec, status) in runs.items():
+            if kind != "EvalRun" or not status.get("completionTime"):
+                continue
+            for result in status.get("results") or []:
+                key = (
+                    namespace,
+                    result["model"],
+                    dataset_label(spec),
+                    "true" if result["rag"] else "false",
+                )
+                history.setdefault(key, []).append((status["completionTime"], result))
+        labels = ("namespace", "model", "dataset", "rag")
+        delta = GaugeMetricFamily(
+            "crucible_eval_accuracy_delta",
+            "Mean accuracy of the latest EvalRun minus the previous one.",
+            labels=labels,
+        )
+        previous_stddev = GaugeMetricFamily(
+            "crucible_eval_accuracy_previous_stddev",
+            "Standard deviation of the previous EvalRun's accuracy.",
+            labels=labels,
+        )
+        for key, entries in sorted(history.items()):
+            if len(entries) < 2:
+                continue
+            entries.sort(key=lambda entry: entry[0])
+            (_, before), (_, latest) = entries[-2], entries[-1]
+            delta.add_metric(list(key), latest["accuracyMean"] - before["accuracyMean"])
+            previous_stddev.add_metric(list(key), before["accuracyStddev"])
+        yield from (delta, previous_stddev)
 
 
 def register_collector(registry: CollectorRegistry = REGISTRY) -> RunStatusCollector:

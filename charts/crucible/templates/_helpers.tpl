@@ -1,0 +1,71 @@
+{{/* Names and labels shared by every template. */}}
+{{- define "crucible.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "crucible.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+app.kubernetes.io/name: crucible
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "crucible.selectorLabels" -}}
+app.kubernetes.io/name: crucible
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "crucible.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "crucible.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "crucible.workloadImage" -}}
+{{- $ctx := index . 0 -}}{{- $name := index . 1 -}}{{- $override := index . 2 -}}
+{{- if $override -}}{{ $override }}{{- else -}}
+{{- printf "%s/crucible-%s:%s" $ctx.Values.workloads.registry $name (default $ctx.Chart.AppVersion $ctx.Values.workloads.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The operator's permissions: its own kinds, the children it creates, nothing more.
+     No Secrets: workloads receive them through secretKeyRef, resolved by the kubelet. */}}
+{{- define "crucible.rules" -}}
+- apiGroups: [crucible.dev]
+  resources: [modelmerges, finetunejobs, ragindexes, evalruns]
+  verbs: [get, list, watch, patch]
+- apiGroups: [crucible.dev]
+  resources: [modelmerges/status, finetunejobs/status, ragindexes/status, evalruns/status]
+  verbs: [get, patch]
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, list, watch, create, delete]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, watch, create, delete]
+- apiGroups: [""]
+  resources: [services, serviceaccounts]
+  verbs: [get, create, delete]
+- apiGroups: [""]
+  resources: [configmaps]
+  # get/update/patch are also what the per-run Roles grant workloads on their report,
+  # and RBAC only lets the operator grant what it holds.
+  verbs: [get, list, create, update, patch, delete]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [get, create, delete]
+- apiGroups: ["", events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end -}}
