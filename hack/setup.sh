@@ -22,5 +22,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-set -a; . operator/crucible/devcluster/versions.env; set +a
+# Prometheus and promtool (Debian's package) for the metrics and alert-rule tests; its daemon
+# is not started: the tests run their own on 127.0.0.1.
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  log "installing Debian's prometheus package"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
 hack/build-controlplane.sh

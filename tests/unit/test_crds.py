@@ -92,5 +92,5 @@ def test_exclusive_bounds_become_openapi_v3() -> None:
 def test_crds_cli_writes_the_files(tmp_path: Path) -> None:
     from crucible.cli.main import main
 
-    assert main(["crds", "-o", str(tmp_path)]) == 0
+    assert main(["crds", "-o", str(tmp_path), "--chart", ""]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(render_crds())

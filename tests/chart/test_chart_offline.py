@@ -1,0 +1,152 @@
+"""The chart without a cluster: lint, schema, generated files in sync, alert rules."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from crucible.api.crd import render_crds
+from crucible.devcluster.binaries import find_binaries
+from crucible.metrics.dashboards import render_dashboards
+from tests.conftest import ROOT
+
+CHART = ROOT / "charts" / "crucible"
+KUBE_VERSION = "--kube-version=1.34.4"
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(find_binaries().helm), *args], capture_output=True, text=True, timeout=120, check=check
+    )
+
+
+def rendered(*sets: str) -> list[dict]:
+    out = helm(
+        "template",
+        "t",
+        str(CHART),
+        KUBE_VERSION,
+        "--namespace",
+        "crucible-system",
+        *[a for s in sets for a in ("--set", s)],
+    ).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def test_helm_lint_strict() -> None:
+    result = helm("lint", "--strict", str(CHART), KUBE_VERSION, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_chart_crds_are_the_generated_ones() -> None:
+    for name, text in render_crds().items():
+        assert (CHART / "crds" / name).read_text() == text, f"run `crucible crds`: {name}"
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == sorted(render_crds())
+
+
+def test_committed_dashboards_match_the_code() -> None:
+    for name, text in render_dashboards().items():
+        assert (CHART / "dashboards" / name).read_text() == text, "run `crucible dashboards`"
+    assert sorted(p.name for p in (CHART / "dashboards").iterdir()) == sorted(render_dashboards())
+
+
+def test_dashboards_become_sidecar_configmaps() -> None:
+    configmaps = [d for d in rendered() if d["kind"] == "ConfigMap"]
+    assert len(configmaps) == len(render_dashboards())
+    for cm in configmaps:
+        assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+        ((name, text),) = cm["data"].items()
+        assert render_dashboards()[name].rstrip("\n") == text
+
+
+def test_operator_deployment_is_hardened() -> None:
+    (deployment,) = [d for d in rendered() if d["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["resources"]["limits"]["memory"] == "512Mi"
+    assert container["args"] == ["operator", "--all-namespaces"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["CRUCIBLE_MERGE_IMAGE"] == "ghcr.io/crucible-dev/crucible-merge:0.1.0"
+
+
+def test_namespaced_mode_grants_roles_only_where_watched() -> None:
+    docs = rendered("clusterWide=false", "watchNamespaces={team-a,team-b}")
+    kinds = {d["kind"] for d in docs}
+    assert "ClusterRole" not in kinds and "ClusterRoleBinding" not in kinds
+    roles = [d for d in docs if d["kind"] == "Role"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["args"] == [
+        "operator",
+        "--namespace=team-a",
+        "--namespace=team-b",
+    ]
+
+
+def test_rbac_has_no_wildcards_and_no_secrets() -> None:
+    (role,) = [d for d in rendered() if d["kind"] == "ClusterRole"]
+    for rule in role["rules"]:
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"]
+        assert "secrets" not in rule["resources"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("workloads.gpuResource=nvidia gpu", "/workloads/gpuResource"),
+        ("metrics.port=0", "/metrics/port"),
+        ("modelStore.pvc=Models", "/modelStore/pvc"),
+        ("unknownKey=1", "unknownKey"),
+    ],
+)
+def test_values_schema_rejects_mistakes(setting: str, message: str) -> None:
+    result = helm("template", "t", str(CHART), KUBE_VERSION, "--set", setting, check=False)
+    assert result.returncode != 0 and message in result.stderr
+
+
+def test_required_settings_fail_with_the_fix() -> None:
+    result = helm(
+        "template", "t", str(CHART), KUBE_VERSION, "--set", "clusterWide=false", check=False
+    )
+    assert "watchNamespaces: list the namespaces to watch" in result.stderr
+    result = helm(
+        "template", "t", str(CHART), KUBE_VERSION, "--set", "postgres.enabled=true", check=False
+    )
+    assert "postgres.passwordSecret: name a Secret" in result.stderr
+
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    assert path, "promtool missing: run hack/setup.sh (Debian's prometheus package)"
+    return path
+
+
+def test_alert_rules_are_valid() -> None:
+    result = subprocess.run(
+        [promtool(), "check", "rules", str(CHART / "rules" / "crucible-alerts.yaml")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 2 rules found" in result.stdout
+
+
+def test_alerts_fire_when_they_should() -> None:
+    tests = Path(__file__).with_name("alerts-test.yaml")
+    result = subprocess.run(
+        [promtool(), "test", "rules", str(tests)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tests.parent,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
