@@ -79,8 +79,18 @@ def test_operator_deployment_is_hardened() -> None:
 
 def test_namespaced_mode_grants_roles_only_where_watched() -> None:
     docs = rendered("clusterWide=false", "watchNamespaces={team-a,team-b}")
-    kinds = {d["kind"] for d in docs}
-    assert "ClusterRole" not in kinds and "ClusterRoleBinding" not in kinds
+    cluster_roles = [d for d in docs if d["kind"] == "ClusterRole"]
+    # Cluster-wide only what kopf reads: Namespaces and CRDs.
+    assert [r["rules"] for r in cluster_roles] == [
+        [
+            {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
+            {
+                "apiGroups": ["apiextensions.k8s.io"],
+                "resources": ["customresourcedefinitions"],
+                "verbs": ["get", "list", "watch"],
+            },
+        ]
+    ]
     roles = [d for d in docs if d["kind"] == "Role"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     (deployment,) = [d for d in docs if d["kind"] == "Deployment"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client, config
@@ -107,3 +109,32 @@ class Kube:
         except ApiException as error:
             if error.status != 404:  # deleted meanwhile: nothing to report to
                 raise
+
+    def post_event(self, body: dict[str, Any], event_type: str, reason: str, message: str) -> None:
+        """A core/v1 Event on the resource, for `kubectl describe` and `kubectl get events`."""
+        meta = body["metadata"]
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": body["apiVersion"],
+                "kind": body["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": event_type,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "crucible-operator"},
+            "reportingComponent": "crucible-operator",
+            "reportingInstance": "crucible-operator",
+            "firstTimestamp": now[:19] + "Z",
+            "lastTimestamp": now[:19] + "Z",
+            "count": 1,
+        }
+        with contextlib.suppress(ApiException):  # auxiliary: never fail a reconcile over one
+            self._resource("v1", "Event").create(body=event, namespace=meta["namespace"])

@@ -303,8 +303,11 @@ def register(kind: Kind, reconcile: Step) -> None:
                 continue
             record_run(kind, body, status, {**status, **patch})
             if patch.get("phase") != status.get("phase"):
-                logger.info(
-                    "%s %s: %s", kind.kind, patch.get("phase"), patch["conditions"][-1]["message"]
+                ready = patch["conditions"][-1]
+                logger.info("%s %s: %s", kind.kind, patch.get("phase"), ready["message"])
+                warning = patch.get("phase") == Phase.FAILED
+                kube.post_event(
+                    body, "Warning" if warning else "Normal", ready["reason"], ready["message"]
                 )
             if patch.get("phase") in TERMINAL:
                 return
