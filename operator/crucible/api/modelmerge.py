@@ -19,7 +19,6 @@ from crucible.api.common import (
 class MergeMethod(StrEnum):
     LINEAR = "linear"
     SLERP = "slerp"
-    NUSLERP = "nuslerp"
     TASK_ARITHMETIC = "task_arithmetic"
     TIES = "ties"
     DARE_TIES = "dare_ties"
@@ -89,7 +88,7 @@ class MergeParameters(ApiModel):
         default=None,
         ge=0,
         le=1,
-        description="Interpolation factor of slerp and nuslerp: 0 gives the base model, 1 the "
+        description="Interpolation factor of slerp: 0 gives the first (base) model, 1 the "
         "other model.",
     )
     normalize: bool | None = Field(
@@ -109,11 +108,17 @@ class ModelMergeSpec(ApiModel):
 
     model_config = api_config(
         cel(
-            "!(self.method in ['slerp', 'nuslerp']) || size(self.models) == 2",
-            "spec.models: slerp and nuslerp merge exactly two models; list two models "
-            "(the first is the base unless spec.baseModel is set)",
+            "self.method != 'slerp' || size(self.models) == 2",
+            "spec.models: slerp merges exactly two models; list two models, the base first",
             field_path=".models",
             reason="FieldValueInvalid",
+        ),
+        cel(
+            "self.method != 'slerp' || !has(self.baseModel)",
+            "spec.baseModel: slerp blends its two models and takes the first as the base: "
+            "remove baseModel and list the base first in spec.models",
+            field_path=".baseModel",
+            reason="FieldValueForbidden",
         ),
         cel(
             "!(" + _method_in(METHODS_NEEDING_BASE) + ") || has(self.baseModel)",
@@ -124,18 +129,15 @@ class ModelMergeSpec(ApiModel):
             reason="FieldValueRequired",
         ),
         cel(
-            "!(self.method in ['slerp', 'nuslerp']) || (has(self.parameters) && "
-            "has(self.parameters.t))",
-            "spec.parameters.t is required by slerp and nuslerp: set it between 0 (base "
-            "model) and 1 (other model), e.g. 0.5",
+            "self.method != 'slerp' || (has(self.parameters) && has(self.parameters.t))",
+            "spec.parameters.t is required by slerp: set it between 0 (the first model) and "
+            "1 (the second), e.g. 0.5",
             field_path=".parameters",
             reason="FieldValueRequired",
         ),
         cel(
-            "self.method in ['slerp', 'nuslerp'] || !has(self.parameters) || "
-            "!has(self.parameters.t)",
-            "spec.parameters.t only applies to slerp and nuslerp: remove it, or use "
-            "weight on each model",
+            "self.method == 'slerp' || !has(self.parameters) || !has(self.parameters.t)",
+            "spec.parameters.t only applies to slerp: remove it, or use weight on each model",
             field_path=".parameters.t",
             reason="FieldValueForbidden",
         ),
@@ -149,14 +151,14 @@ class ModelMergeSpec(ApiModel):
     )
 
     method: MergeMethod = Field(
-        description="mergekit merge method: linear, slerp, nuslerp, task_arithmetic, ties, "
+        description="mergekit merge method: linear, slerp, task_arithmetic, ties, "
         "dare_ties, dare_linear, breadcrumbs, breadcrumbs_ties, della, della_linear or "
         "model_stock."
     )
     base_model: ModelSource | None = Field(
         default=None,
-        description="The model the others are measured against. Required by task-vector "
-        "methods; for slerp it defaults to the first model.",
+        description="The model the others are measured against, required by task-vector "
+        "methods; slerp takes its first model instead.",
     )
     models: list[MergeInput] = Field(
         min_length=1,

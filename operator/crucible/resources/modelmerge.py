@@ -46,7 +46,7 @@ def mergekit_config(spec: ModelMergeSpec, inputs: MergeInputs) -> dict[str, Any]
             parameters["density"] = source.density
         models.append({"model": uri, **({"parameters": parameters} if parameters else {})})
     base = inputs.base_model
-    if base is None and method in (MergeMethod.SLERP, MergeMethod.NUSLERP):
+    if base is None and method == MergeMethod.SLERP:
         base = inputs.models[0]
     config: dict[str, Any] = {"merge_method": method.value}
     if base is not None:
