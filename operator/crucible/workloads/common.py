@@ -1,0 +1,187 @@
+"""What every workload shares: reading the task, finding models, reporting, failing clearly,
+and writing results so that no half-written output is ever visible."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+from pydantic import BaseModel
+
+from crucible.api.contract import REPORT_KEY, TaskBase, WorkloadReport
+
+log = logging.getLogger("crucible.workload")
+T = TypeVar("T", bound=TaskBase)
+TERMINATION_LOG = Path("/dev/termination-log")
+
+
+class WorkloadError(RuntimeError):
+    """The run cannot succeed; the message says what is wrong and what to change."""
+
+
+def parse_task(argv: list[str] | None, task_type: type[T], description: str) -> T:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--task", required=True, help="task JSON written by the operator")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    return task_type.model_validate_json(Path(args.task).read_text())
+
+
+def fail(message: str) -> NoReturn:
+    """End the pod with `message` as its termination message (what the operator reports)."""
+    log.error(message)
+    with contextlib.suppress(OSError):
+        TERMINATION_LOG.write_text(message[-4000:])
+    print(message, file=sys.stderr)
+    raise SystemExit(1)
+
+
+def run_main(work: Any, argv: list[str] | None, task_type: type[T], description: str) -> int:
+    """Parse the task, run `work(task)`, turn WorkloadError into a clear failure."""
+    task = parse_task(argv, task_type, description)
+    try:
+        work(task)
+    except WorkloadError as error:
+        fail(str(error))
+    return 0
+
+
+# -- models and files -----------------------------------------------------------------------
+
+
+def resolve_uri(uri: str, mounts: dict[str, str], cache: Path) -> Path:
+    """A local directory (or file) for a model or data URI.
+
+    pvc://claim/path is read where the operator mounted the claim; hf://org/name@revision is
+    fetched with huggingface_hub (HF_TOKEN and HF_HUB_OFFLINE apply); s3://bucket/prefix is
+    fetched with an S3 client (the usual AWS_* variables apply).
+    """
+    if uri.startswith("pvc://"):
+        claim, _, path = uri.removeprefix("pvc://").partition("/")
+        if claim not in mounts:
+            raise WorkloadError(f"{uri}: PersistentVolumeClaim {claim!r} is not mounted")
+        local = Path(mounts[claim]) / path
+        if not local.exists():
+            raise WorkloadError(f"{uri}: {local} does not exist")
+        return local
+    if uri.startswith("hf://"):
+        return _from_hub(uri, cache)
+    if uri.startswith("s3://"):
+        return _from_s3(uri, cache)
+    raise WorkloadError(f"{uri}: unsupported scheme; use pvc://, hf:// or s3://")
+
+
+def _from_hub(uri: str, cache: Path) -> Path:
+    from huggingface_hub import snapshot_download
+
+    name, _, revision = uri.removeprefix("hf://").partition("@")
+    repo_type = "model"
+    if name.startswith("datasets/"):
+        repo_type, name = "dataset", name.removeprefix("datasets/")
+    try:
+        return Path(
+            snapshot_download(
+                repo_id=name,
+                revision=revision or None,
+                repo_type=repo_type,
+                cache_dir=cache / "hub",
+            )
+        )
+    except Exception as error:  # the hub's errors are many; the message says which
+        raise WorkloadError(f"{uri}: cannot download from the Hugging Face Hub: {error}") from error
+
+
+def _from_s3(uri: str, cache: Path) -> Path:
+    """Download every object under an S3 prefix. boto3 cannot share an environment with the
+    kubernetes client (python-dateutil), so this uses MinIO's S3 client: AWS_ENDPOINT_URL
+    (default AWS), AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION apply."""
+    from urllib.parse import urlparse
+
+    from minio import Minio
+
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    endpoint = urlparse(os.environ.get("AWS_ENDPOINT_URL") or "https://s3.amazonaws.com")
+    client = Minio(
+        endpoint.netloc,
+        access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
+        secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        region=os.environ.get("AWS_REGION"),
+        secure=endpoint.scheme == "https",
+    )
+    target = cache / "s3" / bucket / prefix
+    try:
+        keys = [o.object_name for o in client.list_objects(bucket, prefix=prefix, recursive=True)]
+        if not keys:
+            raise WorkloadError(f"{uri}: no objects under this prefix")
+        for key in keys:
+            assert key is not None
+            client.fget_object(bucket, key, str(cache / "s3" / bucket / key))
+    except WorkloadError:
+        raise
+    except Exception as error:
+        raise WorkloadError(f"{uri}: cannot download from S3: {error}") from error
+    return target if target.exists() else target.parent
+
+
+@contextlib.contextmanager
+def atomic_directory(final: Path) -> Iterator[Path]:
+    """Write into a sibling temporary directory and rename it into place only on success:
+    readers never see a half-written model, and a crash leaves nothing at `final`."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.parent / f".{final.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if final.exists():
+        shutil.rmtree(final)
+    staging.rename(final)
+
+
+# -- reporting ------------------------------------------------------------------------------
+
+
+class Reporter:
+    """Sends the WorkloadReport to the operator: in a pod, into the run's report ConfigMap
+    (the pod's ServiceAccount may update only that one); elsewhere into CRUCIBLE_REPORT_FILE."""
+
+    def __init__(self, task: TaskBase) -> None:
+        self.task = task
+        self.file = os.environ.get("CRUCIBLE_REPORT_FILE")
+        self.report = WorkloadReport()
+
+    def update(self, **fields: Any) -> None:
+        self.report = self.report.model_copy(update=fields)
+        document = json.dumps(self.report.to_api())
+        if self.file:
+            Path(self.file).write_text(document)
+        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+            self._patch_config_map(document)
+        log.info("report: %s", document)
+
+    def _patch_config_map(self, document: str) -> None:
+        from kubernetes import client, config
+
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        try:
+            client.CoreV1Api().patch_namespaced_config_map(
+                self.task.report_config_map, self.task.namespace, {"data": {REPORT_KEY: document}}
+            )
+        except client.ApiException as error:  # reporting must not fail the work itself
+            log.warning("could not write the report ConfigMap: %s", error.reason)
+
+
+def write_json(path: Path, document: BaseModel | dict[str, Any]) -> None:
+    data = document.model_dump(mode="json") if isinstance(document, BaseModel) else document
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
