@@ -1,0 +1,285 @@
+"""The fine-tune workload: LoRA/QLoRA with peft, SFT or DPO with trl, resuming from its last
+checkpoint after a restart, reporting progress, saving the adapter (and merged weights)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crucible.api.contract import FineTuneTask
+from crucible.api.finetunejob import InvalidRowPolicy, TrainingMethod, TrainingProgress
+from crucible.workloads.common import (
+    Reporter,
+    WorkloadError,
+    atomic_directory,
+    log,
+    resolve_uri,
+    run_main,
+    write_json,
+)
+from crucible.workloads.datasets import Examples, load_examples
+
+REPORT_EVERY_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    global_step: int
+    resumed_from: int | None
+    losses: list[float]
+    skipped: dict[str, int]
+
+
+def data_file(task: FineTuneTask, cache: Path) -> Path:
+    if task.dataset.path:
+        return Path(task.dataset.path)
+    assert task.dataset.uri
+    local = resolve_uri(task.dataset.uri, task.mounts, cache)
+    if local.is_file():
+        return local
+    files = sorted(p for p in local.rglob("*") if p.suffix in (".jsonl", ".json", ".csv"))
+    if not files:
+        raise WorkloadError(f"{task.dataset.uri}: no .jsonl, .json or .csv file in it")
+    return files[0]
+
+
+def drop_over_length(
+    examples: Examples, tokenizer: Any, max_length: int, path: Path, policy: InvalidRowPolicy
+) -> None:
+    """Rows longer than maxLength tokens would be truncated silently by the trainer: fail on
+    them, or skip and count them, as the spec says."""
+    kept, numbers = [], []
+    for row, number in zip(examples.rows, examples.numbers, strict=True):
+        if "messages" in row:
+            text = tokenizer.apply_chat_template(row["messages"], tokenize=False)
+            length = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        else:
+            length = max(
+                len(tokenizer(row["prompt"] + row[k])["input_ids"])
+                for k in ("completion", "chosen", "rejected")
+                if k in row
+            )
+        if length <= max_length:
+            kept.append(row)
+            numbers.append(number)
+        elif policy == InvalidRowPolicy.SKIP:
+            examples.skip(f"longer than maxLength ({max_length} tokens)")
+        else:
+            raise WorkloadError(
+                f"dataset {path}, row {number}: {length} tokens, over "
+                f"spec.hyperparameters.maxLength ({max_length}); raise it, shorten the row, or "
+                "set spec.dataset.onInvalidRow: Skip"
+            )
+    if not kept:
+        raise WorkloadError(f"dataset {path}: every row is longer than maxLength {max_length}")
+    examples.rows, examples.numbers = kept, numbers
+
+
+def load_model(path: Path, task: FineTuneTask) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    options: dict[str, Any] = {
+        "dtype": torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    }
+    if task.lora.load_in_4bit:
+        if not torch.cuda.is_available():
+            raise WorkloadError(
+                "spec.lora.loadIn4bit (QLoRA) needs a CUDA GPU and this pod has "
+                "none: request spec.resources.gpus or set loadIn4bit: false"
+            )
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise WorkloadError(
+                "spec.lora.loadIn4bit (QLoRA) needs bitsandbytes, which this "
+                "image lacks: use the GPU train image"
+            ) from None
+        from transformers import BitsAndBytesConfig
+
+        options["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+    return AutoModelForCausalLM.from_pretrained(path, **options)
+
+
+def progress_callback(reporter: Reporter) -> Any:
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):  # type: ignore[misc]
+        """Reports step, epoch, loss and learning rate, at most every few seconds."""
+
+        def __init__(self) -> None:
+            self.last = 0.0
+            self.losses: list[float] = []
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **_: Any) -> None:
+            logs = logs or {}
+            if "loss" in logs:
+                self.losses.append(float(logs["loss"]))
+            if not state.is_world_process_zero or "loss" not in logs:
+                return
+            now = time.monotonic()
+            if now - self.last >= REPORT_EVERY_SECONDS or state.global_step >= state.max_steps:
+                self.last = now
+                reporter.update(
+                    progress=TrainingProgress(
+                        step=state.global_step,
+                        total_steps=state.max_steps,
+                        epoch=state.epoch,
+                        loss=float(logs["loss"]),
+                        learning_rate=logs.get("learning_rate"),
+                    )
+                )
+
+    return Progress()
+
+
+def train(task: FineTuneTask, callbacks: tuple[Any, ...] = ()) -> TrainResult:
+    import datasets
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoTokenizer
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+
+    reporter = Reporter(task)
+    cache = Path(task.output_path) / ".cache"
+    base = resolve_uri(task.base_model_uri, task.mounts, cache)
+    path = data_file(task, cache)
+    hyper, lora = task.hyperparameters, task.lora
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    examples = load_examples(
+        path, task.dataset.format, task.dataset.system_prompt, task.dataset.on_invalid_row
+    )
+    drop_over_length(examples, tokenizer, hyper.max_length, path, task.dataset.on_invalid_row)
+    log.info("dataset %s: %d rows, skipped %s", path, len(examples.rows), dict(examples.skipped))
+    model = load_model(base, task)
+    peft_config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        task_type="CAUSAL_LM",
+        target_modules="all-linear"
+        if lora.target_modules == ["all-linear"]
+        else lora.target_modules,
+    )
+    checkpoints = Path(task.checkpoint_path)
+    common: dict[str, Any] = {
+        "output_dir": str(checkpoints),
+        "per_device_train_batch_size": hyper.batch_size,
+        "gradient_accumulation_steps": hyper.gradient_accumulation_steps,
+        "learning_rate": hyper.learning_rate,
+        "num_train_epochs": hyper.epochs,
+        "max_steps": hyper.max_steps or -1,
+        # transformers 5 reads a float below 1 as the ratio of warmup steps.
+        "warmup_steps": hyper.warmup_ratio,
+        "lr_scheduler_type": hyper.lr_scheduler,
+        "seed": hyper.seed,
+        "logging_steps": 1,
+        "save_steps": hyper.save_steps,
+        "save_total_limit": 2,
+        "report_to": [],
+        "max_length": hyper.max_length,
+        "bf16": torch.cuda.is_available(),
+        "use_cpu": not torch.cuda.is_available(),
+    }
+    progress = progress_callback(reporter)
+    dataset = datasets.Dataset.from_list(examples.rows)
+    if task.method == TrainingMethod.DPO:
+        trainer: Any = DPOTrainer(
+            model=model,
+            args=DPOConfig(**common, beta=hyper.beta),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=[progress, *callbacks],
+        )
+    else:
+        trainer = SFTTrainer(
+            model=model,
+            args=SFTConfig(**common, packing=False),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=[progress, *callbacks],
+        )
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    resumed_from = int(last.rsplit("-", 1)[1]) if last else None
+    if last:
+        log.info("resuming from %s", last)
+    trainer.train(resume_from_checkpoint=last)
+    result = TrainResult(
+        trainer.state.global_step, resumed_from, progress.losses, dict(examples.skipped)
+    )
+    if trainer.is_world_process_zero():
+        save_outputs(task, trainer, tokenizer, base, result)
+    return result
+
+
+def save_outputs(
+    task: FineTuneTask, trainer: Any, tokenizer: Any, base: Path, result: TrainResult
+) -> None:
+    summary = {
+        "kind": "FineTuneJob",
+        "name": task.name,
+        "namespace": task.namespace,
+        "baseModel": task.base_model_uri,
+        "method": task.method,
+        "lora": task.lora.to_api(),
+        "hyperparameters": task.hyperparameters.to_api(),
+        "steps": result.global_step,
+        "resumedFrom": result.resumed_from,
+        "skippedRows": result.skipped,
+    }
+    with atomic_directory(Path(task.adapter_path)) as staging:
+        trainer.model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        write_json(staging / "crucible-manifest.json", summary)
+    if task.merge_adapter and task.merged_path:
+        merged = merge_adapter(base, Path(task.adapter_path), task)
+        with atomic_directory(Path(task.merged_path)) as staging:
+            merged.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            write_json(
+                staging / "crucible-manifest.json",
+                {**summary, "lineage": [{"uri": task.base_model_uri}]},
+            )
+    final = result.losses[-1] if result.losses else None
+    Reporter(task).update(
+        progress=TrainingProgress(
+            step=result.global_step,
+            total_steps=result.global_step,
+            loss=final,
+            epoch=trainer.state.epoch,
+        ),
+        message=f"trained {result.global_step} steps"
+        + (f", resumed from step {result.resumed_from}" if result.resumed_from else "")
+        + (f", skipped rows: {result.skipped}" if result.skipped else ""),
+    )
+
+
+def merge_adapter(base: Path, adapter: Path, task: FineTuneTask) -> Any:
+    """The base model with the adapter folded in, at full precision (also after QLoRA)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    full = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    return PeftModel.from_pretrained(full, adapter).merge_and_unload()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main(train, argv, FineTuneTask, "Fine-tune a model with LoRA (SFT or DPO).")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
