@@ -18,7 +18,7 @@ want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing Crucible and its dev tools into .venv"
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e '.[dev,merge,train]'
+  .venv/bin/python -m pip install --quiet -e '.[dev,merge,train,rag,eval]'
   echo "$want" > "$stamp"
 fi
 

@@ -1,0 +1,125 @@
+"""The statistics of an evaluation: per-round accuracy summarised as mean, sample standard
+deviation and a t-based 95% confidence interval; Welch's t-test between two models; and
+Bradley-Terry ratings from pairwise judgements, by maximum likelihood, with bootstrap
+intervals."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from scipy import stats as scipy_stats
+
+ELO_SCALE = 400 / math.log(10)  # ratings on the familiar Elo-like scale, mean 1000
+ELO_MEAN = 1000.0
+
+
+@dataclass(frozen=True)
+class Summary:
+    n: int
+    mean: float
+    stddev: float  # sample standard deviation (n - 1)
+    ci95_low: float
+    ci95_high: float
+
+
+def summarize(values: Sequence[float]) -> Summary:
+    n = len(values)
+    if n == 0:
+        raise ValueError("no rounds to summarise")
+    mean = sum(values) / n
+    if n == 1:
+        return Summary(1, mean, 0.0, mean, mean)
+    stddev = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = float(scipy_stats.t.ppf(0.975, n - 1)) * stddev / math.sqrt(n)
+    return Summary(n, mean, stddev, mean - half, mean + half)
+
+
+@dataclass(frozen=True)
+class Welch:
+    t: float
+    df: float
+    p_value: float
+
+
+def welch_t_test(a: Sequence[float], b: Sequence[float]) -> Welch:
+    """Two-sided Welch's t-test of mean(a) == mean(b) with unequal variances."""
+    sa, sb = summarize(a), summarize(b)
+    va, vb = sa.stddev**2 / sa.n, sb.stddev**2 / sb.n
+    if va + vb == 0:
+        same = sa.mean == sb.mean
+        return Welch(
+            0.0 if same else math.copysign(math.inf, sa.mean - sb.mean),
+            float(sa.n + sb.n - 2),
+            1.0 if same else 0.0,
+        )
+    t = (sa.mean - sb.mean) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (sa.n - 1) + vb**2 / (sb.n - 1))
+    return Welch(t, df, float(2 * scipy_stats.t.sf(abs(t), df)))
+
+
+# -- Bradley-Terry ---------------------------------------------------------------------------
+
+# One judgement: (model i, model j, score of i) with 1 a win of i, 0 a win of j, 0.5 a tie.
+Judgement = tuple[str, str, float]
+
+
+def bradley_terry(
+    judgements: Sequence[Judgement], iterations: int = 1000, tolerance: float = 1e-10
+) -> dict[str, float]:
+    """Maximum-likelihood strengths by Hunter's MM algorithm (ties count half a win each).
+    Returns Elo-like ratings: 400·log10(strength), centred on 1000."""
+    models = sorted({m for i, j, _ in judgements for m in (i, j)})
+    wins = dict.fromkeys(models, 0.0)
+    games: dict[tuple[str, str], float] = {}
+    for i, j, score in judgements:
+        wins[i] += score
+        wins[j] += 1 - score
+        key = (min(i, j), max(i, j))
+        games[key] = games.get(key, 0.0) + 1
+    # A model that never wins has MLE strength 0: a tiny prior keeps every rating finite.
+    prior = 0.01
+    strength = dict.fromkeys(models, 1.0)
+    for _ in range(iterations):
+        updated = {}
+        for m in models:
+            denominator = sum(
+                n / (strength[a] + strength[b]) for (a, b), n in games.items() if m in (a, b)
+            )
+            updated[m] = (wins[m] + prior) / (denominator + 2 * prior / (strength[m] + 1))
+        scale = math.exp(sum(math.log(v) for v in updated.values()) / len(models))
+        updated = {m: v / scale for m, v in updated.items()}
+        if max(abs(updated[m] - strength[m]) for m in models) < tolerance:
+            strength = updated
+            break
+        strength = updated
+    return {m: ELO_MEAN + ELO_SCALE * math.log(strength[m]) for m in models}
+
+
+@dataclass(frozen=True)
+class Rating:
+    model: str
+    rating: float
+    ci95_low: float
+    ci95_high: float
+
+
+def rate(judgements: Sequence[Judgement], bootstrap: int, seed: int = 0) -> list[Rating]:
+    """Ratings, best first, each with a percentile bootstrap 95% interval."""
+    point = bradley_terry(judgements)
+    rng = random.Random(seed)
+    samples: dict[str, list[float]] = {m: [] for m in point}
+    for _ in range(bootstrap):
+        resampled = [judgements[rng.randrange(len(judgements))] for _ in judgements]
+        fitted = bradley_terry(resampled, iterations=200, tolerance=1e-6)
+        for m in point:
+            samples[m].append(fitted.get(m, ELO_MEAN))
+    ratings = []
+    for m, value in point.items():
+        values = sorted(samples[m]) or [value]
+        low = values[int(0.025 * (len(values) - 1))]
+        high = values[math.ceil(0.975 * (len(values) - 1))]
+        ratings.append(Rating(m, value, low, high))
+    return sorted(ratings, key=lambda r: r.rating, reverse=True)

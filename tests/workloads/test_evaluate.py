@@ -1,0 +1,223 @@
+"""The eval workload against a scripted OpenAI-compatible server, and its statistics against
+hand-computed values."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crucible.api.contract import DataFile, EvalEndpoint, EvalTask
+from crucible.workloads.evaluate import evaluate
+from crucible.workloads.mcq import load_questions, parse_answer
+from crucible.workloads.stats import bradley_terry, rate, summarize, welch_t_test
+from tests.conftest import ROOT
+from tests.workloads.scripted_server import ScriptedServer, serving
+
+NITRO_MCQ = ROOT.parent / "shared" / "data" / "nitro" / "mcq_nitro.csv"
+
+
+@pytest.mark.parametrize(
+    ("text", "letter"),
+    [
+        ("C", "C"),
+        ("C.", "C"),
+        ("(C)", "C"),
+        ("Answer: C", "C"),
+        ("answer: C", "C"),
+        ("The answer is C because the docs say so.", "C"),
+        ("C) It loads the model", "C"),
+        ("  B\n", "B"),
+        ("Option D", "D"),
+        ("I think it is A.", "A"),
+        ("A or B", None),
+        ("I don't know", None),
+        ("", None),
+        ("A, B or C?", None),
+        ("Answer: A. The answer is B.", None),
+    ],
+)
+def test_answer_parsing(text: str, letter: str | None) -> None:
+    assert parse_answer(text) == letter
+
+
+def test_nitro_questions_load_with_multiline_cells() -> None:
+    questions = load_questions(NITRO_MCQ)
+    assert len(questions) == 50
+    assert {q.correct for q in questions} == {"A", "B", "C", "D"}
+    palchat = next(q for q in questions if "PalChat" in q.text)
+    assert "\n" in palchat.options["A"] and not palchat.options["A"].startswith("A.")
+
+
+def test_summary_matches_hand_computation() -> None:
+    summary = summarize([0.5, 0.6, 0.7])
+    assert summary.mean == pytest.approx(0.6)
+    assert summary.stddev == pytest.approx(0.1)  # sqrt(((.1)^2 + 0 + (.1)^2) / 2)
+    half = 4.302652729911275 * 0.1 / math.sqrt(3)  # t(0.975, df=2)
+    assert (summary.ci95_low, summary.ci95_high) == (
+        pytest.approx(0.6 - half),
+        pytest.approx(0.6 + half),
+    )
+
+
+def test_welch_matches_hand_computation() -> None:
+    test = welch_t_test([0.5, 0.6, 0.7], [0.4, 0.45, 0.5])
+    # means .6 and .45; variances .01 and .0025; n 3 each
+    se2 = 0.01 / 3 + 0.0025 / 3
+    assert test.t == pytest.approx(0.15 / math.sqrt(se2))
+    assert test.df == pytest.approx(se2**2 / ((0.01 / 3) ** 2 / 2 + (0.0025 / 3) ** 2 / 2))
+    assert 0.05 < test.p_value < 0.15
+
+
+def test_bradley_terry_recovers_known_strengths() -> None:
+    truth = {"a": 1200.0, "b": 1000.0, "c": 900.0, "d": 700.0}
+    rng = random.Random(7)
+    judgements = []
+    for (x, rx), (y, ry) in itertools.combinations(truth.items(), 2):
+        p = 1 / (1 + 10 ** ((ry - rx) / 400))
+        judgements += [(x, y, 1.0 if rng.random() < p else 0.0) for _ in range(400)]
+    fitted = bradley_terry(judgements)
+    centre = sum(truth.values()) / 4 - 1000
+    for model, rating in truth.items():
+        assert fitted[model] == pytest.approx(rating - centre, abs=30)
+    ratings = rate(judgements, bootstrap=100)
+    assert [r.model for r in ratings] == ["a", "b", "c", "d"]
+    assert all(r.ci95_low <= r.rating <= r.ci95_high for r in ratings)
+
+
+def write_mcq(path: Path, count: int) -> Path:
+    rows = ["question,a,b,c,d,correct"]
+    for i in range(count):
+        correct = "ABCD"[i % 4]
+        rows.append(f'"Q{i}: which?","A. a{i}","B. b{i}","C. c{i}","D. d{i}",{correct}')
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def correct_letter(user: str) -> str:
+    number = int(re.search(r"Question: Q(\d+):", user).group(1))  # type: ignore[union-attr]
+    return "ABCD"[number % 4]
+
+
+def script(model: str, user: str, messages: list[dict[str, str]]) -> str:
+    letter = correct_letter(user)
+    number = int(re.search(r"Q(\d+):", user).group(1))  # type: ignore[union-attr]
+    if model == "oracle":
+        return f"The answer is {letter} because it is."
+    if model == "half":  # right on even questions, unparseable on odd ones
+        return f"({letter})" if number % 2 == 0 else "maybe A or B"
+    if model == "ragged":  # right only when the context gives the answer away
+        return f"Answer: {letter}" if "CONTEXT" in user else "A"
+    if model == "judge":
+        first = user.split("First answer (A):")[1].split("Second answer (B):", maxsplit=1)[0]
+        second = user.split("Second answer (B):")[1]
+        good = lambda t: f"The answer is {letter}" in t  # noqa: E731
+        return (
+            "A"
+            if good(first) and not good(second)
+            else ("B" if good(second) and not good(first) else "TIE")
+        )
+    raise AssertionError(model)
+
+
+def task(tmp_path: Path, server: ScriptedServer, models: list[str], **changes: Any) -> EvalTask:
+    fields: dict[str, Any] = {
+        "namespace": "team",
+        "name": "bench",
+        "report_config_map": "bench-report",
+        "output_uri": "pvc://store/team/evalruns/bench/",
+        "output_path": str(tmp_path / "out"),
+        "endpoints": [EvalEndpoint(name=m, base_url=server.url, model=m) for m in models],
+        "dataset": DataFile(path=str(write_mcq(tmp_path / "mcq.csv", 20))),
+        "repeats": 3,
+        "seed": 11,
+        "temperature": 0.0,
+        "max_tokens": 16,
+        "concurrency": 4,
+    }
+    fields.update(changes)
+    return EvalTask(**fields)
+
+
+def test_scores_are_exact_and_every_answer_is_recorded(tmp_path: Path) -> None:
+    with serving(ScriptedServer(script)) as server:
+        results = evaluate(task(tmp_path, server, ["oracle", "half"]))
+    by_model = {r.model: r for r in results}
+    assert by_model["oracle"].rounds == [1.0, 1.0, 1.0] and by_model["oracle"].unparsed == 0
+    assert by_model["half"].rounds == [0.5, 0.5, 0.5]
+    assert by_model["half"].unparsed == 30  # 10 odd questions x 3 rounds
+    assert by_model["half"].n == 3 and by_model["half"].questions == 20
+    lines = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 * 3 * 20
+    # Questions shuffled per round, the same order for every model, from the recorded seed.
+    order = {
+        (a["model"], a["round"]): [
+            b["question"] for b in lines if (b["model"], b["round"]) == (a["model"], a["round"])
+        ]
+        for a in lines
+    }
+    assert order[("oracle", 0)] == order[("half", 0)] != order[("oracle", 1)]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["seed"] == 11 and summary["welch"][0]["a"] == "half"
+
+
+def test_retries_never_lose_or_double_count(tmp_path: Path) -> None:
+    failures = {"oracle": [429, 500, 503, 429, 502]}
+    with serving(ScriptedServer(script, failures)) as server:
+        results = evaluate(task(tmp_path, server, ["oracle"], concurrency=3))
+        assert server.served["oracle"] == 60
+        assert server.requests["oracle"] == 65
+        assert server.max_in_flight <= 3
+    assert results[0].rounds == [1.0, 1.0, 1.0]
+
+
+def test_rag_and_no_rag_are_both_reported(tmp_path: Path) -> None:
+    from crucible.api.contract import EvalRag
+    from crucible.api.ragindex import Embedding
+
+    rag = EvalRag(table="docs", top_k=3, compare_without_rag=True, embedding=Embedding())
+    with serving(ScriptedServer(script)) as server:
+        results = evaluate(
+            task(tmp_path, server, ["ragged"], rag=rag),
+            retriever=lambda question: f"CONTEXT for {question}",
+        )
+        prompts = [
+            m["content"]
+            for b in server.bodies
+            for m in b["messages"]
+            if m["role"] == "user" and "CONTEXT" in m["content"]
+        ]
+    by_rag = {r.rag: r for r in results}
+    assert by_rag[True].accuracy_mean == 1.0
+    assert by_rag[False].accuracy_mean == pytest.approx(5 / 20)  # always A: right 1 in 4
+    assert len(prompts) == 60
+
+
+def test_judge_ratings_rank_the_better_model(tmp_path: Path) -> None:
+    judge = EvalEndpoint(name="judge", base_url="", model="judge")
+    with serving(ScriptedServer(script)) as server:
+        judge = judge.model_copy(update={"base_url": server.url})
+        evaluate(
+            task(tmp_path, server, ["oracle", "half"], judge=judge, bootstrap_samples=50, repeats=2)
+        )
+        assert server.served["judge"] == 2 * 20  # both orders, every question
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    ratings = summary["judgeRatings"]
+    assert [r["model"] for r in ratings] == ["oracle", "half"]
+    assert ratings[0]["ci95Low"] > ratings[1]["ci95High"]
+
+
+def test_report_carries_the_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    report = tmp_path / "report.json"
+    monkeypatch.setenv("CRUCIBLE_REPORT_FILE", str(report))
+    with serving(ScriptedServer(script)) as server:
+        evaluate(task(tmp_path, server, ["oracle"]))
+    sent = json.loads(report.read_text())
+    assert sent["results"][0]["accuracyMean"] == 1.0
+    assert sent["resultsUri"] == "pvc://store/team/evalruns/bench/results.jsonl"
