@@ -32,3 +32,4 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
 fi
 
 hack/build-controlplane.sh
+hack/setup-vllm.sh >/dev/null

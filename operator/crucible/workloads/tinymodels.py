@@ -56,7 +56,6 @@ def random_llama(directory: Path, tokenizer_dir: Path, seed: int, **overrides: A
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = LlamaConfig(
         **{**SHAPE, **overrides},
-        max_position_embeddings=512,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -1,0 +1,130 @@
+"""The evaluator against a real OpenAI-compatible server: vLLM's CPU build serving a tiny
+model made on the spot. Every question of every round is asked once and answered once, which
+vLLM's own request counter confirms."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from crucible.api.contract import DataFile, EvalEndpoint, EvalTask
+from crucible.devcluster.cluster import free_port
+from crucible.workloads.evaluate import evaluate
+from tests.conftest import ROOT, wait_for
+from tests.workloads.conftest import ModelFactory
+from tests.workloads.test_evaluate import write_mcq
+
+
+def vllm_python() -> str:
+    out = subprocess.run(
+        [str(ROOT / "hack" / "setup-vllm.sh")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=1800,
+    )
+    return out.stdout.strip().splitlines()[-1]
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except OSError:
+        return 0, ""
+
+
+@pytest.fixture(scope="module")
+def vllm_server(
+    tmp_path_factory: pytest.TempPathFactory, make_model: ModelFactory
+) -> Iterator[str]:
+    model = make_model(1, max_position_embeddings=2048)
+    home = tmp_path_factory.mktemp("vllm-home")
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HOME": str(home), "TMPDIR": str(home)}
+    log = (home / "vllm.log").open("wb")
+    process = subprocess.Popen(
+        [
+            vllm_python(),
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(model),
+            "--served-model-name",
+            "tiny",
+            "--dtype",
+            "float32",
+            "--max-model-len",
+            "2048",
+            "--kv-cache-memory-bytes",
+            str(64 * 1024 * 1024),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=home,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError("vLLM exited: " + (home / "vllm.log").read_text()[-3000:])
+            return get(url + "/health")[0] == 200
+
+        wait_for(ready, timeout=300, interval=1, what="vLLM to serve")
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def successes(url: str) -> float:
+    _, metrics = get(url + "/metrics")
+    found = re.findall(r"^vllm:request_success_total\{[^}]*\} ([0-9.e+]+)$", metrics, re.M)
+    return sum(float(v) for v in found)
+
+
+def test_every_question_is_asked_and_answered_once(vllm_server: str, tmp_path: Path) -> None:
+    before = successes(vllm_server)
+    task = EvalTask(
+        namespace="team",
+        name="bench",
+        report_config_map="r",
+        output_uri="pvc://s/",
+        output_path=str(tmp_path / "out"),
+        endpoints=[EvalEndpoint(name="tiny", base_url=vllm_server + "/v1", model="tiny")],
+        dataset=DataFile(path=str(write_mcq(tmp_path / "mcq.csv", 12))),
+        repeats=3,
+        seed=5,
+        temperature=0.8,
+        max_tokens=8,
+        concurrency=6,
+    )
+    (result,) = evaluate(task)
+    answers = [
+        json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()
+    ]
+    assert len(answers) == 36 and result.n == 3 and result.questions == 12
+    assert {(a["round"], a["question"]) for a in answers} == {
+        (r, q) for r in range(3) for q in range(1, 13)
+    }
+    assert result.unparsed == sum(a["parsed"] is None for a in answers)
+    assert 0.0 <= result.accuracy_mean <= 1.0
+    assert result.accuracy_mean == pytest.approx(sum(a["correct"] for a in answers) / 36)
+    assert successes(vllm_server) - before == 36
