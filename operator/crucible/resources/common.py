@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from crucible.api import GROUP
@@ -225,60 +225,67 @@ def scheduling(resources: Resources) -> dict[str, Any]:
     return spec
 
 
-def workload_pod(
-    *,
-    owner: Owner,
-    role: str,
-    config: OperatorConfig,
-    resources: Resources,
-    image: str,
-    command: list[str],
-    task_config_map_name: str,
-    claims: list[str],
-    env: list[dict[str, Any]] | None = None,
-    extra_volumes: list[dict[str, Any]] | None = None,
-    extra_mounts: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Workload:
+    """One run of a Crucible workload image: who owns it, what it runs, what it mounts."""
+
+    owner: Owner
+    role: str
+    config: OperatorConfig
+    resources: Resources
+    image: str
+    command: list[str]
+    claims: list[str]
+    env: list[dict[str, Any]] = field(default_factory=list)
+    extra_volumes: list[dict[str, Any]] = field(default_factory=list)
+    extra_mounts: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return child_name(self.owner.name, self.role)
+
+
+def workload_pod(w: Workload) -> dict[str, Any]:
     """The pod template of a Crucible workload: task mounted, model store (and any other
     PVCs) mounted, restricted security, token for writing the report."""
-    volumes, mounts, _ = pvc_volumes(config, claims)
+    volumes, mounts, _ = pvc_volumes(w.config, w.claims)
     volumes += [
-        {"name": TASK_VOLUME, "configMap": {"name": task_config_map_name}},
+        {"name": TASK_VOLUME, "configMap": {"name": w.name}},
         {"name": TMP_VOLUME, "emptyDir": {}},
-        *(extra_volumes or []),
+        *w.extra_volumes,
     ]
     mounts += [
         {"name": TASK_VOLUME, "mountPath": TASK_DIR, "readOnly": True},
         {"name": TMP_VOLUME, "mountPath": "/tmp"},
-        *(extra_mounts or []),
+        *w.extra_mounts,
     ]
     container = {
-        "name": role,
-        "image": resources.image or image,
-        "imagePullPolicy": config.image_pull_policy,
-        "command": command,
+        "name": w.role,
+        "image": w.resources.image or w.image,
+        "imagePullPolicy": w.config.image_pull_policy,
+        "command": w.command,
         "env": [
             {"name": "HOME", "value": "/tmp"},
-            {"name": "HF_HOME", "value": f"{config.model_store_mount}/.cache/huggingface"},
+            {"name": "HF_HOME", "value": f"{w.config.model_store_mount}/.cache/huggingface"},
             {"name": "CRUCIBLE_REPORT_KEY", "value": REPORT_KEY},
-            *(env or []),
+            *w.env,
         ],
         "volumeMounts": mounts,
         "securityContext": RESTRICTED_CONTAINER,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    if resources_spec := container_resources(resources, config):
+    if resources_spec := container_resources(w.resources, w.config):
         container["resources"] = resources_spec
     return {
-        "metadata": {"labels": labels(owner, role)},
+        "metadata": {"labels": labels(w.owner, w.role)},
         "spec": {
             "restartPolicy": "Never",
-            "serviceAccountName": child_name(owner.name, role),
+            "serviceAccountName": w.name,
             "automountServiceAccountToken": True,
             "securityContext": RESTRICTED_POD,
             "containers": [container],
             "volumes": volumes,
-            **scheduling(resources),
+            **scheduling(w.resources),
         },
     }
 
@@ -326,38 +333,12 @@ def workload_command(module: str) -> list[str]:
 
 
 def workload_children(
-    *,
-    owner: Owner,
-    role: str,
-    config: OperatorConfig,
-    resources: Resources,
-    image: str,
-    command: list[str],
-    task: TaskBase,
-    claims: list[str],
-    env: list[dict[str, Any]] | None = None,
-    extra_volumes: list[dict[str, Any]] | None = None,
-    extra_mounts: list[dict[str, Any]] | None = None,
-    extra_data: Mapping[str, str] | None = None,
+    w: Workload, task: TaskBase, extra_data: Mapping[str, str] | None = None
 ) -> list[dict[str, Any]]:
     """Every child of a workload run, in creation order: report ConfigMap and the identity
     that may write it, the task ConfigMap, the Job."""
-    name = child_name(owner.name, role)
-    pod = workload_pod(
-        owner=owner,
-        role=role,
-        config=config,
-        resources=resources,
-        image=image,
-        command=command,
-        task_config_map_name=name,
-        claims=claims,
-        env=env,
-        extra_volumes=extra_volumes,
-        extra_mounts=extra_mounts,
-    )
     return [
-        *report_objects(owner, role),
-        task_config_map(owner, name, role, task, extra_data),
-        job(owner, name, role, pod, config),
+        *report_objects(w.owner, w.role),
+        task_config_map(w.owner, w.name, w.role, task, extra_data),
+        job(w.owner, w.name, w.role, workload_pod(w), w.config),
     ]

@@ -13,6 +13,7 @@ from crucible.config import OperatorConfig
 from crucible.resources.common import (
     RESTRICTED_CONTAINER,
     Owner,
+    Workload,
     child_name,
     container_resources,
     env_from_secret,
@@ -235,15 +236,17 @@ def eval_job(
         bootstrap_samples=spec.judge.bootstrap_samples if spec.judge else 0,
     )
     return workload_children(
-        owner=owner,
-        role=ROLE,
-        config=config,
-        resources=spec.resources,
-        image=config.eval_image,
-        command=workload_command("evaluate"),
-        task=task,
-        claims=claims,
-        env=env,
-        extra_volumes=data.volumes,
-        extra_mounts=data.mounts,
+        Workload(
+            owner=owner,
+            role=ROLE,
+            config=config,
+            resources=spec.resources,
+            image=config.eval_image,
+            command=workload_command("evaluate"),
+            claims=claims,
+            env=env,
+            extra_volumes=data.volumes,
+            extra_mounts=data.mounts,
+        ),
+        task,
     )

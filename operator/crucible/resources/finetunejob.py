@@ -9,6 +9,7 @@ from crucible.api.finetunejob import FineTuneJobSpec
 from crucible.config import OperatorConfig
 from crucible.resources.common import (
     Owner,
+    Workload,
     pvc_claims,
     store_path,
     store_uri,
@@ -68,14 +69,16 @@ def build(
         volumes.append(SHM[0])
         mounts.append(SHM[1])
     return workload_children(
-        owner=owner,
-        role=ROLE,
-        config=config,
-        resources=spec.resources,
-        image=config.train_image,
-        command=command(spec.resources.gpus),
-        task=task,
-        claims=claims,
-        extra_volumes=volumes,
-        extra_mounts=mounts,
+        Workload(
+            owner=owner,
+            role=ROLE,
+            config=config,
+            resources=spec.resources,
+            image=config.train_image,
+            command=command(spec.resources.gpus),
+            claims=claims,
+            extra_volumes=volumes,
+            extra_mounts=mounts,
+        ),
+        task,
     )

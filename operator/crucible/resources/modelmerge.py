@@ -16,6 +16,7 @@ from crucible.api.modelmerge import (
 from crucible.config import OperatorConfig
 from crucible.resources.common import (
     Owner,
+    Workload,
     pvc_claims,
     task_fields,
     workload_children,
@@ -69,13 +70,15 @@ def build(
     claims = pvc_claims([*inputs.models, *([inputs.base_model] if inputs.base_model else [])])
     mergekit = mergekit_config(spec, inputs)
     return workload_children(
-        owner=owner,
-        role=ROLE,
-        config=config,
-        resources=spec.resources,
-        image=config.merge_image,
-        command=workload_command("merge"),
-        task=MergeTask(**task_fields(owner, config, claims), mergekit=mergekit),
-        claims=claims,
-        extra_data={"mergekit.yaml": yaml.safe_dump(mergekit, sort_keys=False)},
+        Workload(
+            owner=owner,
+            role=ROLE,
+            config=config,
+            resources=spec.resources,
+            image=config.merge_image,
+            command=workload_command("merge"),
+            claims=claims,
+        ),
+        MergeTask(**task_fields(owner, config, claims), mergekit=mergekit),
+        {"mergekit.yaml": yaml.safe_dump(mergekit, sort_keys=False)},
     )

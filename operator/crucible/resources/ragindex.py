@@ -9,6 +9,7 @@ from crucible.api.ragindex import RagIndexSpec
 from crucible.config import OperatorConfig
 from crucible.resources.common import (
     Owner,
+    Workload,
     env_from_secret,
     pvc_claims,
     pvc_mount_path,
@@ -46,15 +47,17 @@ def build(owner: Owner, spec: RagIndexSpec, config: OperatorConfig) -> list[dict
     )
     secret = spec.database.connection_secret_ref
     return workload_children(
-        owner=owner,
-        role=ROLE,
-        config=config,
-        resources=spec.resources,
-        image=config.rag_image,
-        command=workload_command("rag"),
-        task=task,
-        claims=claims,
-        env=[env_from_secret(DATABASE_URL_ENV, secret.name, secret.key)],
-        extra_volumes=volumes,
-        extra_mounts=mounts,
+        Workload(
+            owner=owner,
+            role=ROLE,
+            config=config,
+            resources=spec.resources,
+            image=config.rag_image,
+            command=workload_command("rag"),
+            claims=claims,
+            env=[env_from_secret(DATABASE_URL_ENV, secret.name, secret.key)],
+            extra_volumes=volumes,
+            extra_mounts=mounts,
+        ),
+        task,
     )
