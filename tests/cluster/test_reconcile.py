@@ -150,7 +150,7 @@ def result(model: str, rag: bool, rounds: list[float]) -> dict[str, Any]:
     }
 
 
-def test_the_chain_reaches_succeeded_with_lineage(
+def test_the_chain_reaches_succeeded_with_lineage(  # noqa: PLR0915 (one story, told whole)
     cluster: LocalCluster, namespace: str, model_store: str, operator: OperatorFactory
 ) -> None:
     apply = lambda docs: cluster.kubectl_apply(docs, "-n", namespace)  # noqa: E731
@@ -242,6 +242,15 @@ def test_the_chain_reaches_succeeded_with_lineage(
             what="the vLLM Deployments to be removed",
         )
         assert not objects(cluster, namespace, "service", "bench")
+        # Deleting the EvalRun takes its series off /metrics.
+        cluster.kubectl("delete", "er", "bench", "-n", namespace)
+        wait_for(
+            lambda: (
+                f'evalrun="bench",model="tuned",namespace="{namespace}"'
+                not in generate_latest(REGISTRY).decode()
+            ),
+            what="the deleted EvalRun's series to go",
+        )
 
 
 def test_failed_jobs_say_why(

@@ -313,6 +313,9 @@ def register(kind: Kind, reconcile: Step) -> None:
                 return
             stopped.wait(config.reconcile_interval)
 
-    @kopf.on.delete(GROUP, VERSION, kind.plural, id="forget", optional=True)
-    def forget(name: str, namespace: str | None, **_: Any) -> None:
-        RUNS.forget(kind.kind, namespace or "", name)
+    # A raw watch event, not on.delete: kopf calls delete handlers only while its finalizer
+    # holds the object, and that is gone once the daemon has finished.
+    @kopf.on.event(GROUP, VERSION, kind.plural, id="forget")
+    def forget(event: kopf.RawEvent, name: str, namespace: str | None, **_: Any) -> None:
+        if event["type"] == "DELETED":
+            RUNS.forget(kind.kind, namespace or "", name)
