@@ -220,12 +220,18 @@ def train(task: FineTuneTask, callbacks: tuple[Any, ...] = ()) -> TrainResult:
         trainer.state.global_step, resumed_from, progress.losses, dict(examples.skipped)
     )
     if trainer.is_world_process_zero():
-        save_outputs(task, trainer, tokenizer, base, result)
+        save_outputs(task, trainer, tokenizer, base, result, reporter=reporter)
     return result
 
 
 def save_outputs(
-    task: FineTuneTask, trainer: Any, tokenizer: Any, base: Path, result: TrainResult
+    task: FineTuneTask,
+    trainer: Any,
+    tokenizer: Any,
+    base: Path,
+    result: TrainResult,
+    *,
+    reporter: Reporter,
 ) -> None:
     summary = {
         "kind": "FineTuneJob",
@@ -253,7 +259,7 @@ def save_outputs(
                 {**summary, "lineage": [{"uri": task.base_model_uri}]},
             )
     final = result.losses[-1] if result.losses else None
-    Reporter(task).update(
+    reporter.update(
         progress=TrainingProgress(
             step=result.global_step,
             total_steps=result.global_step,

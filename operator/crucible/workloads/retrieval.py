@@ -119,21 +119,19 @@ class PgRetriever:
         )
         return cls(embedder, store, task.rag.top_k)
 
-    def __call__(self, question: str) -> str:
+    def nodes(self, question: str) -> list[Any]:
+        """The top-k chunks for `question`, most similar first."""
         from llama_index.core.vector_stores.types import VectorStoreQuery
 
         embedding = self.embedder.model.get_query_embedding(question)
         found = self.store.query(
             VectorStoreQuery(query_embedding=embedding, similarity_top_k=self.top_k)
         )
-        return "\n\n---\n\n".join(node.get_content() for node in found.nodes)
+        return list(found.nodes)
+
+    def __call__(self, question: str) -> str:
+        return "\n\n---\n\n".join(node.get_content() for node in self.nodes(question))
 
     def documents(self, question: str) -> list[str]:
         """The documents the top-k chunks come from, best first (for checks and logs)."""
-        from llama_index.core.vector_stores.types import VectorStoreQuery
-
-        embedding = self.embedder.model.get_query_embedding(question)
-        found = self.store.query(
-            VectorStoreQuery(query_embedding=embedding, similarity_top_k=self.top_k)
-        )
-        return [node.metadata.get("document", "") for node in found.nodes]
+        return [node.metadata.get("document", "") for node in self.nodes(question)]
