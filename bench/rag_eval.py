@@ -77,7 +77,7 @@ def bench_evaluator(tmp: Path) -> None:
     import aiohttp
     from tests.workloads.scripted_server import ScriptedServer, serving
 
-    from crucible.api.contract import DataFile, EvalEndpoint, EvalTask
+    from crucible.api.contract import ChatEndpoint, DataFile, EvalTask
     from crucible.workloads.evaluate import evaluate
 
     def oracle(model: str, user: str, messages: list[dict[str, str]]) -> str:
@@ -100,7 +100,7 @@ def bench_evaluator(tmp: Path) -> None:
             report_config_map="r",
             output_uri="pvc://s/",
             output_path=str(tmp / f"out{repeats}"),
-            endpoints=[EvalEndpoint(name="m", base_url=server.url, model="m")],
+            endpoints=[ChatEndpoint(name="m", base_url=server.url, model="m")],
             dataset=DataFile(path=str(questions)),
             repeats=repeats,
             seed=0,

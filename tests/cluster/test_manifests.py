@@ -14,7 +14,7 @@ from crucible.api.modelmerge import ModelMergeSpec
 from crucible.api.ragindex import RagIndexSpec
 from crucible.config import OperatorConfig
 from crucible.devcluster.cluster import LocalCluster
-from crucible.resources import evalrun, finetunejob, modelmerge, ragindex
+from crucible.resources import evalrun, finetunejob, modelmerge, ragindex, serving
 from crucible.resources.common import Owner
 
 RESOURCES = {
@@ -80,8 +80,8 @@ def variants(namespace: str, config: OperatorConfig) -> list[dict[str, Any]]:
         }
     )
     served = [
-        evalrun.ServedModel("tuned", "hf://o/base@main", "pvc://crucible-models/a/"),
-        evalrun.ServedModel("judge", "s3://bucket/judge"),
+        serving.ServedModel("tuned", "hf://o/base@main", "pvc://crucible-models/a/"),
+        serving.ServedModel("judge", "s3://bucket/judge"),
     ]
     rag_inputs = evalrun.RagInputs("docs", rag.embedding, rag.database.connection_secret_ref)
     return [
@@ -96,7 +96,7 @@ def variants(namespace: str, config: OperatorConfig) -> list[dict[str, Any]]:
         *[
             m
             for s in served
-            for m in evalrun.server(owner(EVAL_RUN), s, evaluation.serving, config)
+            for m in serving.server(owner(EVAL_RUN), s, evaluation.serving, config)
         ],
         *evalrun.eval_job(owner(EVAL_RUN), evaluation, served, rag_inputs, config),
     ]

@@ -14,7 +14,7 @@ from crucible.api.kinds import EVAL_RUN, FINE_TUNE_JOB, MODEL_MERGE, RAG_INDEX
 from crucible.api.modelmerge import ModelMergeSpec
 from crucible.api.ragindex import RagIndexSpec
 from crucible.config import OperatorConfig
-from crucible.resources import evalrun, finetunejob, modelmerge, ragindex
+from crucible.resources import evalrun, finetunejob, modelmerge, ragindex, serving
 from crucible.resources.common import Owner, child_name
 
 CONFIG = OperatorConfig.from_env({})
@@ -244,9 +244,9 @@ def eval_spec(**extra: Any) -> EvalRunSpec:
 
 
 def test_vllm_server_for_a_hub_model() -> None:
-    deployment, service = evalrun.server(
+    deployment, service = serving.server(
         owner(EVAL_RUN),
-        evalrun.ServedModel("merged", "hf://o/merged@v2"),
+        serving.ServedModel("merged", "hf://o/merged@v2"),
         eval_spec().serving,
         CONFIG,
     )
@@ -263,12 +263,12 @@ def test_vllm_server_for_a_hub_model() -> None:
 
 
 def test_vllm_serves_an_adapter_on_its_base_model() -> None:
-    model = evalrun.ServedModel(
+    model = serving.ServedModel(
         "tuned",
         "pvc://crucible-models/team/modelmerges/m/",
         "pvc://crucible-models/team/finetunejobs/ft/adapter/",
     )
-    deployment, _ = evalrun.server(owner(EVAL_RUN), model, eval_spec().serving, CONFIG)
+    deployment, _ = serving.server(owner(EVAL_RUN), model, eval_spec().serving, CONFIG)
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[:2] == ["--model", "/models/team/modelmerges/m"]
     assert "--enable-lora" in args
@@ -278,8 +278,8 @@ def test_vllm_serves_an_adapter_on_its_base_model() -> None:
 
 def test_eval_job_targets_servers_and_endpoints() -> None:
     served = [
-        evalrun.ServedModel("merged", "hf://o/merged@v2"),
-        evalrun.ServedModel("tuned", "hf://o/base", "pvc://s/a/"),
+        serving.ServedModel("merged", "hf://o/merged@v2"),
+        serving.ServedModel("tuned", "hf://o/base", "pvc://s/a/"),
     ]
     rag = evalrun.RagInputs(
         "docs",
@@ -335,7 +335,7 @@ def test_workload_pods_meet_the_restricted_profile(builder: str) -> None:
         "eval": lambda: evalrun.eval_job(
             owner(EVAL_RUN),
             eval_spec(),
-            [evalrun.ServedModel("merged", "hf://o/m"), evalrun.ServedModel("tuned", "hf://o/t")],
+            [serving.ServedModel("merged", "hf://o/m"), serving.ServedModel("tuned", "hf://o/t")],
             None,
             CONFIG,
         ),

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from crucible.api.contract import DataFile, EvalEndpoint, EvalTask
+from crucible.api.contract import ChatEndpoint, DataFile, EvalTask
 from crucible.workloads.evaluate import evaluate
 from crucible.workloads.mcq import load_questions, parse_answer
 from crucible.workloads.stats import bradley_terry, rate, summarize, welch_t_test
@@ -133,7 +133,7 @@ def task(tmp_path: Path, server: ScriptedServer, models: list[str], **changes: A
         "report_config_map": "bench-report",
         "output_uri": "pvc://store/team/evalruns/bench/",
         "output_path": str(tmp_path / "out"),
-        "endpoints": [EvalEndpoint(name=m, base_url=server.url, model=m) for m in models],
+        "endpoints": [ChatEndpoint(name=m, base_url=server.url, model=m) for m in models],
         "dataset": DataFile(path=str(write_mcq(tmp_path / "mcq.csv", 20))),
         "repeats": 3,
         "seed": 11,
@@ -200,7 +200,7 @@ def test_rag_and_no_rag_are_both_reported(tmp_path: Path) -> None:
 
 
 def test_judge_ratings_rank_the_better_model(tmp_path: Path) -> None:
-    judge = EvalEndpoint(name="judge", base_url="", model="judge")
+    judge = ChatEndpoint(name="judge", base_url="", model="judge")
     with serving(ScriptedServer(script)) as server:
         judge = judge.model_copy(update={"base_url": server.url})
         evaluate(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from crucible.api.contract import DataFile, EvalEndpoint, EvalTask
+from crucible.api.contract import ChatEndpoint, DataFile, EvalTask
 from crucible.devcluster.cluster import free_port
 from crucible.workloads.evaluate import evaluate
 from tests.conftest import ROOT, wait_for
@@ -108,7 +108,7 @@ def test_every_question_is_asked_and_answered_once(vllm_server: str, tmp_path: P
         report_config_map="r",
         output_uri="pvc://s/",
         output_path=str(tmp_path / "out"),
-        endpoints=[EvalEndpoint(name="tiny", base_url=vllm_server + "/v1", model="tiny")],
+        endpoints=[ChatEndpoint(name="tiny", base_url=vllm_server + "/v1", model="tiny")],
         dataset=DataFile(path=str(write_mcq(tmp_path / "mcq.csv", 12))),
         repeats=3,
         seed=5,

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from crucible.api.base import ApiModel, Quantity, api_config, cel
+from crucible.api.base import ApiModel, Quantity, api_config, cel, defaulted
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -194,6 +194,91 @@ class Resources(ApiModel):
         description="Overrides the operator's image for this workload.",
         min_length=1,
         max_length=MAX_URI,
+    )
+
+
+class Endpoint(ApiModel):
+    """An OpenAI-compatible server that is already running (e.g. a hosted baseline)."""
+
+    url: str = Field(
+        description="Base URL of the OpenAI-compatible API, e.g. https://api.openai.com/v1.",
+        min_length=1,
+        max_length=MAX_URI,
+        pattern=r"^https?://\S+$",
+    )
+    model: str = Field(
+        description="Model name the server expects, e.g. gpt-4o-mini.",
+        min_length=1,
+        max_length=MAX_NAME,
+    )
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding the API key; left out, no key is sent."
+    )
+
+
+EXACTLY_ONE_TARGET = cel(
+    "[has(self.uri), has(self.modelRef), has(self.endpoint)].filter(x, x).size() == 1",
+    "set exactly one of uri (a model to serve with vLLM: "
+    f"{MODEL_URI_HELP}), modelRef (a ModelMerge or FineTuneJob to serve) or endpoint "
+    "(an OpenAI-compatible server that is already running)",
+    reason="FieldValueInvalid",
+)
+
+
+class InferenceTarget(ApiModel):
+    """A model to query: served by the operator from a model source, or an endpoint."""
+
+    model_config = api_config(EXACTLY_ONE_TARGET)
+
+    uri: str | None = Field(
+        default=None,
+        description=f"A stored model the operator serves with vLLM: {MODEL_URI_HELP}.",
+        max_length=MAX_URI,
+        pattern=MODEL_URI,
+    )
+    model_ref: ModelRef | None = Field(
+        default=None,
+        description="A ModelMerge or FineTuneJob whose output the operator serves with vLLM "
+        "(a LoRA adapter is served on its base model).",
+    )
+    endpoint: Endpoint | None = Field(
+        default=None, description="An OpenAI-compatible server that is already running."
+    )
+
+
+class ServingDtype(StrEnum):
+    AUTO = "auto"
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+    FLOAT32 = "float32"
+
+
+class Serving(ApiModel):
+    """How the operator serves model sources with vLLM during the run."""
+
+    max_model_len: int = Field(
+        default=4096, ge=128, le=1048576, description="vLLM --max-model-len."
+    )
+    dtype: ServingDtype = Field(default=ServingDtype.AUTO, description="vLLM --dtype.")
+    gpu_memory_utilization: float = Field(
+        default=0.9, gt=0, le=1, description="vLLM --gpu-memory-utilization."
+    )
+    max_lora_rank: int = Field(
+        default=64, ge=1, le=4096, description="vLLM --max-lora-rank when serving adapters."
+    )
+    extra_args: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_LIST,
+        description="Further vLLM arguments, e.g. --enforce-eager.",
+    )
+    startup_timeout_seconds: int = Field(
+        default=1800,
+        ge=60,
+        description="How long a server may take to become ready before the run fails.",
+    )
+    resources: Resources = defaulted(
+        Resources(),
+        description="Compute of each vLLM server (default one GPU).",
     )
 
 

@@ -22,6 +22,7 @@ from crucible.api.finetunejob import (
     TrainingProgress,
 )
 from crucible.api.ragindex import Chunking, Embedding, GitSource
+from crucible.api.syntheticdataset import Filters, PairCounts, SyntheticFormat
 
 TASK_DIR = "/etc/crucible"
 TASK_FILE = "task.json"
@@ -74,18 +75,21 @@ class FineTuneTask(TaskBase):
     gpus: int = Field(ge=0, description="GPUs, one training process each.")
 
 
-class RagTask(TaskBase):
-    workload: Literal["rag"] = "rag"
+class DocumentsInput(ApiModel):
     git: GitSource | None = Field(default=None, description="Repository to check out.")
     documents_path: str | None = Field(default=None, description="Local folder of documents.")
     include: list[str]
+
+
+class RagTask(TaskBase, DocumentsInput):
+    workload: Literal["rag"] = "rag"
     chunking: Chunking
     embedding: Embedding
     table: str
     database_url_env: str = DATABASE_URL_ENV
 
 
-class EvalEndpoint(ApiModel):
+class ChatEndpoint(ApiModel):
     name: str = Field(description="Name of the model in results.")
     base_url: str = Field(description="OpenAI-compatible base URL, ending in /v1.")
     model: str = Field(description="Model name to send in requests.")
@@ -102,7 +106,7 @@ class EvalRag(ApiModel):
 
 class EvalTask(TaskBase):
     workload: Literal["eval"] = "eval"
-    endpoints: list[EvalEndpoint]
+    endpoints: list[ChatEndpoint]
     dataset: DataFile = Field(description="Multiple-choice CSV: question, a, b, c, d, correct.")
     rag: EvalRag | None = None
     repeats: int
@@ -111,12 +115,36 @@ class EvalTask(TaskBase):
     max_tokens: int
     concurrency: int
     system_prompt: str | None = None
-    judge: EvalEndpoint | None = None
+    judge: ChatEndpoint | None = None
     judge_prompt: str | None = None
     bootstrap_samples: int = 1000
 
 
-Task = MergeTask | FineTuneTask | RagTask | EvalTask
+class SynthTask(TaskBase, DocumentsInput):
+    workload: Literal["synthesize"] = "synthesize"
+    chunking: Chunking
+    tokenizer_uri: str | None = Field(
+        default=None, description="Model whose tokenizer counts tokens; None counts words."
+    )
+    teacher: ChatEndpoint
+    rejected: ChatEndpoint | None = None
+    pairs_per_chunk: int
+    passes: int
+    temperature: float
+    max_tokens: int
+    prompt: str
+    format: SyntheticFormat
+    validation_fraction: float
+    filters: Filters
+    seed: int
+    concurrency: int
+    settings_hash: str = Field(
+        description="sha256 of every spec setting that shapes the output; with the documents' "
+        "hashes it decides whether an earlier result can be reused."
+    )
+
+
+Task = MergeTask | FineTuneTask | RagTask | EvalTask | SynthTask
 
 
 class WorkloadReport(ApiModel):
@@ -129,4 +157,6 @@ class WorkloadReport(ApiModel):
     results: list[ModelResult] | None = Field(default=None, max_length=64)
     judge_ratings: list[JudgeRating] | None = Field(default=None, max_length=16)
     results_uri: str | None = None
+    pairs: PairCounts | None = None
+    reused_from: str | None = None
     message: str | None = Field(default=None, max_length=4096)

@@ -2,77 +2,23 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 from pydantic import Field
 
-from crucible.api.base import ApiModel, api_config, cel, defaulted
+from crucible.api.base import ApiModel, api_config, defaulted
 from crucible.api.common import (
     DNS_LABEL,
-    MAX_LIST,
+    EXACTLY_ONE_TARGET,
     MAX_NAME,
     MAX_TEXT,
-    MAX_URI,
-    MODEL_URI,
-    MODEL_URI_HELP,
     DataSource,
-    ModelRef,
+    InferenceTarget,
     Resources,
     RunStatus,
-    SecretKeyRef,
+    Serving,
 )
 
 
-class Endpoint(ApiModel):
-    """An OpenAI-compatible server that is already running (e.g. a hosted baseline)."""
-
-    url: str = Field(
-        description="Base URL of the OpenAI-compatible API, e.g. https://api.openai.com/v1.",
-        min_length=1,
-        max_length=MAX_URI,
-        pattern=r"^https?://\S+$",
-    )
-    model: str = Field(
-        description="Model name the server expects, e.g. gpt-4o-mini.",
-        min_length=1,
-        max_length=MAX_NAME,
-    )
-    api_key_secret_ref: SecretKeyRef | None = Field(
-        default=None, description="Secret key holding the API key; left out, no key is sent."
-    )
-
-
-EXACTLY_ONE_TARGET = cel(
-    "[has(self.uri), has(self.modelRef), has(self.endpoint)].filter(x, x).size() == 1",
-    "set exactly one of uri (a model to serve with vLLM: "
-    f"{MODEL_URI_HELP}), modelRef (a ModelMerge or FineTuneJob to serve) or endpoint "
-    "(an OpenAI-compatible server that is already running)",
-    reason="FieldValueInvalid",
-)
-
-
-class EvalTarget(ApiModel):
-    """A model to query: served by the operator from a model source, or an endpoint."""
-
-    model_config = api_config(EXACTLY_ONE_TARGET)
-
-    uri: str | None = Field(
-        default=None,
-        description=f"A stored model the operator serves with vLLM: {MODEL_URI_HELP}.",
-        max_length=MAX_URI,
-        pattern=MODEL_URI,
-    )
-    model_ref: ModelRef | None = Field(
-        default=None,
-        description="A ModelMerge or FineTuneJob whose output the operator serves with vLLM "
-        "(a LoRA adapter is served on its base model).",
-    )
-    endpoint: Endpoint | None = Field(
-        default=None, description="An OpenAI-compatible server that is already running."
-    )
-
-
-class EvalModel(EvalTarget):
+class EvalModel(InferenceTarget):
     """A model under test."""
 
     model_config = api_config(EXACTLY_ONE_TARGET)
@@ -85,7 +31,7 @@ class EvalModel(EvalTarget):
     )
 
 
-class Judge(EvalTarget):
+class Judge(InferenceTarget):
     """LLM-as-judge pairwise comparison, ranked with a Bradley-Terry model."""
 
     model_config = api_config(EXACTLY_ONE_TARGET)
@@ -115,42 +61,6 @@ class Rag(ApiModel):
     compare_without_rag: bool = Field(
         default=True,
         description="Also evaluate every model without retrieved context, to measure RAG's effect.",
-    )
-
-
-class ServingDtype(StrEnum):
-    AUTO = "auto"
-    FLOAT16 = "float16"
-    BFLOAT16 = "bfloat16"
-    FLOAT32 = "float32"
-
-
-class Serving(ApiModel):
-    """How the operator serves model sources with vLLM during the run."""
-
-    max_model_len: int = Field(
-        default=4096, ge=128, le=1048576, description="vLLM --max-model-len."
-    )
-    dtype: ServingDtype = Field(default=ServingDtype.AUTO, description="vLLM --dtype.")
-    gpu_memory_utilization: float = Field(
-        default=0.9, gt=0, le=1, description="vLLM --gpu-memory-utilization."
-    )
-    max_lora_rank: int = Field(
-        default=64, ge=1, le=4096, description="vLLM --max-lora-rank when serving adapters."
-    )
-    extra_args: list[str] = Field(
-        default_factory=list,
-        max_length=MAX_LIST,
-        description="Further vLLM arguments, e.g. --enforce-eager.",
-    )
-    startup_timeout_seconds: int = Field(
-        default=1800,
-        ge=60,
-        description="How long a server may take to become ready before the run fails.",
-    )
-    resources: Resources = defaulted(
-        Resources(),
-        description="Compute of each vLLM server (default one GPU).",
     )
 
 

@@ -8,8 +8,9 @@ from pydantic import Field
 
 from crucible.api.base import ApiModel, api_config, cel, defaulted
 from crucible.api.common import (
-    EXACTLY_ONE_DATA_SOURCE,
+    DNS_SUBDOMAIN,
     MAX_LIST,
+    MAX_NAME,
     MAX_TEXT,
     DataSource,
     ModelSource,
@@ -34,10 +35,36 @@ class InvalidRowPolicy(StrEnum):
     SKIP = "Skip"
 
 
-class Dataset(DataSource):
-    """Training data: a JSONL or CSV file and how to read it."""
+class DatasetRef(ApiModel):
+    """A SyntheticDataset in the same namespace."""
 
-    model_config = api_config(EXACTLY_ONE_DATA_SOURCE)
+    name: str = Field(
+        description="Name of the SyntheticDataset; the job waits until it has succeeded and "
+        "trains on its train.jsonl.",
+        min_length=1,
+        max_length=MAX_NAME,
+        pattern=DNS_SUBDOMAIN,
+    )
+
+
+class Dataset(DataSource):
+    """Training data: a JSONL or CSV file, or a SyntheticDataset, and how to read it."""
+
+    model_config = api_config(
+        cel(
+            "[has(self.configMap), has(self.pvc), has(self.uri), has(self.datasetRef)]"
+            ".filter(x, x).size() == 1",
+            "set exactly one of configMap ({name, key}), pvc ({claimName, path}), "
+            "uri (s3://, https://, hf://) or datasetRef ({name} of a SyntheticDataset)",
+            reason="FieldValueInvalid",
+        )
+    )
+
+    dataset_ref: DatasetRef | None = Field(
+        default=None,
+        description="The output of a SyntheticDataset in this namespace (its format must "
+        "match: chat for sft, preference for dpo).",
+    )
 
     format: DatasetFormat = Field(
         default=DatasetFormat.CHAT,

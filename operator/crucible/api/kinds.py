@@ -9,6 +9,7 @@ from crucible.api.evalrun import EvalRunSpec, EvalRunStatus
 from crucible.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus
 from crucible.api.modelmerge import ModelMergeSpec, ModelMergeStatus
 from crucible.api.ragindex import RagIndexSpec, RagIndexStatus
+from crucible.api.syntheticdataset import SyntheticDatasetSpec, SyntheticDatasetStatus
 
 CATEGORY = "crucible"
 
@@ -92,5 +93,26 @@ EVAL_RUN = Kind(
     ),
 )
 
-KINDS: tuple[Kind, ...] = (MODEL_MERGE, FINE_TUNE_JOB, RAG_INDEX, EVAL_RUN)
+SYNTHETIC_DATASET = Kind(
+    kind="SyntheticDataset",
+    plural="syntheticdatasets",
+    short_names=("sds",),
+    description="SyntheticDataset has a teacher model write question/answer pairs from "
+    "documents, for fine-tuning.",
+    spec=SyntheticDatasetSpec,
+    status=SyntheticDatasetStatus,
+    headline_columns=(
+        PrinterColumn("Pairs", "integer", ".status.pairs.kept", "Pairs kept."),
+        PrinterColumn("Chunks", "integer", ".status.chunks", "Chunks sent to the teacher.", 1),
+        OUTPUT_COLUMN,
+    ),
+)
+
+KINDS: tuple[Kind, ...] = (
+    SYNTHETIC_DATASET,
+    MODEL_MERGE,
+    FINE_TUNE_JOB,
+    RAG_INDEX,
+    EVAL_RUN,
+)
 KINDS_BY_NAME = {k.kind: k for k in KINDS}

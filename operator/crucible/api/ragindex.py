@@ -91,8 +91,8 @@ class Chunking(ApiModel):
         default=300,
         ge=16,
         le=8192,
-        description="Tokens per chunk, counted in the embedding model's own tokenizer; "
-        "capped at the model's maximum input length.",
+        description="Tokens per chunk. A RagIndex counts them in the embedding model's own "
+        "tokenizer, capped at its maximum input; a SyntheticDataset in spec.tokenizer's.",
     )
     chunk_overlap: int = Field(
         default=30, ge=0, le=8191, description="Tokens shared by consecutive chunks."

@@ -1,5 +1,12 @@
 """kopf handlers, one module per kind; importing this package registers them all."""
 
-from crucible.controllers import evalrun, finetunejob, modelmerge, ragindex, settings
+from crucible.controllers import (
+    evalrun,
+    finetunejob,
+    modelmerge,
+    ragindex,
+    settings,
+    syntheticdataset,
+)
 
-__all__ = ["evalrun", "finetunejob", "modelmerge", "ragindex", "settings"]
+__all__ = ["evalrun", "finetunejob", "modelmerge", "ragindex", "settings", "syntheticdataset"]

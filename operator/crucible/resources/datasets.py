@@ -1,4 +1,5 @@
-"""Mounting a DataSource (ConfigMap key, PVC file or URI) into a workload pod."""
+"""Mounting a DataSource (ConfigMap key, PVC file or URI) or a DocumentSource (ConfigMap, PVC
+folder or git) into a workload pod."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crucible.api.common import DataSource
+from crucible.api.ragindex import DocumentSource
 from crucible.config import OperatorConfig
 from crucible.resources.common import pvc_mount_path
 
 DATASET_DIR = "/data/dataset"
+DOCS_DIR = "/data/documents"
 
 
 @dataclass(frozen=True)
@@ -46,3 +49,22 @@ def mount_data(source: DataSource, config: OperatorConfig) -> MountedData:
             claims=[source.pvc.claim_name],
         )
     return MountedData(path=None, uri=source.uri)
+
+
+def mount_documents(source: DocumentSource, config: OperatorConfig) -> MountedData:
+    """A folder of documents; `path` is None for git, which the workload checks out itself."""
+    if source.config_map is not None:
+        return MountedData(
+            path=DOCS_DIR,
+            uri=None,
+            volumes=[{"name": "documents", "configMap": {"name": source.config_map.name}}],
+            mounts=[{"name": "documents", "mountPath": DOCS_DIR, "readOnly": True}],
+        )
+    if source.pvc is not None:
+        base = pvc_mount_path(config, source.pvc.claim_name)
+        return MountedData(
+            path=f"{base}/{source.pvc.path}".rstrip("/"),
+            uri=None,
+            claims=[source.pvc.claim_name],
+        )
+    return MountedData(path=None, uri=None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from crucible.api.common import DataSource
 from crucible.api.contract import DatasetInput, FineTuneTask
 from crucible.api.finetunejob import FineTuneJobSpec
 from crucible.config import OperatorConfig
@@ -41,9 +42,14 @@ def command(gpus: int) -> list[str]:
 
 
 def build(
-    owner: Owner, spec: FineTuneJobSpec, base_model_uri: str, config: OperatorConfig
+    owner: Owner,
+    spec: FineTuneJobSpec,
+    base_model_uri: str,
+    config: OperatorConfig,
+    dataset: DataSource | None = None,
 ) -> list[dict[str, Any]]:
-    data = mount_data(spec.dataset, config)
+    """`dataset` is where a spec.dataset.datasetRef resolved to; otherwise spec.dataset."""
+    data = mount_data(dataset or spec.dataset, config)
     claims = pvc_claims([base_model_uri]) + data.claims
     task = FineTuneTask(
         **task_fields(owner, config, claims, outputs(owner, spec, config)["outputUri"]),

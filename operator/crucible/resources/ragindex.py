@@ -12,35 +12,23 @@ from crucible.resources.common import (
     Workload,
     env_from_secret,
     pvc_claims,
-    pvc_mount_path,
     task_fields,
     workload_children,
     workload_command,
 )
+from crucible.resources.datasets import mount_documents
 
 ROLE = "rag"
-DOCS_DIR = "/data/documents"
 
 
 def build(owner: Owner, spec: RagIndexSpec, config: OperatorConfig) -> list[dict[str, Any]]:
-    source = spec.source
-    claims = pvc_claims([spec.embedding.model])
-    volumes: list[dict[str, Any]] = []
-    mounts: list[dict[str, Any]] = []
-    documents_path = None
-    if source.config_map is not None:
-        documents_path = DOCS_DIR
-        volumes.append({"name": "documents", "configMap": {"name": source.config_map.name}})
-        mounts.append({"name": "documents", "mountPath": DOCS_DIR, "readOnly": True})
-    elif source.pvc is not None:
-        claims.append(source.pvc.claim_name)
-        base = pvc_mount_path(config, source.pvc.claim_name)
-        documents_path = f"{base}/{source.pvc.path}".rstrip("/")
+    documents = mount_documents(spec.source, config)
+    claims = pvc_claims([spec.embedding.model]) + documents.claims
     task = RagTask(
         **task_fields(owner, config, claims),
-        git=source.git,
-        documents_path=documents_path,
-        include=source.include,
+        git=spec.source.git,
+        documents_path=documents.path,
+        include=spec.source.include,
         chunking=spec.chunking,
         embedding=spec.embedding,
         table=spec.database.table,
@@ -56,8 +44,8 @@ def build(owner: Owner, spec: RagIndexSpec, config: OperatorConfig) -> list[dict
             command=workload_command("rag"),
             claims=claims,
             env=[env_from_secret(DATABASE_URL_ENV, secret.name, secret.key)],
-            extra_volumes=volumes,
-            extra_mounts=mounts,
+            extra_volumes=documents.volumes,
+            extra_mounts=documents.mounts,
         ),
         task,
     )

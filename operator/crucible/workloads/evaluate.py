@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from crucible.api.contract import EvalEndpoint, EvalTask
+from crucible.api.contract import ChatEndpoint, EvalTask
 from crucible.api.evalrun import JudgeRating, ModelResult
 from crucible.workloads.common import (
     Reporter,
@@ -71,7 +71,7 @@ class Client:
 
     async def chat(
         self,
-        endpoint: EvalEndpoint,
+        endpoint: ChatEndpoint,
         messages: list[dict[str, str]],
         temperature: float,
         max_tokens: int,
@@ -131,7 +131,7 @@ async def run_rounds(
     )
 
     async def one(
-        endpoint: EvalEndpoint, rag: bool, round_: int, position: int, question: Question
+        endpoint: ChatEndpoint, rag: bool, round_: int, position: int, question: Question
     ) -> Answer:
         context = contexts.get(question.number) if rag and contexts else None
         text, attempts = await client.chat(
