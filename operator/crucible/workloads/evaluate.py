@@ -61,6 +61,15 @@ class Answer:
     attempts: int
 
 
+class RequestRejectedError(WorkloadError):
+    """The server refused a request outright (a 4xx other than rate limits): retrying the
+    same request cannot help."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class Client:
     """OpenAI-compatible chat completions with bounded concurrency and retries that never
     lose or double-count a question: each call returns exactly one answer or raises."""
@@ -76,6 +85,8 @@ class Client:
         temperature: float,
         max_tokens: int,
         seed: int,
+        *,
+        response_format: dict[str, Any] | None = None,
     ) -> tuple[str, int]:
         headers = {}
         if endpoint.api_key_env:
@@ -86,6 +97,7 @@ class Client:
             "temperature": temperature,
             "max_tokens": max_tokens,
             "seed": seed,
+            **({"response_format": response_format} if response_format else {}),
         }
         url = endpoint.base_url.rstrip("/") + "/chat/completions"
         for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -98,8 +110,9 @@ class Client:
                             return answer["choices"][0]["message"]["content"] or "", attempt
                         text = await response.text()
                         if response.status not in RETRIED_STATUSES:
-                            raise WorkloadError(
-                                f"{endpoint.name}: {url} answered {response.status}: {text[:300]}"
+                            raise RequestRejectedError(
+                                response.status,
+                                f"{endpoint.name}: {url} answered {response.status}: {text[:300]}",
                             )
                         retry_after = response.headers.get("Retry-After", "")
                         if retry_after.replace(".", "", 1).isdigit():

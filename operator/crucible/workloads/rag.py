@@ -7,122 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from crucible.api.contract import RagTask
 from crucible.workloads.common import Reporter, WorkloadError, log, run_main
-from crucible.workloads.retrieval import Embedder, database_url, load_embedder, open_store
-
-
-@dataclass(frozen=True)
-class Document:
-    name: str  # path relative to the documents' root
-    text: str
-    sha256: str
-
-
-def checkout(task: RagTask, cache: Path) -> Path:
-    assert task.git is not None
-    target = cache / "git" / hashlib.sha256(task.git.url.encode()).hexdigest()[:16]
-    try:
-        if not (target / ".git").exists():
-            subprocess.run(
-                ["git", "clone", "--quiet", task.git.url, str(target)],
-                check=True,
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
-        subprocess.run(
-            ["git", "-C", str(target), "fetch", "--quiet", "origin"],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        subprocess.run(
-            ["git", "-C", str(target), "checkout", "--quiet", "--force", task.git.revision],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-    except subprocess.CalledProcessError as error:
-        raise WorkloadError(
-            f"git {task.git.url}@{task.git.revision}: {(error.stderr or '').strip()}"
-        ) from None
-    return target / task.git.path
-
-
-def read_documents(root: Path, include: list[str]) -> list[Document]:
-    if not root.is_dir():
-        raise WorkloadError(f"documents folder {root} does not exist")
-    files = sorted(
-        {
-            p
-            for pattern in include
-            for p in root.glob(pattern)
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-        }
-    )
-    documents = []
-    for path in files:
-        text = path.read_text(encoding="utf-8", errors="replace")
-        if text.strip():
-            documents.append(
-                Document(
-                    str(path.relative_to(root)), text, hashlib.sha256(text.encode()).hexdigest()
-                )
-            )
-    if not documents:
-        raise WorkloadError(f"no documents matching {include} under {root}")
-    return documents
-
-
-def chunk(document: Document, task: RagTask, embedder: Embedder) -> list[Any]:
-    """Headers first, then token windows; no chunk exceeds the embedding model's input."""
-    from llama_index.core import Document as LlamaDocument
-    from llama_index.core.node_parser import MarkdownNodeParser, SentenceSplitter
-
-    size = min(task.chunking.chunk_size, embedder.max_tokens)
-    overlap = min(task.chunking.chunk_overlap, size // 2)
-    splitter = SentenceSplitter(
-        chunk_size=size,
-        chunk_overlap=overlap,
-        tokenizer=lambda text: embedder.tokenizer(text, add_special_tokens=False)["input_ids"],
-        include_metadata=False,
-    )
-    source = LlamaDocument(text=document.text, id_=document.name)
-    sections = (
-        MarkdownNodeParser().get_nodes_from_documents([source])
-        if task.chunking.split_markdown_headers
-        else [source]
-    )
-    chunks = splitter.get_nodes_from_documents(
-        [
-            LlamaDocument(text=s.get_content(), id_=f"{document.name}#{i}")
-            for i, s in enumerate(sections)
-        ]
-    )
-    for number, node in enumerate(chunks):
-        tokens = embedder.count(node.get_content())
-        if tokens > embedder.max_tokens:  # never truncated silently by the embedding model
-            raise WorkloadError(
-                f"{document.name}: chunk {number} has {tokens} tokens, over "
-                f"the embedding model's {embedder.max_tokens}"
-            )
-        node.id_ = f"{document.name}:{document.sha256[:12]}:{number}"
-        node.metadata = {
-            "document": document.name,
-            "document_hash": document.sha256,
-            "chunk": number,
-        }
-        node.excluded_embed_metadata_keys = list(node.metadata)
-        node.excluded_llm_metadata_keys = list(node.metadata)
-    return list(chunks)
+from crucible.workloads.documents import chunk, documents_of
+from crucible.workloads.retrieval import database_url, load_embedder, open_store
 
 
 def index(task: RagTask) -> dict[str, Any]:
@@ -132,8 +24,7 @@ def index(task: RagTask) -> dict[str, Any]:
     started = time.monotonic()
     reporter = Reporter(task)
     cache = Path(task.output_path).parent / ".cache"
-    root = checkout(task, cache) if task.git else Path(task.documents_path or "")
-    documents = read_documents(root, task.include)
+    documents = documents_of(task, cache)
     embedder = load_embedder(task.embedding, task.mounts, cache)
     store = open_store(database_url(task.database_url_env), task.table, embedder.dimensions)
     table = store._table_class  # one transaction below needs the store's own table model
@@ -144,7 +35,7 @@ def index(task: RagTask) -> dict[str, Any]:
     current = {d.name: d for d in documents}
     changed = [d for d in documents if indexed.get(d.name) != d.sha256]
     removed = sorted(set(indexed) - set(current))
-    nodes = [node for d in changed for node in chunk(d, task, embedder)]
+    nodes = [node for d in changed for node in chunk(d, task.chunking, embedder.counter)]
     texts = [n.get_content() for n in nodes]
     for node, vector in zip(nodes, embedder.model.get_text_embedding_batch(texts), strict=True):
         node.embedding = vector

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 from crucible.api.contract import EvalTask
 from crucible.api.ragindex import Embedding
 from crucible.workloads.common import WorkloadError, resolve_uri
+from crucible.workloads.documents import TokenizerCounter
 
 HNSW = {
     "hnsw_m": 16,
@@ -24,12 +25,15 @@ HNSW = {
 @dataclass(frozen=True)
 class Embedder:
     model: Any  # llama_index HuggingFaceEmbedding
-    tokenizer: Any
-    max_tokens: int  # the model's input limit, special tokens excluded
+    counter: TokenizerCounter  # the model's own tokenizer, capped at its input limit
     dimensions: int
 
+    @property
+    def max_tokens(self) -> int:
+        return self.counter.max_tokens
+
     def count(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self.counter.count(text)
 
 
 def load_embedder(embedding: Embedding, mounts: dict[str, str], cache: Path) -> Embedder:
@@ -45,7 +49,8 @@ def load_embedder(embedding: Embedding, mounts: dict[str, str], cache: Path) -> 
     tokenizer = AutoTokenizer.from_pretrained(path)
     limit = model._model.get_max_seq_length() or tokenizer.model_max_length
     dimensions = len(model.get_text_embedding("dimension probe"))
-    return Embedder(model, tokenizer, int(limit) - 2, dimensions)
+    # special tokens excluded from the limit
+    return Embedder(model, TokenizerCounter(tokenizer, int(limit) - 2), dimensions)
 
 
 def _cuda() -> bool:

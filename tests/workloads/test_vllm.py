@@ -1,6 +1,6 @@
-"""The evaluator against a real OpenAI-compatible server: vLLM's CPU build serving a tiny
-model made on the spot. Every question of every round is asked once and answered once, which
-vLLM's own request counter confirms."""
+"""The workloads that talk to models, against a real OpenAI-compatible server: vLLM's CPU
+build serving a tiny model made on the spot. Every request the evaluator and the synthesizer
+make is answered exactly once, which vLLM's own request counter confirms."""
 
 from __future__ import annotations
 
