@@ -80,6 +80,7 @@ def test_get_crucible_lists_every_kind_with_its_columns(
         "finetunejob.crucible.dev/nitro-sft",
         "modelmerge.crucible.dev/stealth-merge",
         "ragindex.crucible.dev/nitro-docs",
+        "syntheticdataset.crucible.dev/nitro-qa",
     ):
         assert kind in table
     evalruns = cluster.kubectl("get", "er", "-n", namespace).stdout.splitlines()
@@ -91,6 +92,8 @@ def test_get_crucible_lists_every_kind_with_its_columns(
     merges = cluster.kubectl("get", "mm", "-n", namespace).stdout.splitlines()
     assert merges[0].split() == ["NAME", "PHASE", "OUTPUT", "AGE"]
     assert "STEP" in cluster.kubectl("get", "ftj", "-n", namespace).stdout
+    datasets = cluster.kubectl("get", "sds", "-n", namespace).stdout.splitlines()
+    assert datasets[0].split() == ["NAME", "PHASE", "PAIRS", "OUTPUT", "AGE"]
 
 
 def test_kubectl_explain_documents_the_api(cluster: LocalCluster) -> None:

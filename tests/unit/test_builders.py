@@ -10,11 +10,19 @@ import yaml
 
 from crucible.api.evalrun import EvalRunSpec
 from crucible.api.finetunejob import FineTuneJobSpec
-from crucible.api.kinds import EVAL_RUN, FINE_TUNE_JOB, MODEL_MERGE, RAG_INDEX
+from crucible.api.kinds import EVAL_RUN, FINE_TUNE_JOB, MODEL_MERGE, RAG_INDEX, SYNTHETIC_DATASET
 from crucible.api.modelmerge import ModelMergeSpec
 from crucible.api.ragindex import RagIndexSpec
+from crucible.api.syntheticdataset import DEFAULT_PROMPT, SyntheticDatasetSpec
 from crucible.config import OperatorConfig
-from crucible.resources import evalrun, finetunejob, modelmerge, ragindex, serving
+from crucible.resources import (
+    evalrun,
+    finetunejob,
+    modelmerge,
+    ragindex,
+    serving,
+    syntheticdataset,
+)
 from crucible.resources.common import Owner, child_name
 
 CONFIG = OperatorConfig.from_env({})
@@ -312,7 +320,85 @@ def test_eval_job_targets_servers_and_endpoints() -> None:
     assert env["CRUCIBLE_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "pg", "key": "uri"}
 
 
-@pytest.mark.parametrize("builder", ["merge", "train", "rag", "eval"])
+def synth_spec(**extra: Any) -> SyntheticDatasetSpec:
+    return SyntheticDatasetSpec.model_validate(
+        {
+            "source": {"pvc": {"claimName": "docs", "path": "nitro"}},
+            "teacher": {"modelRef": {"kind": "ModelMerge", "name": "big"}},
+            **extra,
+        }
+    )
+
+
+def test_synth_job_asks_the_served_teacher_and_counts_with_its_tokenizer() -> None:
+    spec = synth_spec()
+    teacher = serving.ServedModel("teacher", "pvc://crucible-models/team/modelmerges/big/")
+    assert syntheticdataset.served_names(spec) == ["teacher"]
+    children = syntheticdataset.build(owner(SYNTHETIC_DATASET), spec, [teacher], CONFIG)
+    task = json.loads(by_kind(children, "ConfigMap")[1]["data"]["task.json"])
+    assert task["workload"] == "synthesize"
+    assert task["teacher"] == {
+        "name": "teacher",
+        "baseUrl": "http://run-vllm-teacher.team.svc:8000/v1",
+        "model": "teacher",
+    }
+    assert task["tokenizerUri"] == teacher.model_uri
+    assert task["documentsPath"] == "/mnt/pvc/docs/nitro"
+    assert (task["chunking"]["chunkSize"], task["chunking"]["chunkOverlap"]) == (300, 30)
+    assert (task["passes"], task["pairsPerChunk"], task["temperature"]) == (3, 3, 0.5)
+    assert task["prompt"] == DEFAULT_PROMPT and task["outputPath"].endswith("/run")
+    job = by_kind(children, "Job")[0]
+    assert container_of(job)["command"][2] == "crucible.workloads.synthesize"
+    assert container_of(job)["image"] == CONFIG.eval_image
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for v in job["spec"]["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert claims == {"crucible-models", "docs"}
+
+
+def test_synth_settings_hash_follows_what_shapes_the_output() -> None:
+    teacher = [serving.ServedModel("teacher", "hf://o/big")]
+
+    def digest(spec: SyntheticDatasetSpec, served: list[serving.ServedModel]) -> str:
+        children = syntheticdataset.build(owner(SYNTHETIC_DATASET), spec, served, CONFIG)
+        task = json.loads(by_kind(children, "ConfigMap")[1]["data"]["task.json"])
+        return str(task["settingsHash"])
+
+    base = digest(synth_spec(), teacher)
+    assert digest(synth_spec(concurrency=64, resources={"gpus": 1}), teacher) == base
+    assert digest(synth_spec(temperature=0.9), teacher) != base
+    assert digest(synth_spec(), [serving.ServedModel("teacher", "hf://o/other")]) != base
+    assert digest(synth_spec(prompt=DEFAULT_PROMPT), teacher) == base
+
+
+def test_synth_endpoint_teacher_key_comes_from_its_secret() -> None:
+    spec = synth_spec(
+        teacher={
+            "endpoint": {
+                "url": "https://api.example.com/v1",
+                "model": "gpt-4",
+                "apiKeySecretRef": {"name": "openai", "key": "key"},
+            }
+        },
+        format="preference",
+        rejectedModel={"uri": "hf://o/small"},
+    )
+    assert syntheticdataset.served_names(spec) == ["rejected"]
+    rejected = serving.ServedModel("rejected", "hf://o/small")
+    children = syntheticdataset.build(owner(SYNTHETIC_DATASET), spec, [rejected], CONFIG)
+    task = json.loads(by_kind(children, "ConfigMap")[1]["data"]["task.json"])
+    assert task["teacher"]["baseUrl"] == "https://api.example.com/v1"
+    assert task["rejected"]["baseUrl"] == "http://run-vllm-rejected.team.svc:8000/v1"
+    assert "tokenizerUri" not in task  # words are counted: no tokenizer to load
+    env = {e["name"]: e for e in container_of(by_kind(children, "Job")[0])["env"]}
+    ref = env[task["teacher"]["apiKeyEnv"]]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "openai", "key": "key"}
+    assert "gpt-4" not in json.dumps(by_kind(children, "Job"))
+
+
+@pytest.mark.parametrize("builder", ["merge", "train", "rag", "eval", "synth"])
 def test_workload_pods_meet_the_restricted_profile(builder: str) -> None:
     children = {
         "merge": lambda: modelmerge.build(
@@ -337,6 +423,12 @@ def test_workload_pods_meet_the_restricted_profile(builder: str) -> None:
             eval_spec(),
             [serving.ServedModel("merged", "hf://o/m"), serving.ServedModel("tuned", "hf://o/t")],
             None,
+            CONFIG,
+        ),
+        "synth": lambda: syntheticdataset.build(
+            owner(SYNTHETIC_DATASET),
+            synth_spec(),
+            [serving.ServedModel("teacher", "hf://o/t")],
             CONFIG,
         ),
     }[builder]()

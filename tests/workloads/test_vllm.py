@@ -16,10 +16,14 @@ import pytest
 
 from crucible.api.contract import ChatEndpoint, DataFile, EvalTask
 from crucible.devcluster.cluster import free_port
+from crucible.workloads.common import WorkloadError
 from crucible.workloads.evaluate import evaluate
+from crucible.workloads.synthesize import synthesize
 from tests.conftest import ROOT, wait_for
 from tests.workloads.conftest import ModelFactory
 from tests.workloads.test_evaluate import write_mcq
+from tests.workloads.test_synthesize import make_task as make_synth_task
+from tests.workloads.test_synthesize import write_notes
 
 
 def vllm_python() -> str:
@@ -128,3 +132,29 @@ def test_every_question_is_asked_and_answered_once(vllm_server: str, tmp_path: P
     assert 0.0 <= result.accuracy_mean <= 1.0
     assert result.accuracy_mean == pytest.approx(sum(a["correct"] for a in answers) / 36)
     assert successes(vllm_server) - before == 36
+
+
+def test_synthesize_asks_the_teacher_once_per_chunk_and_pass(
+    vllm_server: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """JSON mode goes through vLLM's structured output; a random model writes no usable pair,
+    so the run fails saying so — after exactly one request per chunk and pass."""
+    monkeypatch.setenv("CRUCIBLE_REPORT_FILE", str(tmp_path / "report.json"))
+    write_notes(tmp_path / "docs")
+    before = successes(vllm_server)
+    task = make_synth_task(
+        tmp_path,
+        vllm_server + "/v1",
+        teacher=ChatEndpoint(name="teacher", base_url=vllm_server + "/v1", model="tiny"),
+        max_tokens=24,
+        passes=2,
+    )
+    with pytest.raises(WorkloadError, match=r"no usable pair from 10 teacher replies"):
+        synthesize(task)
+    assert successes(vllm_server) - before == 10
+    assert "refuses JSON mode" not in caplog.text
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["chunks"] == 5 and report["documents"] == 5

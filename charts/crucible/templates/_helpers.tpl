@@ -40,10 +40,15 @@ app.kubernetes.io/component: operator
      No Secrets: workloads receive them through secretKeyRef, resolved by the kubelet. */}}
 {{- define "crucible.rules" -}}
 - apiGroups: [crucible.dev]
-  resources: [modelmerges, finetunejobs, ragindexes, evalruns]
+  resources: [syntheticdatasets, modelmerges, finetunejobs, ragindexes, evalruns]
   verbs: [get, list, watch, patch]
 - apiGroups: [crucible.dev]
-  resources: [modelmerges/status, finetunejobs/status, ragindexes/status, evalruns/status]
+  resources:
+    - syntheticdatasets/status
+    - modelmerges/status
+    - finetunejobs/status
+    - ragindexes/status
+    - evalruns/status
   verbs: [get, patch]
 - apiGroups: [batch]
   resources: [jobs]
