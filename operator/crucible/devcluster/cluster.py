@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -25,6 +24,7 @@ from typing import IO, Any
 
 import yaml
 
+from crucible.devcluster import processes
 from crucible.devcluster.binaries import Binaries, find_binaries
 from crucible.devcluster.pki import Pki, create_pki
 
@@ -51,15 +51,7 @@ class _Process:
     log: IO[bytes]
 
     def stop(self, grace: float = 10) -> None:
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait()
+        processes.stop(self.popen, grace)
         self.log.close()
 
 
@@ -221,7 +213,8 @@ class LocalCluster:
                 f"--server-address=127.0.0.1:{free_port()}",
             ],
         )
-        self.kubectl_apply(self._node_manifests())
+        if self.nodes:
+            self.kubectl_apply(self._node_manifests())
         self._wait(self._nodes_ready, "kwok nodes", deadline)
         # Pods need their namespace's default ServiceAccount, made by the controller manager.
         self._wait(
@@ -300,15 +293,7 @@ class LocalCluster:
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = (self.logs / f"{name}.log").open("ab")
-        popen = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            cwd=self.workdir,
-        )
-        self._processes.append(_Process(name, popen, log))
+        self._processes.append(_Process(name, processes.spawn(argv, log, self.workdir), log))
 
     def _wait(self, ready: Any, what: str, deadline: float) -> None:
         while time.monotonic() < deadline:

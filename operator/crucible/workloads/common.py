@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,8 @@ from crucible.api.contract import REPORT_KEY, TaskBase, WorkloadReport
 
 log = logging.getLogger("crucible.workload")
 T = TypeVar("T", bound=TaskBase)
-TERMINATION_LOG = Path("/dev/termination-log")
+# Where the kubelet reads the termination message; the dev runner points it elsewhere.
+TERMINATION_LOG_ENV = "CRUCIBLE_TERMINATION_LOG"
 
 
 class WorkloadError(RuntimeError):
@@ -39,7 +41,9 @@ def fail(message: str) -> NoReturn:
     """End the pod with `message` as its termination message (what the operator reports)."""
     log.error(message)
     with contextlib.suppress(OSError):
-        TERMINATION_LOG.write_text(message[-4000:])
+        Path(os.environ.get(TERMINATION_LOG_ENV, "/dev/termination-log")).write_text(
+            message[-4000:]
+        )
     print(message, file=sys.stderr)
     raise SystemExit(1)
 
@@ -47,6 +51,8 @@ def fail(message: str) -> NoReturn:
 def run_main(work: Any, argv: list[str] | None, task_type: type[T], description: str) -> int:
     """Parse the task, run `work(task)`, turn WorkloadError into a clear failure."""
     task = parse_task(argv, task_type, description)
+    # A deleted pod gets SIGTERM: unwind, so that atomic outputs remove their staging.
+    signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))
     try:
         work(task)
     except WorkloadError as error:
@@ -153,8 +159,9 @@ def atomic_directory(final: Path) -> Iterator[Path]:
 
 
 class Reporter:
-    """Sends the WorkloadReport to the operator: in a pod, into the run's report ConfigMap
-    (the pod's ServiceAccount may update only that one); elsewhere into CRUCIBLE_REPORT_FILE."""
+    """Sends the WorkloadReport to the operator: into the run's report ConfigMap as the pod's
+    ServiceAccount (which may update only that one) — in-cluster, or through KUBECONFIG where
+    the dev runner runs the workload —; or, outside any cluster, into CRUCIBLE_REPORT_FILE."""
 
     def __init__(self, task: TaskBase) -> None:
         self.task = task
@@ -166,14 +173,17 @@ class Reporter:
         document = json.dumps(self.report.to_api())
         if self.file:
             Path(self.file).write_text(document)
-        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+        elif os.environ.get("KUBERNETES_SERVICE_HOST") or os.environ.get("KUBECONFIG"):
             self._patch_config_map(document)
         log.info("report: %s", document)
 
     def _patch_config_map(self, document: str) -> None:
         from kubernetes import client, config
 
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+        else:
+            config.load_kube_config()  # type: ignore[no-untyped-call]
         try:
             client.CoreV1Api().patch_namespaced_config_map(
                 self.task.report_config_map, self.task.namespace, {"data": {REPORT_KEY: document}}
