@@ -80,11 +80,14 @@ class Translation:
     hosts: dict[str, str] = field(default_factory=dict)
 
     def __call__(self, text: str) -> str:
-        for container_path in sorted(self.mounts, key=len, reverse=True):
-            if text == container_path or text.startswith(container_path.rstrip("/") + "/"):
-                return str(self.mounts[container_path]) + text[len(container_path) :]
-        for remote, local in self.hosts.items():
-            text = text.replace(remote, local)
+        if self.mounts:
+            # One pass, longest mount first; a path starts a value or follows '=' (name=path).
+            paths = "|".join(re.escape(p.rstrip("/")) for p in sorted(self.mounts, key=len)[::-1])
+            pattern = rf"(?:(?<=^)|(?<=[\s=,]))({paths})(?=/|$|[\s,])"
+            local = {p.rstrip("/"): str(v) for p, v in self.mounts.items()}
+            text = re.sub(pattern, lambda m: local[m.group(1)], text)
+        for remote, target in self.hosts.items():
+            text = text.replace(remote, target)
         return text
 
     def walk(self, value: Any) -> Any:

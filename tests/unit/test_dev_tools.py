@@ -1,0 +1,114 @@
+"""The pure parts of the local tools: the dev runner's path and Service translation, and the
+tables of `crucible status` and `crucible leaderboard`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from crucible.cli.status import leaderboard_table, status_table
+from crucible.devcluster.runner import Translation
+
+
+def test_translation_maps_container_paths_and_service_urls() -> None:
+    translate = Translation(
+        mounts={
+            "/models": Path("/dev/store"),
+            "/models/cache": Path("/dev/cache"),
+            "/tmp": Path("/s/tmp"),
+        },
+        hosts={"http://run-vllm-a.ns.svc:8000": "http://127.0.0.1:4321"},
+    )
+    assert translate("/models/ns/modelmerges/m") == "/dev/store/ns/modelmerges/m"
+    assert translate("/models/cache/x") == "/dev/cache/x"  # the longest mount wins
+    assert translate("/models") == "/dev/store"
+    assert translate("/modelsx/y") == "/modelsx/y"  # a prefix of a name is not a mount
+    assert translate("pvc://crucible-models/ns/x/") == "pvc://crucible-models/ns/x/"
+    assert translate("http://run-vllm-a.ns.svc:8000/v1") == "http://127.0.0.1:4321/v1"
+    assert translate("tuned=/models/ns/adapter") == "tuned=/dev/store/ns/adapter"  # vLLM's form
+    assert translate("/tmp/models") == "/s/tmp/models"  # translated once, never twice
+    task = {"outputPath": "/models/ns/x", "mounts": {"crucible-models": "/models"}, "n": 3}
+    assert translate.walk(task) == {
+        "outputPath": "/dev/store/ns/x",
+        "mounts": {"crucible-models": "/dev/store"},
+        "n": 3,
+    }
+
+
+def resource(kind: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": kind, "metadata": {"name": name}, "status": status}
+
+
+def result(model: str, rag: bool, mean: float) -> dict[str, Any]:
+    return {
+        "model": model,
+        "rag": rag,
+        "n": 5,
+        "questions": 10,
+        "accuracyMean": mean,
+        "accuracyStddev": 0.0447,
+        "ci95Low": mean - 0.0554,
+        "ci95High": mean + 0.0554,
+        "rounds": [mean] * 5,
+        "unparsed": 3,
+    }
+
+
+def test_status_table_shows_phase_reason_and_progress() -> None:
+    table = status_table(
+        [
+            resource(
+                "FineTuneJob",
+                "sft",
+                {
+                    "phase": "Running",
+                    "progress": {"step": 4, "totalSteps": 10, "loss": 2.5},
+                    "conditions": [
+                        {"type": "Ready", "reason": "JobRunning", "message": "Job sft is running"}
+                    ],
+                },
+            ),
+            resource(
+                "EvalRun",
+                "eval",
+                {
+                    "phase": "Waiting",
+                    "conditions": [
+                        {
+                            "type": "Ready",
+                            "reason": "WaitingForDependency",
+                            "message": "waiting for FineTuneJob 'sft'",
+                        }
+                    ],
+                },
+            ),
+            resource("RagIndex", "docs", {}),
+        ]
+    ).splitlines()
+    assert table[0].split() == ["KIND", "NAME", "PHASE", "REASON", "PROGRESS", "MESSAGE"]
+    assert table[1].split()[:7] == [
+        "FineTuneJob", "sft", "Running", "JobRunning", "step", "4/10", "loss",
+    ]  # fmt: skip
+    assert "2.500" in table[1] and table[1].endswith("Job sft is running")
+    assert table[2].split()[:4] == ["EvalRun", "eval", "Waiting", "WaitingForDependency"]
+    assert table[3].split() == ["RagIndex", "docs", "New"]
+
+
+def test_leaderboard_lists_each_model_and_rag_setting_best_first() -> None:
+    evalrun = resource(
+        "EvalRun",
+        "bench",
+        {"results": [result("merged", True, 0.3), result("tuned", True, 0.5),
+                     result("tuned", False, 0.4)]},
+    )  # fmt: skip
+    rows = leaderboard_table([evalrun, resource("RagIndex", "docs", {})]).splitlines()
+    assert rows[0].split() == [
+        "EVALRUN", "MODEL", "RAG", "ACCURACY", "CI95", "N", "QUESTIONS", "UNPARSED",
+    ]  # fmt: skip
+    assert [r.split()[:3] for r in rows[1:]] == [
+        ["bench", "tuned", "yes"],
+        ["bench", "tuned", "no"],
+        ["bench", "merged", "yes"],
+    ]
+    assert rows[1].split()[3:] == ["0.500", "±", "0.045", "[0.445,", "0.555]", "5", "10", "3"]
+    assert leaderboard_table([]) == "no EvalRun has results yet"
