@@ -5,6 +5,7 @@ prints the leaderboard; the figures match the raw answers; nothing is left runni
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -93,9 +94,11 @@ def test_stopping_dev_up_mid_run_leaves_nothing_behind(tmp_path: Path) -> None:
     process = subprocess.Popen(dev_up(workdir), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
         deadline = time.monotonic() + 600
-        while "step 1/10" not in Path(log.name).read_text() and time.monotonic() < deadline:
+        training = re.compile(r"^FineTuneJob\s+quickstart-sft\s+Running", re.MULTILINE)
+        while not training.search(Path(log.name).read_text()) and time.monotonic() < deadline:
             assert process.poll() is None, Path(log.name).read_text()[-3000:]
             time.sleep(0.5)
+        assert training.search(Path(log.name).read_text()), "the fine-tune never started"
         process.send_signal(signal.SIGTERM)
         assert process.wait(120) == 130
     finally:
