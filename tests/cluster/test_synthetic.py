@@ -49,6 +49,17 @@ def finetune_on(dataset_name: str, name: str, **spec: Any) -> dict[str, Any]:
     }
 
 
+def task_of(cluster: LocalCluster, namespace: str, owner: str, job: str) -> dict[str, Any]:
+    """The task the operator rendered for a run's Job."""
+    (config_map,) = [
+        cm
+        for cm in objects(cluster, namespace, "configmap", owner)
+        if cm["metadata"]["name"] == job
+    ]
+    task: dict[str, Any] = json.loads(config_map["data"]["task.json"])
+    return task
+
+
 COUNTS = {
     "generated": 12,
     "kept": 9,
@@ -78,12 +89,7 @@ def test_synthetic_dataset_feeds_a_fine_tune(
         assert deployment["metadata"]["name"] == "qa-vllm-teacher"
         args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
         assert args[:2] == ["--model", "org/teacher"]
-        task = json.loads(
-            next(
-                cm for cm in objects(cluster, namespace, "configmap", "qa")
-                if cm["metadata"]["name"] == "qa-synth"
-            )["data"]["task.json"]
-        )  # fmt: skip
+        task = task_of(cluster, namespace, "qa", "qa-synth")
         assert task["teacher"]["baseUrl"] == f"http://qa-vllm-teacher.{namespace}.svc:8000/v1"
         assert task["tokenizerUri"] == "hf://org/teacher"
         waiting = wait_phase(cluster, namespace, "ftj", "tuned", "Waiting")
@@ -115,12 +121,7 @@ def test_synthetic_dataset_feeds_a_fine_tune(
         assert not objects(cluster, namespace, "service", "qa")
 
         wait_phase(cluster, namespace, "ftj", "tuned", "Succeeded")
-        train_task = json.loads(
-            next(
-                cm for cm in objects(cluster, namespace, "configmap", "tuned")
-                if cm["metadata"]["name"] == "tuned-train"
-            )["data"]["task.json"]
-        )  # fmt: skip
+        train_task = task_of(cluster, namespace, "tuned", "tuned-train")
         assert train_task["dataset"]["path"] == (
             f"/models/{namespace}/syntheticdatasets/qa/train.jsonl"
         )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from crucible.api.common import DataSource
+from crucible.api.common import DataSource, PvcPath
 from crucible.api.ragindex import DocumentSource
 from crucible.config import OperatorConfig
 from crucible.resources.common import pvc_mount_path
@@ -22,6 +22,12 @@ class MountedData:
     claims: list[str] = field(default_factory=list)
     volumes: list[dict[str, Any]] = field(default_factory=list)
     mounts: list[dict[str, Any]] = field(default_factory=list)
+
+
+def on_claim(pvc: PvcPath, config: OperatorConfig) -> MountedData:
+    """A file or folder on a PersistentVolumeClaim, which the pod mounts."""
+    base = pvc_mount_path(config, pvc.claim_name)
+    return MountedData(path=f"{base}/{pvc.path}".rstrip("/"), uri=None, claims=[pvc.claim_name])
 
 
 def mount_data(source: DataSource, config: OperatorConfig) -> MountedData:
@@ -42,12 +48,7 @@ def mount_data(source: DataSource, config: OperatorConfig) -> MountedData:
             mounts=[{"name": "dataset", "mountPath": DATASET_DIR, "readOnly": True}],
         )
     if source.pvc is not None:
-        base = pvc_mount_path(config, source.pvc.claim_name)
-        return MountedData(
-            path=f"{base}/{source.pvc.path}".rstrip("/"),
-            uri=None,
-            claims=[source.pvc.claim_name],
-        )
+        return on_claim(source.pvc, config)
     return MountedData(path=None, uri=source.uri)
 
 
@@ -61,10 +62,5 @@ def mount_documents(source: DocumentSource, config: OperatorConfig) -> MountedDa
             mounts=[{"name": "documents", "mountPath": DOCS_DIR, "readOnly": True}],
         )
     if source.pvc is not None:
-        base = pvc_mount_path(config, source.pvc.claim_name)
-        return MountedData(
-            path=f"{base}/{source.pvc.path}".rstrip("/"),
-            uri=None,
-            claims=[source.pvc.claim_name],
-        )
+        return on_claim(source.pvc, config)
     return MountedData(path=None, uri=None)
