@@ -24,10 +24,11 @@ class ScriptedServer:
         script: Script,
         failures: dict[str, list[int]] | None = None,
         *,
-        refuse_json_mode: bool = False,
+        refused_parameters: tuple[str, ...] = (),
     ) -> None:
         self.script = script
-        self.refuse_json_mode = refuse_json_mode  # answer 400 to response_format, as some do
+        # answer 400 to requests with these body keys, as servers without the feature do
+        self.refused_parameters = refused_parameters
         # per model, the statuses to answer its first requests with before succeeding
         self.failures = {k: list(v) for k, v in (failures or {}).items()}
         self.requests: Counter[str] = Counter()
@@ -45,8 +46,9 @@ class ScriptedServer:
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             await asyncio.sleep(0.002)
-            if self.refuse_json_mode and "response_format" in body:
-                return web.Response(status=400, text="response_format is not supported")
+            refused = [k for k in self.refused_parameters if k in body]
+            if refused:
+                return web.Response(status=400, text=f"{refused[0]} is not supported")
             pending = self.failures.get(model)
             if pending:
                 status = pending.pop(0)

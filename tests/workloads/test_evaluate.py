@@ -177,6 +177,23 @@ def test_retries_never_lose_or_double_count(tmp_path: Path) -> None:
     assert results[0].rounds == [1.0, 1.0, 1.0]
 
 
+def test_constrained_answers_ask_for_a_letter_and_fall_back_where_refused(
+    tmp_path: Path,
+) -> None:
+    with serving(ScriptedServer(script)) as server:
+        evaluate(task(tmp_path, server, ["oracle"], constrain_answers=True))
+        assert len(server.bodies) == 60
+        assert all(
+            b["structured_outputs"] == {"choice": ["A", "B", "C", "D"]} for b in server.bodies
+        )
+    refusing = ScriptedServer(script, refused_parameters=("structured_outputs",))
+    with serving(refusing) as server:
+        (result,) = evaluate(task(tmp_path, server, ["oracle"], constrain_answers=True))
+        assert server.served["oracle"] == 60  # every question answered once, unconstrained
+        assert all("structured_outputs" not in b for b in server.bodies)
+    assert result.rounds == [1.0, 1.0, 1.0]
+
+
 def test_rag_and_no_rag_are_both_reported(tmp_path: Path) -> None:
     from crucible.api.contract import EvalRag
     from crucible.api.ragindex import Embedding

@@ -188,7 +188,7 @@ def test_a_server_without_json_mode_is_asked_in_plain_text(
     tmp_path: Path, report_file: Path
 ) -> None:
     write_notes(tmp_path / "docs")
-    server = ScriptedServer(plain_teacher, refuse_json_mode=True)
+    server = ScriptedServer(plain_teacher, refused_parameters=("response_format",))
     with serving(server):
         summary = synthesize(make_task(tmp_path, server.url, passes=1))
     assert server.served["teacher"] == 5

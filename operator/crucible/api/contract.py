@@ -115,6 +115,7 @@ class EvalTask(TaskBase):
     max_tokens: int
     concurrency: int
     system_prompt: str | None = None
+    constrain_answers: bool = False
     judge: ChatEndpoint | None = None
     judge_prompt: str | None = None
     bootstrap_samples: int = 1000

@@ -90,6 +90,11 @@ class EvalRunSpec(ApiModel):
     )
     max_tokens: int = Field(default=64, ge=1, le=32768, description="Tokens per answer.")
     concurrency: int = Field(default=8, ge=1, le=1024, description="Requests in flight per model.")
+    constrain_answers: bool = Field(
+        default=False,
+        description="Ask for exactly one of the letters A-D with vLLM's structured outputs "
+        "(structured_outputs.choice); a server that refuses it is asked without.",
+    )
     system_prompt: str | None = Field(
         default=None,
         description="System prompt of the models under test; the default asks for one letter.",

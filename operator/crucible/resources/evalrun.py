@@ -87,6 +87,7 @@ def eval_job(
         temperature=spec.temperature,
         max_tokens=spec.max_tokens,
         concurrency=spec.concurrency,
+        constrain_answers=spec.constrain_answers,
         system_prompt=spec.system_prompt,
         judge=judge,
         judge_prompt=spec.judge.prompt if spec.judge else None,

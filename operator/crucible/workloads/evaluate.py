@@ -31,6 +31,7 @@ from crucible.workloads.common import (
 )
 from crucible.workloads.mcq import (
     DEFAULT_SYSTEM_PROMPT,
+    LETTERS,
     Question,
     load_questions,
     parse_answer,
@@ -86,7 +87,7 @@ class Client:
         max_tokens: int,
         seed: int,
         *,
-        response_format: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> tuple[str, int]:
         headers = {}
         if endpoint.api_key_env:
@@ -97,7 +98,7 @@ class Client:
             "temperature": temperature,
             "max_tokens": max_tokens,
             "seed": seed,
-            **({"response_format": response_format} if response_format else {}),
+            **(extra or {}),
         }
         url = endpoint.base_url.rstrip("/") + "/chat/completions"
         for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -123,6 +124,42 @@ class Client:
         raise WorkloadError(f"{endpoint.name}: {url} failed {MAX_ATTEMPTS} times in a row")
 
 
+class OptionalParameters:
+    """Request parameters a server may refuse (JSON mode, a choice constraint): an endpoint
+    that answers 400/422 to them is asked without them from then on, and says so once."""
+
+    def __init__(self, client: Client, extra: dict[str, Any] | None) -> None:
+        self.client = client
+        self.extra = extra
+        self.refused: set[str] = set()
+
+    def used_with(self, endpoint: ChatEndpoint) -> bool:
+        return bool(self.extra) and endpoint.name not in self.refused
+
+    async def chat(
+        self,
+        endpoint: ChatEndpoint,
+        messages: list[dict[str, str]],
+        temperature: float,
+        max_tokens: int,
+        seed: int,
+    ) -> tuple[str, int]:
+        if self.used_with(endpoint):
+            try:
+                return await self.client.chat(
+                    endpoint, messages, temperature, max_tokens, seed, extra=self.extra
+                )
+            except RequestRejectedError as error:
+                if error.status not in (400, 422):
+                    raise
+                if endpoint.name not in self.refused:
+                    log.warning(
+                        "%s refuses %s (%s); asking without", endpoint.name, self.extra, error
+                    )
+                self.refused.add(endpoint.name)
+        return await self.client.chat(endpoint, messages, temperature, max_tokens, seed)
+
+
 def messages_for(
     question: Question, system_prompt: str, context: str | None
 ) -> list[dict[str, str]]:
@@ -143,11 +180,15 @@ async def run_rounds(
         else ([True, False] if task.rag and task.rag.compare_without_rag else [True])
     )
 
+    # vLLM's structured outputs: the answer is one of the letters, nothing else.
+    choice = {"structured_outputs": {"choice": list(LETTERS)}}
+    asking = OptionalParameters(client, choice if task.constrain_answers else None)
+
     async def one(
         endpoint: ChatEndpoint, rag: bool, round_: int, position: int, question: Question
     ) -> Answer:
         context = contexts.get(question.number) if rag and contexts else None
-        text, attempts = await client.chat(
+        text, attempts = await asking.chat(
             endpoint,
             messages_for(question, system_prompt, context),
             task.temperature,

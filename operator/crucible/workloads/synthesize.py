@@ -40,12 +40,12 @@ from crucible.workloads.documents import (
     chunk,
     documents_of,
 )
-from crucible.workloads.evaluate import TIMEOUT, Client, RequestRejectedError
+from crucible.workloads.evaluate import TIMEOUT, Client, OptionalParameters
 
 TRAIN_FILE = "train.jsonl"
 VALIDATION_FILE = "validation.jsonl"
 MANIFEST_FILE = "manifest.json"
-JSON_MODE = {"type": "json_object"}
+JSON_MODE = {"response_format": {"type": "json_object"}}
 REJECTED_SYSTEM_PROMPT = "Answer the user's question briefly."
 # Words too common to show that an answer comes from its chunk.
 STOPWORDS = frozenset(
@@ -172,50 +172,27 @@ def teacher_prompt(task: SynthTask, text: str) -> str:
     return task.prompt.replace("{chunk}", text).replace("{pairs}", str(task.pairs_per_chunk))
 
 
-class Teacher:
-    """Asks for pairs in JSON mode; a server that refuses JSON mode is asked without it."""
-
-    def __init__(self, client: Client, task: SynthTask) -> None:
-        self.client = client
-        self.task = task
-        self.json_mode = True
-
-    async def ask(self, chunk_: Chunk, seed: int) -> str:
-        messages = [{"role": "user", "content": teacher_prompt(self.task, chunk_.text)}]
-        while True:
-            json_mode = self.json_mode
-            try:
-                text, _ = await self.client.chat(
-                    self.task.teacher,
-                    messages,
-                    self.task.temperature,
-                    self.task.max_tokens,
-                    seed,
-                    response_format=JSON_MODE if json_mode else None,
-                )
-                return text
-            except RequestRejectedError as error:
-                if not json_mode or error.status not in (400, 422):
-                    raise
-                if self.json_mode:
-                    log.warning("the teacher refuses JSON mode (%s); asking without it", error)
-                self.json_mode = False
-
-
 async def generate(
     task: SynthTask, chunks: list[Chunk], reporter: Reporter
 ) -> tuple[list[Pair], int, bool]:
     """Every chunk in every pass, each asked once: the pairs read, the unreadable replies,
     and whether JSON mode was used."""
     async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
-        teacher = Teacher(Client(session, task.concurrency), task)
+        asking = OptionalParameters(Client(session, task.concurrency), JSON_MODE)
+
+        async def ask(chunk_: Chunk, seed: int) -> str:
+            prompt = teacher_prompt(task, chunk_.text)
+            messages = [{"role": "user", "content": prompt}]
+            reply, _ = await asking.chat(
+                task.teacher, messages, task.temperature, task.max_tokens, seed
+            )
+            return reply
+
         pairs: list[Pair] = []
         unparsed = 0
         for pass_ in range(task.passes):
             seeds = [task.seed + pass_ * len(chunks) + i for i in range(len(chunks))]
-            replies = await asyncio.gather(
-                *(teacher.ask(c, s) for c, s in zip(chunks, seeds, strict=True))
-            )
+            replies = await asyncio.gather(*(ask(c, s) for c, s in zip(chunks, seeds, strict=True)))
             for chunk_, reply in zip(chunks, replies, strict=True):
                 read = parse_pairs(reply)
                 unparsed += not read
@@ -224,7 +201,7 @@ async def generate(
             reporter.update(
                 message=f"pass {pass_ + 1}/{task.passes}: {len(pairs)} pairs read so far"
             )
-        return pairs, unparsed, teacher.json_mode
+        return pairs, unparsed, asking.used_with(task.teacher)
 
 
 async def rejected_answers(task: SynthTask, questions: list[str]) -> list[str]:
