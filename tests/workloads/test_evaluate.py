@@ -148,6 +148,9 @@ def task(tmp_path: Path, server: ScriptedServer, models: list[str], **changes: A
 def test_scores_are_exact_and_every_answer_is_recorded(tmp_path: Path) -> None:
     with serving(ScriptedServer(script)) as server:
         results = evaluate(task(tmp_path, server, ["oracle", "half"]))
+    # A seed per round and question, the same for both models.
+    seeds = {(b["model"], b["seed"]) for b in server.bodies}
+    assert len(seeds) == 120 and len({seed for _, seed in seeds}) == 60
     by_model = {r.model: r for r in results}
     assert by_model["oracle"].rounds == [1.0, 1.0, 1.0] and by_model["oracle"].unparsed == 0
     assert by_model["half"].rounds == [0.5, 0.5, 0.5]

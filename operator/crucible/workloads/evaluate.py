@@ -193,7 +193,9 @@ async def run_rounds(
             messages_for(question, system_prompt, context),
             task.temperature,
             task.max_tokens,
-            seed=task.seed + round_,
+            # Its own seed per round and question (the same for every model): one seed per
+            # round would make a near-uniform model give one letter to every question.
+            seed=task.seed + round_ * len(questions) + question.number,
         )
         parsed = parse_answer(text)
         return Answer(
