@@ -19,7 +19,7 @@ from typing import Any
 from crucible.api.crd import render_crds
 from crucible.cli.status import leaderboard_table, list_resources, status_table
 from crucible.devcluster import processes
-from crucible.devcluster.cluster import LocalCluster
+from crucible.devcluster.cluster import LocalCluster, free_port
 from crucible.devcluster.runner import DevRunner
 
 STORE_CLAIM = "crucible-models"
@@ -94,6 +94,7 @@ def watch(
     namespace: str,
     kubeconfig: Path,
     operator: subprocess.Popen[bytes],
+    operator_log: Path,
     *,
     once: bool,
     timeout: float,
@@ -114,7 +115,9 @@ def watch(
             print(f"not done after {timeout:.0f} s", flush=True)
             return 1
         if operator.poll() is not None:
-            print("the operator exited; see operator.log in the workdir", flush=True)
+            tail = operator_log.read_text(errors="replace").splitlines()[-20:]
+            print(f"the operator exited with {operator.returncode}; {operator_log} ends:")
+            print("\n".join(tail), flush=True)
             return 1
         time.sleep(2)
 
@@ -148,11 +151,13 @@ def dev_up(
             cluster.kubectl_apply("---\n".join(render_crds().values()), "--server-side")
             cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
 
+            metrics_port = free_port()  # 8080 may be taken, by another dev up for one
             operator_log = cleanup.enter_context((workdir / "operator.log").open("wb"))
             env = {
                 **os.environ,
                 "KUBECONFIG": str(cluster.kubeconfig),
                 "CRUCIBLE_HTTP_ADDRESS": "127.0.0.1",
+                "CRUCIBLE_HTTP_PORT": str(metrics_port),
                 "CRUCIBLE_MODEL_STORE_PVC": STORE_CLAIM,
                 "CRUCIBLE_RECONCILE_INTERVAL": "1",
                 "CRUCIBLE_JOB_BACKOFF_LIMIT": "0",
@@ -181,11 +186,20 @@ def dev_up(
             how = "-k" if (examples / "kustomization.yaml").exists() else "-f"
             print(cluster.kubectl("apply", "-n", namespace, how, str(examples)).stdout, flush=True)
             print(
-                f"KUBECONFIG={cluster.kubeconfig}\nlogs: {workdir / 'logs'} (workloads), "
+                f"KUBECONFIG={cluster.kubeconfig}\n"
+                f"metrics: http://127.0.0.1:{metrics_port}/metrics\n"
+                f"logs: {workdir / 'logs'} (workloads), "
                 f"{workdir / 'operator.log'}; Ctrl-C stops everything.",
                 flush=True,
             )
-            return watch(namespace, cluster.kubeconfig, operator, once=once, timeout=timeout)
+            return watch(
+                namespace,
+                cluster.kubeconfig,
+                operator,
+                workdir / "operator.log",
+                once=once,
+                timeout=timeout,
+            )
         except KeyboardInterrupt:
             print("stopping…", flush=True)
             return 130
