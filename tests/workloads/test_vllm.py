@@ -11,10 +11,12 @@ import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from crucible.api.contract import ChatEndpoint, DataFile, EvalTask
+from crucible.api.evalrun import ModelResult
 from crucible.devcluster.cluster import free_port
 from crucible.workloads.common import WorkloadError
 from crucible.workloads.evaluate import evaluate
@@ -104,26 +106,31 @@ def successes(url: str) -> float:
     return sum(float(v) for v in found)
 
 
-def test_every_question_is_asked_and_answered_once(vllm_server: str, tmp_path: Path) -> None:
-    before = successes(vllm_server)
+def evaluate_tiny(
+    url: str, tmp_path: Path, **settings: Any
+) -> tuple[ModelResult, list[dict[str, Any]]]:
+    """12 questions against the tiny model: its result and every answer recorded."""
     task = EvalTask(
         namespace="team",
         name="bench",
         report_config_map="r",
         output_uri="pvc://s/",
         output_path=str(tmp_path / "out"),
-        endpoints=[ChatEndpoint(name="tiny", base_url=vllm_server + "/v1", model="tiny")],
+        endpoints=[ChatEndpoint(name="tiny", base_url=url + "/v1", model="tiny")],
         dataset=DataFile(path=str(write_mcq(tmp_path / "mcq.csv", 12))),
-        repeats=3,
         seed=5,
         temperature=0.8,
-        max_tokens=8,
         concurrency=6,
+        **settings,
     )
     (result,) = evaluate(task)
-    answers = [
-        json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()
-    ]
+    results = (tmp_path / "out" / "results.jsonl").read_text().splitlines()
+    return result, [json.loads(line) for line in results]
+
+
+def test_every_question_is_asked_and_answered_once(vllm_server: str, tmp_path: Path) -> None:
+    before = successes(vllm_server)
+    result, answers = evaluate_tiny(vllm_server, tmp_path, repeats=3, max_tokens=8)
     assert len(answers) == 36 and result.n == 3 and result.questions == 12
     assert {(a["round"], a["question"]) for a in answers} == {
         (r, q) for r in range(3) for q in range(1, 13)
@@ -137,25 +144,9 @@ def test_every_question_is_asked_and_answered_once(vllm_server: str, tmp_path: P
 def test_constrained_answers_are_always_one_letter(vllm_server: str, tmp_path: Path) -> None:
     """vLLM's structured outputs make even a random model answer with a letter."""
     before = successes(vllm_server)
-    task = EvalTask(
-        namespace="team",
-        name="bench",
-        report_config_map="r",
-        output_uri="pvc://s/",
-        output_path=str(tmp_path / "out"),
-        endpoints=[ChatEndpoint(name="tiny", base_url=vllm_server + "/v1", model="tiny")],
-        dataset=DataFile(path=str(write_mcq(tmp_path / "mcq.csv", 12))),
-        repeats=2,
-        seed=5,
-        temperature=0.8,
-        max_tokens=4,
-        concurrency=6,
-        constrain_answers=True,
+    result, answers = evaluate_tiny(
+        vllm_server, tmp_path, repeats=2, max_tokens=4, constrain_answers=True
     )
-    (result,) = evaluate(task)
-    answers = [
-        json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()
-    ]
     assert result.unparsed == 0
     assert {a["text"].strip() for a in answers} <= {"A", "B", "C", "D"}
     assert successes(vllm_server) - before == 24
