@@ -73,11 +73,15 @@ class RequestRejectedError(WorkloadError):
 
 class Client:
     """OpenAI-compatible chat completions with bounded concurrency and retries that never
-    lose or double-count a question: each call returns exactly one answer or raises."""
+    lose or double-count a question: each call returns exactly one answer or raises.
+
+    `optional` request parameters (JSON mode, a choice constraint) are sent until an endpoint
+    refuses them (400/422); from then on that endpoint is asked without, and says so once."""
 
     def __init__(self, session: aiohttp.ClientSession, concurrency: int) -> None:
         self.session = session
         self.slots = asyncio.Semaphore(concurrency)
+        self.refused: set[str] = set()  # endpoints that refused the optional parameters
 
     async def chat(
         self,
@@ -87,19 +91,32 @@ class Client:
         max_tokens: int,
         seed: int,
         *,
-        extra: dict[str, Any] | None = None,
+        optional: dict[str, Any] | None = None,
     ) -> tuple[str, int]:
-        headers = {}
-        if endpoint.api_key_env:
-            headers["Authorization"] = f"Bearer {os.environ.get(endpoint.api_key_env, '')}"
         body = {
             "model": endpoint.model,
             "messages": messages,
             "temperature": temperature,
             "max_tokens": max_tokens,
             "seed": seed,
-            **(extra or {}),
         }
+        if optional and endpoint.name not in self.refused:
+            try:
+                return await self._post(endpoint, {**body, **optional})
+            except RequestRejectedError as error:
+                if error.status not in (400, 422):
+                    raise
+                if endpoint.name not in self.refused:
+                    log.warning(
+                        "%s refuses %s (%s); asking without", endpoint.name, optional, error
+                    )
+                self.refused.add(endpoint.name)
+        return await self._post(endpoint, body)
+
+    async def _post(self, endpoint: ChatEndpoint, body: dict[str, Any]) -> tuple[str, int]:
+        headers = {}
+        if endpoint.api_key_env:
+            headers["Authorization"] = f"Bearer {os.environ.get(endpoint.api_key_env, '')}"
         url = endpoint.base_url.rstrip("/") + "/chat/completions"
         for attempt in range(1, MAX_ATTEMPTS + 1):
             delay = min(0.25 * 2 ** (attempt - 1), 10.0)
@@ -124,42 +141,6 @@ class Client:
         raise WorkloadError(f"{endpoint.name}: {url} failed {MAX_ATTEMPTS} times in a row")
 
 
-class OptionalParameters:
-    """Request parameters a server may refuse (JSON mode, a choice constraint): an endpoint
-    that answers 400/422 to them is asked without them from then on, and says so once."""
-
-    def __init__(self, client: Client, extra: dict[str, Any] | None) -> None:
-        self.client = client
-        self.extra = extra
-        self.refused: set[str] = set()
-
-    def used_with(self, endpoint: ChatEndpoint) -> bool:
-        return bool(self.extra) and endpoint.name not in self.refused
-
-    async def chat(
-        self,
-        endpoint: ChatEndpoint,
-        messages: list[dict[str, str]],
-        temperature: float,
-        max_tokens: int,
-        seed: int,
-    ) -> tuple[str, int]:
-        if self.used_with(endpoint):
-            try:
-                return await self.client.chat(
-                    endpoint, messages, temperature, max_tokens, seed, extra=self.extra
-                )
-            except RequestRejectedError as error:
-                if error.status not in (400, 422):
-                    raise
-                if endpoint.name not in self.refused:
-                    log.warning(
-                        "%s refuses %s (%s); asking without", endpoint.name, self.extra, error
-                    )
-                self.refused.add(endpoint.name)
-        return await self.client.chat(endpoint, messages, temperature, max_tokens, seed)
-
-
 def messages_for(
     question: Question, system_prompt: str, context: str | None
 ) -> list[dict[str, str]]:
@@ -181,14 +162,13 @@ async def run_rounds(
     )
 
     # vLLM's structured outputs: the answer is one of the letters, nothing else.
-    choice = {"structured_outputs": {"choice": list(LETTERS)}}
-    asking = OptionalParameters(client, choice if task.constrain_answers else None)
+    choice = {"structured_outputs": {"choice": list(LETTERS)}} if task.constrain_answers else None
 
     async def one(
         endpoint: ChatEndpoint, rag: bool, round_: int, position: int, question: Question
     ) -> Answer:
         context = contexts.get(question.number) if rag and contexts else None
-        text, attempts = await asking.chat(
+        text, attempts = await client.chat(
             endpoint,
             messages_for(question, system_prompt, context),
             task.temperature,
@@ -196,6 +176,7 @@ async def run_rounds(
             # Its own seed per round and question (the same for every model): one seed per
             # round would make a near-uniform model give one letter to every question.
             seed=task.seed + round_ * len(questions) + question.number,
+            optional=choice,
         )
         parsed = parse_answer(text)
         return Answer(

@@ -40,7 +40,7 @@ from crucible.workloads.documents import (
     chunk,
     documents_of,
 )
-from crucible.workloads.evaluate import TIMEOUT, Client, OptionalParameters
+from crucible.workloads.evaluate import TIMEOUT, Client
 
 TRAIN_FILE = "train.jsonl"
 VALIDATION_FILE = "validation.jsonl"
@@ -178,13 +178,18 @@ async def generate(
     """Every chunk in every pass, each asked once: the pairs read, the unreadable replies,
     and whether JSON mode was used."""
     async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
-        asking = OptionalParameters(Client(session, task.concurrency), JSON_MODE)
+        client = Client(session, task.concurrency)
 
         async def ask(chunk_: Chunk, seed: int) -> str:
             prompt = teacher_prompt(task, chunk_.text)
             messages = [{"role": "user", "content": prompt}]
-            reply, _ = await asking.chat(
-                task.teacher, messages, task.temperature, task.max_tokens, seed
+            reply, _ = await client.chat(
+                task.teacher,
+                messages,
+                task.temperature,
+                task.max_tokens,
+                seed,
+                optional=JSON_MODE,
             )
             return reply
 
@@ -201,7 +206,7 @@ async def generate(
             reporter.update(
                 message=f"pass {pass_ + 1}/{task.passes}: {len(pairs)} pairs read so far"
             )
-        return pairs, unparsed, asking.used_with(task.teacher)
+        return pairs, unparsed, task.teacher.name not in client.refused
 
 
 async def rejected_answers(task: SynthTask, questions: list[str]) -> list[str]:
