@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -72,20 +72,21 @@ class LocalPod:
     ready: bool = False
 
 
-@dataclass
 class Translation:
     """Container paths → local folders, service URLs → local ports."""
 
-    mounts: dict[str, Path] = field(default_factory=dict)
-    hosts: dict[str, str] = field(default_factory=dict)
+    def __init__(self, mounts: dict[str, Path], hosts: dict[str, str]) -> None:
+        self.hosts = hosts
+        self.local = {p.rstrip("/"): str(v) for p, v in mounts.items()}
+        # One pass, longest mount first; a path starts a value or follows '=' (name=path).
+        paths = "|".join(re.escape(p) for p in sorted(self.local, key=len, reverse=True))
+        self.pattern = (
+            re.compile(rf"(?:(?<=^)|(?<=[\s=,]))({paths})(?=/|$|[\s,])") if mounts else None
+        )
 
     def __call__(self, text: str) -> str:
-        if self.mounts:
-            # One pass, longest mount first; a path starts a value or follows '=' (name=path).
-            paths = "|".join(re.escape(p.rstrip("/")) for p in sorted(self.mounts, key=len)[::-1])
-            pattern = rf"(?:(?<=^)|(?<=[\s=,]))({paths})(?=/|$|[\s,])"
-            local = {p.rstrip("/"): str(v) for p, v in self.mounts.items()}
-            text = re.sub(pattern, lambda m: local[m.group(1)], text)
+        if self.pattern is not None:
+            text = self.pattern.sub(lambda m: self.local[m.group(1)], text)
         for remote, target in self.hosts.items():
             text = text.replace(remote, target)
         return text
@@ -260,8 +261,7 @@ class DevRunner:
         sandbox = self.workdir / "pods" / meta["namespace"] / meta["name"]
         shutil.rmtree(sandbox, ignore_errors=True)
         sandbox.mkdir(parents=True)
-        translate = Translation(hosts=self._server_hosts())
-        translate.mounts = self._volumes(pod, container, sandbox)
+        translate = Translation(self._volumes(pod, container, sandbox), self._server_hosts())
         env = self._environment(meta["namespace"], container, translate)
         termination_log = sandbox / "termination-log"
         env[TERMINATION_LOG_ENV] = str(termination_log)
