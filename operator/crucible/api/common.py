@@ -290,6 +290,10 @@ class Phase(StrEnum):
     FAILED = "Failed"
 
 
+# A run in one of these phases is over: nothing reconciles it any more.
+TERMINAL_PHASES = (Phase.SUCCEEDED.value, Phase.FAILED.value)
+
+
 class Condition(ApiModel):
     """A condition per the Kubernetes API conventions (metav1.Condition)."""
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from crucible.api.common import TERMINAL_PHASES
 from crucible.api.crd import render_crds
 from crucible.cli.status import leaderboard_table, list_resources, status_table
 from crucible.devcluster import processes
@@ -24,7 +25,6 @@ from crucible.devcluster.runner import DevRunner
 
 STORE_CLAIM = "crucible-models"
 DATABASE_SECRET = "postgres"  # key "uri": what examples/quickstart's RagIndex reads
-TERMINAL = ("Succeeded", "Failed")
 
 
 def prepare_models(store: Path, corpus: list[Path]) -> None:
@@ -105,7 +105,7 @@ def watch(
     while True:
         shown, items = _progress(namespace, kubeconfig, shown)
         phases = [(i.get("status") or {}).get("phase") for i in items]
-        if not done and items and all(p in TERMINAL for p in phases):
+        if not done and items and all(p in TERMINAL_PHASES for p in phases):
             done = True
             print("\n" + leaderboard_table(items), flush=True)
             if once:

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from crucible.api import GROUP, VERSION, Kind
 from crucible.api.base import ApiModel
-from crucible.api.common import ModelRefKind, ModelSource, Phase
+from crucible.api.common import TERMINAL_PHASES, ModelRefKind, ModelSource, Phase
 from crucible.api.contract import REPORT_KEY, WorkloadReport
 from crucible.api.kinds import FINE_TUNE_JOB, KINDS_BY_NAME
 from crucible.config import OperatorConfig
@@ -27,8 +27,6 @@ from crucible.metrics import JOB_SECONDS, RECONCILE_ERRORS, RECONCILE_SECONDS, R
 from crucible.resources.common import Owner, child_name, report_name
 from crucible.resources.jobs import job_outcome
 from crucible.resources.status import describe_validation_error, now, phase_status
-
-TERMINAL = (Phase.SUCCEEDED.value, Phase.FAILED.value)
 
 
 class WaitingError(Exception):
@@ -259,7 +257,7 @@ def record_run(
     """Metrics of one step: the status seen, and the run's duration when it just ended."""
     RUNS.observe(kind.kind, body, after)
     RECONCILES.labels(kind.kind, after.get("phase") or "Pending").inc()
-    ended = after.get("phase") in TERMINAL and before.get("phase") not in TERMINAL
+    ended = after.get("phase") in TERMINAL_PHASES and before.get("phase") not in TERMINAL_PHASES
     if ended and after.get("startTime"):
         seconds = (datetime.now(UTC) - datetime.fromisoformat(after["startTime"])).total_seconds()
         JOB_SECONDS.labels(kind.kind, after["phase"]).observe(max(seconds, 0.0))
@@ -286,7 +284,7 @@ def register(kind: Kind, reconcile: Step) -> None:
             if body is None:
                 return
             status = body.get("status") or {}
-            if status.get("phase") in TERMINAL:
+            if status.get("phase") in TERMINAL_PHASES:
                 RUNS.observe(kind.kind, body, status)  # rebuilds the series after a restart
                 return
             try:
@@ -309,7 +307,7 @@ def register(kind: Kind, reconcile: Step) -> None:
                 kube.post_event(
                     body, "Warning" if warning else "Normal", ready["reason"], ready["message"]
                 )
-            if patch.get("phase") in TERMINAL:
+            if patch.get("phase") in TERMINAL_PHASES:
                 return
             stopped.wait(config.reconcile_interval)
 
