@@ -18,7 +18,7 @@ from typing import Any
 
 from crucible.api.common import TERMINAL_PHASES
 from crucible.api.crd import render_crds
-from crucible.cli.status import leaderboard_table, list_resources, status_table
+from crucible.cli.status import custom_objects, leaderboard_table, list_resources, status_table
 from crucible.devcluster import processes
 from crucible.devcluster.cluster import LocalCluster, free_port
 from crucible.devcluster.runner import DevRunner
@@ -82,14 +82,6 @@ def database_secret(namespace: str, url: str) -> dict[str, Any]:
     }
 
 
-def _progress(namespace: str, kubeconfig: Path, last: str) -> tuple[str, list[dict[str, Any]]]:
-    items = list_resources(namespace, str(kubeconfig))
-    table = status_table(items)
-    if table != last:
-        print(f"\n{time.strftime('%H:%M:%S')}\n{table}", flush=True)
-    return table, items
-
-
 def watch(
     namespace: str,
     kubeconfig: Path,
@@ -101,9 +93,14 @@ def watch(
 ) -> int:
     """Show the progress until everything is done (with `once`), or until Ctrl-C."""
     deadline = time.monotonic() + timeout
+    custom = custom_objects(str(kubeconfig))
     shown, done = "", False
     while True:
-        shown, items = _progress(namespace, kubeconfig, shown)
+        items = list_resources(custom, namespace)
+        table = status_table(items)
+        if table != shown:
+            print(f"\n{time.strftime('%H:%M:%S')}\n{table}", flush=True)
+            shown = table
         phases = [(i.get("status") or {}).get("phase") for i in items]
         if not done and items and all(p in TERMINAL_PHASES for p in phases):
             done = True

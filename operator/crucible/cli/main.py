@@ -47,16 +47,16 @@ def _dev_up(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from crucible.cli.status import list_resources, status_table
+    from crucible.cli.status import custom_objects, list_resources, status_table
 
-    print(status_table(list_resources(args.namespace, args.kubeconfig)))
+    print(status_table(list_resources(custom_objects(args.kubeconfig), args.namespace)))
     return 0
 
 
 def _leaderboard(args: argparse.Namespace) -> int:
-    from crucible.cli.status import leaderboard_table, list_resources
+    from crucible.cli.status import custom_objects, leaderboard_table, list_resources
 
-    items = list_resources(args.namespace, args.kubeconfig)
+    items = list_resources(custom_objects(args.kubeconfig), args.namespace)
     print(leaderboard_table([i for i in items if args.evalrun in (None, i["metadata"]["name"])]))
     return 0
 

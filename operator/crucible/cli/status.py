@@ -14,18 +14,22 @@ from crucible.api.kinds import KINDS
 DEV_KUBECONFIG = Path(".dev/cluster/admin.kubeconfig")
 
 
-def list_resources(namespace: str, kubeconfig: str | None = None) -> list[dict[str, Any]]:
-    """Every Crucible resource in the namespace, in the recipe's order."""
+def custom_objects(kubeconfig: str | None = None) -> Any:
+    """An API client for Crucible's resources: the kubeconfig given, $KUBECONFIG, or the one
+    `crucible dev up` wrote."""
     from kubernetes import client, config
 
     path = kubeconfig or os.environ.get("KUBECONFIG")
-    if path is None and DEV_KUBECONFIG.exists():  # what `crucible dev up` started
+    if path is None and DEV_KUBECONFIG.exists():
         path = str(DEV_KUBECONFIG)
-    api = config.new_client_from_config(path)  # type: ignore[no-untyped-call]
-    custom = client.CustomObjectsApi(api)
+    return client.CustomObjectsApi(config.new_client_from_config(path))  # type: ignore[no-untyped-call]
+
+
+def list_resources(custom: Any, namespace: str) -> list[dict[str, Any]]:
+    """Every Crucible resource in the namespace, in the recipe's order."""
     items: list[dict[str, Any]] = []
     for kind in KINDS:
-        listed: Any = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, kind.plural)
+        listed = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, kind.plural)
         items += sorted(listed["items"], key=lambda i: i["metadata"]["creationTimestamp"])
     return items
 
