@@ -6,13 +6,14 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kopf.testing import KopfRunner
 
 from crucible.api.contract import REPORT_KEY
-from crucible.devcluster.cluster import LocalCluster
+from crucible.devcluster.cluster import LocalCluster, folder_claim
 from tests.conftest import wait_for
 
 HOLD_IMAGE = "kwok.crucible.test/hold"
@@ -22,33 +23,7 @@ OperatorFactory = Callable[..., contextlib.AbstractContextManager[KopfRunner]]
 @pytest.fixture
 def model_store(cluster: LocalCluster, namespace: str) -> str:
     """The model-store PVC, bound to a PersistentVolume so that pods mounting it schedule."""
-    cluster.kubectl_apply(
-        [
-            {
-                "apiVersion": "v1",
-                "kind": "PersistentVolume",
-                "metadata": {"name": f"store-{namespace}"},
-                "spec": {
-                    "capacity": {"storage": "100Gi"},
-                    "accessModes": ["ReadWriteMany"],
-                    "storageClassName": "",
-                    "hostPath": {"path": f"/tmp/{namespace}"},
-                    "claimRef": {"namespace": namespace, "name": "crucible-models"},
-                },
-            },
-            {
-                "apiVersion": "v1",
-                "kind": "PersistentVolumeClaim",
-                "metadata": {"name": "crucible-models", "namespace": namespace},
-                "spec": {
-                    "accessModes": ["ReadWriteMany"],
-                    "storageClassName": "",
-                    "volumeName": f"store-{namespace}",
-                    "resources": {"requests": {"storage": "100Gi"}},
-                },
-            },
-        ]
-    )
+    cluster.kubectl_apply(folder_claim(namespace, "crucible-models", Path(f"/tmp/{namespace}")))
     wait_for(
         lambda: (
             cluster.kubectl(

