@@ -333,7 +333,8 @@ def synth_spec(**extra: Any) -> SyntheticDatasetSpec:
 def test_synth_job_asks_the_served_teacher_and_counts_with_its_tokenizer() -> None:
     spec = synth_spec()
     teacher = serving.ServedModel("teacher", "pvc://crucible-models/team/modelmerges/big/")
-    assert syntheticdataset.served_names(spec) == ["teacher"]
+    targets = syntheticdataset.served_targets(spec)
+    assert [(t.name, t.field) for t in targets] == [("teacher", "spec.teacher")]
     children = syntheticdataset.build(owner(SYNTHETIC_DATASET), spec, [teacher], CONFIG)
     task = json.loads(by_kind(children, "ConfigMap")[1]["data"]["task.json"])
     assert task["workload"] == "synthesize"
@@ -385,7 +386,8 @@ def test_synth_endpoint_teacher_key_comes_from_its_secret() -> None:
         format="preference",
         rejectedModel={"uri": "hf://o/small"},
     )
-    assert syntheticdataset.served_names(spec) == ["rejected"]
+    targets = syntheticdataset.served_targets(spec)
+    assert [(t.name, t.field) for t in targets] == [("rejected", "spec.rejectedModel")]
     rejected = serving.ServedModel("rejected", "hf://o/small")
     children = syntheticdataset.build(owner(SYNTHETIC_DATASET), spec, [rejected], CONFIG)
     task = json.loads(by_kind(children, "ConfigMap")[1]["data"]["task.json"])

@@ -11,23 +11,11 @@ from crucible.api.evalrun import EvalRunSpec
 from crucible.api.kinds import EVAL_RUN, RAG_INDEX
 from crucible.api.ragindex import RagIndexSpec
 from crucible.controllers.lifecycle import Context, FailedError, dependency, register
-from crucible.controllers.serving import run_with_servers, serve
+from crucible.controllers.serving import run_with_servers
 from crucible.resources import evalrun
 from crucible.resources.common import report_name
-from crucible.resources.serving import ServedModel
 
 KIND = EVAL_RUN
-
-
-def served_models(ctx: Context, spec: EvalRunSpec) -> list[ServedModel]:
-    served = [
-        serve(ctx, m, f"spec.models[{i}]", m.name)
-        for i, m in enumerate(spec.models)
-        if m.endpoint is None
-    ]
-    if spec.judge is not None and spec.judge.endpoint is None:
-        served.append(serve(ctx, spec.judge, "spec.judge", evalrun.JUDGE))
-    return served
 
 
 def rag_inputs(ctx: Context, spec: EvalRunSpec) -> evalrun.RagInputs | None:
@@ -61,22 +49,13 @@ def summary(ctx: Context, report: WorkloadReport | None) -> dict[str, Any]:
 
 def reconcile(ctx: Context, spec: ApiModel) -> dict[str, Any]:
     assert isinstance(spec, EvalRunSpec)
-    names = [m.name for m in spec.models if m.endpoint is None]
-    if spec.judge is not None and spec.judge.endpoint is None:
-        names.append(evalrun.JUDGE)
     rag: list[evalrun.RagInputs | None] = []
-
-    def resolve() -> list[ServedModel]:
-        served = served_models(ctx, spec)
-        rag.append(rag_inputs(ctx, spec))
-        return served
-
     return run_with_servers(
         ctx,
         evalrun.ROLE,
-        served_names=names,
+        targets=evalrun.served_targets(spec),
         serving=spec.serving,
-        resolve=resolve,
+        dependencies=lambda: rag.append(rag_inputs(ctx, spec)),
         build=lambda served: evalrun.eval_job(ctx.owner, spec, served, rag[0], ctx.config),
         on_success=lambda r: summary(ctx, r),
     )

@@ -19,7 +19,13 @@ from crucible.controllers.lifecycle import (
 )
 from crucible.resources.common import child_name
 from crucible.resources.jobs import pod_failure
-from crucible.resources.serving import SERVER_LABEL, ServedModel, server, server_name
+from crucible.resources.serving import (
+    SERVER_LABEL,
+    ServedModel,
+    ServedTarget,
+    server,
+    server_name,
+)
 from crucible.resources.status import now, phase_status
 
 
@@ -42,10 +48,6 @@ def serve(ctx: Context, target: InferenceTarget, field: str, name: str) -> Serve
             )
         return ServedModel(name, status["baseModelUri"], adapter)
     return ServedModel(name, status["outputUri"])
-
-
-def server_names(ctx: Context, names: list[str]) -> list[str]:
-    return [server_name(ctx.owner, n) for n in names]
 
 
 def servers_pending(ctx: Context, serving: Serving, names: list[str]) -> list[str]:
@@ -86,20 +88,21 @@ def run_with_servers(
     ctx: Context,
     role: str,
     *,
-    served_names: list[str],
+    targets: list[ServedTarget],
     serving: Serving,
-    resolve: Callable[[], list[ServedModel]],
     build: Callable[[list[ServedModel]], list[dict[str, Any]]],
     on_success: StatusFromReport,
     on_progress: StatusFromReport | None = None,
+    dependencies: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
-    """Serve what `resolve` returns (its names are `served_names`), then run the Job that
-    `build` renders against them; the servers go when the run ends."""
-    names = server_names(ctx, served_names)
+    """Serve the targets, then run the Job that `build` renders against them; the servers go
+    when the run ends. `dependencies` checks what else must be ready before servers start."""
+    names = [server_name(ctx.owner, t.name) for t in targets]
     job = ctx.kube.get("batch/v1", "Job", ctx.owner.namespace, child_name(ctx.owner.name, role))
     try:
         if job is None:
-            served = resolve()
+            served = [serve(ctx, t.target, t.field, t.name) for t in targets]
+            dependencies()
             for model in served:
                 ensure_all(ctx, server(ctx.owner, model, serving, ctx.config))
             pending = servers_pending(ctx, serving, names)

@@ -10,22 +10,11 @@ from crucible.api.contract import WorkloadReport
 from crucible.api.kinds import SYNTHETIC_DATASET
 from crucible.api.syntheticdataset import SyntheticDatasetSpec
 from crucible.controllers.lifecycle import Context, FailedError, register
-from crucible.controllers.serving import run_with_servers, serve
+from crucible.controllers.serving import run_with_servers
 from crucible.resources import syntheticdataset
 from crucible.resources.common import report_name, store_uri
-from crucible.resources.serving import ServedModel
 
 KIND = SYNTHETIC_DATASET
-
-
-def served_models(ctx: Context, spec: SyntheticDatasetSpec) -> list[ServedModel]:
-    served = []
-    if spec.teacher.endpoint is None:
-        served.append(serve(ctx, spec.teacher, "spec.teacher", syntheticdataset.TEACHER))
-    rejected = spec.rejected_model
-    if rejected is not None and rejected.endpoint is None:
-        served.append(serve(ctx, rejected, "spec.rejectedModel", syntheticdataset.REJECTED))
-    return served
 
 
 def summary(ctx: Context, report: WorkloadReport | None) -> dict[str, Any]:
@@ -57,9 +46,8 @@ def reconcile(ctx: Context, spec: ApiModel) -> dict[str, Any]:
     return run_with_servers(
         ctx,
         syntheticdataset.ROLE,
-        served_names=syntheticdataset.served_names(spec),
+        targets=syntheticdataset.served_targets(spec),
         serving=spec.serving,
-        resolve=lambda: served_models(ctx, spec),
         build=lambda served: syntheticdataset.build(ctx.owner, spec, served, ctx.config),
         on_success=lambda r: summary(ctx, r),
         on_progress=progress,

@@ -21,7 +21,13 @@ from crucible.resources.common import (
     workload_command,
 )
 from crucible.resources.datasets import mount_data
-from crucible.resources.serving import ServedModel, endpoint_of, server_url
+from crucible.resources.serving import (
+    ServedModel,
+    ServedTarget,
+    endpoint_of,
+    served,
+    server_url,
+)
 
 ROLE = "eval"
 JUDGE = "judge"
@@ -34,6 +40,16 @@ class RagInputs:
     table: str
     embedding: Embedding
     connection: SecretKeyRef
+
+
+def served_targets(spec: EvalRunSpec) -> list[ServedTarget]:
+    """The models (and judge) this run serves itself."""
+    return served(
+        [
+            *((m.name, f"spec.models[{i}]", m) for i, m in enumerate(spec.models)),
+            (JUDGE, "spec.judge", spec.judge),
+        ]
+    )
 
 
 def eval_job(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from crucible.api.common import Endpoint, Serving
+from crucible.api.common import Endpoint, InferenceTarget, Serving
 from crucible.api.contract import ChatEndpoint
 from crucible.config import OperatorConfig
 from crucible.resources.common import (
@@ -34,6 +34,24 @@ class ServedModel:
     name: str
     model_uri: str
     adapter_uri: str | None = None
+
+
+@dataclass(frozen=True)
+class ServedTarget:
+    """A target of the spec (uri or modelRef) the run serves itself, under `name`."""
+
+    name: str
+    field: str  # where the spec names it, for error messages
+    target: InferenceTarget
+
+
+def served(targets: list[tuple[str, str, InferenceTarget | None]]) -> list[ServedTarget]:
+    """Of (name, field, target), those to serve: the ones that are not endpoints."""
+    return [
+        ServedTarget(name, field, target)
+        for name, field, target in targets
+        if target is not None and target.endpoint is None
+    ]
 
 
 def server_name(owner: Owner, model: str) -> str:

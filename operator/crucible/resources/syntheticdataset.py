@@ -20,7 +20,13 @@ from crucible.resources.common import (
     workload_command,
 )
 from crucible.resources.datasets import mount_documents
-from crucible.resources.serving import ServedModel, endpoint_of, server_url
+from crucible.resources.serving import (
+    ServedModel,
+    ServedTarget,
+    endpoint_of,
+    served,
+    server_url,
+)
 
 ROLE = "synth"
 TEACHER = "teacher"
@@ -29,12 +35,14 @@ TRAIN_FILE = "train.jsonl"
 VALIDATION_FILE = "validation.jsonl"
 
 
-def served_names(spec: SyntheticDatasetSpec) -> list[str]:
-    """The models this run serves itself, by role."""
-    names = [TEACHER] if spec.teacher.endpoint is None else []
-    if spec.rejected_model is not None and spec.rejected_model.endpoint is None:
-        names.append(REJECTED)
-    return names
+def served_targets(spec: SyntheticDatasetSpec) -> list[ServedTarget]:
+    """The teacher and the rejected model, when this run serves them itself."""
+    return served(
+        [
+            (TEACHER, "spec.teacher", spec.teacher),
+            (REJECTED, "spec.rejectedModel", spec.rejected_model),
+        ]
+    )
 
 
 def _identity(target: InferenceTarget, served: dict[str, ServedModel], role: str) -> Any:
