@@ -33,8 +33,6 @@ def prepare_models(store: Path, corpus: list[Path]) -> None:
     from crucible.workloads.tinymodels import random_llama, train_tokenizer
 
     models = store / "models"
-    if (models / "tiny-b").exists():
-        return
     tokenizer = train_tokenizer((p.read_text() for p in corpus), store / ".tokenizer")
     for seed, name in ((1, "tiny-a"), (2, "tiny-b")):
         random_llama(models / name, tokenizer, seed)
