@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from crucible.api.contract import MergeTask
-from crucible.workloads.common import WorkloadError
-from crucible.workloads.merge import MANIFEST, merge, sha256_of
+from crucible.workloads.common import WorkloadError, sha256_of
+from crucible.workloads.merge import MANIFEST, merge
 from tests.workloads.conftest import ModelFactory
 
 torch = pytest.importorskip("torch")

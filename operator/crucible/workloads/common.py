@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -153,6 +154,14 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     if final.exists():
         shutil.rmtree(final)
     staging.rename(final)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # -- reporting ------------------------------------------------------------------------------

@@ -162,3 +162,9 @@ def chunk(document: Document, chunking: Chunking, counter: TokenCounter) -> list
 def documents_of(task: DocumentsInput, cache: Path) -> list[Document]:
     root = checkout(task.git, cache) if task.git else Path(task.documents_path or "")
     return read_documents(root, task.include)
+
+
+def content_hash(settings: str, documents: list[Document]) -> str:
+    """sha256 over the settings that shape a result and every document's name and hash."""
+    lines = [settings, *(f"{d.name} {d.sha256}" for d in documents)]
+    return "sha256:" + hashlib.sha256("\n".join(lines).encode()).hexdigest()

@@ -4,7 +4,6 @@ model store with a manifest (weights' sha256, resolved config, lineage of the in
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from crucible.workloads.common import (
     log,
     resolve_uri,
     run_main,
+    sha256_of,
     write_json,
 )
 
@@ -39,14 +39,6 @@ class Input:
     uri: str
     path: Path
     config: dict[str, Any]
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def model_uris(mergekit: dict[str, Any]) -> list[str]:

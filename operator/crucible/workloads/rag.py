@@ -5,7 +5,6 @@ transaction, so readers never see a half-written index."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 
 from crucible.api.contract import RagTask
 from crucible.workloads.common import Reporter, WorkloadError, log, run_main
-from crucible.workloads.documents import chunk, documents_of
+from crucible.workloads.documents import chunk, content_hash, documents_of
 from crucible.workloads.retrieval import database_url, load_embedder, open_store
 
 
@@ -55,26 +54,21 @@ def index(task: RagTask) -> dict[str, Any]:
     settings = json.dumps(
         {"chunking": task.chunking.to_api(), "embedding": task.embedding.model}, sort_keys=True
     )
-    content_hash = (
-        "sha256:"
-        + hashlib.sha256(
-            "\n".join([settings, *(f"{d.name} {d.sha256}" for d in documents)]).encode()
-        ).hexdigest()
-    )
+    digest = content_hash(settings, documents)
     summary = {
         "documents": len(documents),
         "chunks": int(chunks),
         "embedded": len(nodes),
         "reembeddedDocuments": len(changed),
         "removedDocuments": len(removed),
-        "contentHash": content_hash,
+        "contentHash": digest,
         "seconds": round(time.monotonic() - started, 3),
     }
     log.info("indexed: %s", summary)
     reporter.update(
         documents=len(documents),
         chunks=int(chunks),
-        content_hash=content_hash,
+        content_hash=digest,
         message=f"{len(changed)} documents embedded ({len(nodes)} chunks), "
         f"{len(removed)} removed, in {summary['seconds']} s",
     )

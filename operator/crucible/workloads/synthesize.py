@@ -7,7 +7,6 @@ documents and settings reuse an earlier result instead of asking the teacher aga
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import random
 import re
@@ -30,14 +29,15 @@ from crucible.workloads.common import (
     log,
     resolve_uri,
     run_main,
+    sha256_of,
     write_json,
 )
 from crucible.workloads.documents import (
-    Document,
     TokenCounter,
     TokenizerCounter,
     WordCounter,
     chunk,
+    content_hash,
     documents_of,
 )
 from crucible.workloads.evaluate import TIMEOUT, Client
@@ -267,15 +267,6 @@ def rows_of(task: SynthTask, kept: list[Pair], dropped: Counter[str]) -> list[di
 # -- output ---------------------------------------------------------------------------------
 
 
-def content_hash(task: SynthTask, documents: list[Document]) -> str:
-    lines = [task.settings_hash, *(f"{d.name} {d.sha256}" for d in documents)]
-    return "sha256:" + hashlib.sha256("\n".join(lines).encode()).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def earlier_result(task: SynthTask, digest: str) -> Path | None:
     """An output of this or a sibling SyntheticDataset made from the same content hash."""
     output = Path(task.output_path)
@@ -308,7 +299,7 @@ def synthesize(task: SynthTask) -> dict[str, Any]:
     reporter = Reporter(task)
     output = Path(task.output_path)
     documents = documents_of(task, output.parent / ".cache")
-    digest = content_hash(task, documents)
+    digest = content_hash(task.settings_hash, documents)
     earlier = earlier_result(task, digest)
     if earlier is not None:
         return reuse(task, earlier, reporter)
@@ -363,7 +354,7 @@ def synthesize(task: SynthTask) -> dict[str, Any]:
                 "documents": [{"name": d.name, "sha256": d.sha256} for d in documents],
                 "chunks": len(chunks),
                 "pairs": counts.to_api(),
-                "files": {f: sha256_file(staging / f) for f in (TRAIN_FILE, VALIDATION_FILE)},
+                "files": {f: sha256_of(staging / f) for f in (TRAIN_FILE, VALIDATION_FILE)},
             },
         )
     summary = {
