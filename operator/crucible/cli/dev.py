@@ -131,7 +131,7 @@ def dev_up(
             operator = processes.spawn(argv, operator_log, workdir, env)
             cleanup.callback(processes.stop, operator)
 
-            runner = DevRunner(cluster.kubeconfig, workdir, vllm_python)
+            runner = DevRunner(cluster, workdir, vllm_python)
             runner.start()
             cleanup.callback(runner.stop)
 

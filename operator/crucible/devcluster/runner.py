@@ -32,11 +32,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
 from kubernetes import client, config
 
 from crucible.devcluster import processes
-from crucible.devcluster.cluster import free_port
+from crucible.devcluster.cluster import LocalCluster, free_port
 from crucible.resources.common import LABEL_ROLE
 from crucible.resources.serving import SERVER_LABEL, SERVER_ROLE, VLLM_PORT
 from crucible.workloads.common import TERMINATION_LOG_ENV
@@ -104,19 +103,19 @@ class Translation:
 class DevRunner:
     def __init__(
         self,
-        kubeconfig: Path,
+        cluster: LocalCluster,
         workdir: Path,
         vllm_python: str | None,
         *,
         cpus: int | None = None,
         memory: str = "64Gi",
     ) -> None:
-        self.kubeconfig = kubeconfig
+        self.cluster = cluster
         self.workdir = workdir.resolve()
         self.vllm_python = vllm_python
         self.cpus = cpus or os.cpu_count() or 2
         self.memory = memory
-        api = config.new_client_from_config(str(kubeconfig))  # type: ignore[no-untyped-call]
+        api = config.new_client_from_config(str(cluster.kubeconfig))  # type: ignore[no-untyped-call]
         self.api = api
         # Typed as Any: the calls below pass plain dicts, which the client sends as they are.
         self.core: Any = client.CoreV1Api(api)
@@ -276,7 +275,12 @@ class DevRunner:
             port, scratch = None, None
             argv = self._workload_argv(command + (container.get("args") or []), translate)
             account = spec.get("serviceAccountName") or "default"
-            env["KUBECONFIG"] = str(self._account_kubeconfig(meta["namespace"], account, sandbox))
+            # The pod's ServiceAccount: the workload acts with its own rights, as in a pod.
+            env["KUBECONFIG"] = str(
+                self.cluster.service_account_kubeconfig(
+                    meta["namespace"], account, sandbox / "serviceaccount.kubeconfig", "24h"
+                )
+            )
         log_path = self.workdir / "logs" / f"{meta['namespace']}_{meta['name']}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as output:
@@ -397,37 +401,6 @@ class DevRunner:
         kept[kept.index("--host") + 1] = "127.0.0.1"
         assert self.vllm_python is not None
         return [self.vllm_python, "-m", "vllm.entrypoints.openai.api_server", *kept, *VLLM_CPU_ARGS]
-
-    def _account_kubeconfig(self, namespace: str, account: str, sandbox: Path) -> Path:
-        """The pod's ServiceAccount as a kubeconfig: the workload acts with its own rights."""
-        request = {"spec": {"audiences": [], "expirationSeconds": 86400}}
-        token = self.core.create_namespaced_service_account_token(account, namespace, request)
-        admin = yaml.safe_load(self.kubeconfig.read_text())
-        cluster = admin["clusters"][0]
-        path = sandbox / "serviceaccount.kubeconfig"
-        path.write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [cluster],
-                    "users": [{"name": account, "user": {"token": token.status.token}}],
-                    "contexts": [
-                        {
-                            "name": account,
-                            "context": {
-                                "cluster": cluster["name"],
-                                "user": account,
-                                "namespace": namespace,
-                            },
-                        }
-                    ],
-                    "current-context": account,
-                }
-            )
-        )
-        path.chmod(0o600)
-        return path
 
     # -- reporting -----------------------------------------------------------------------
 
