@@ -4,7 +4,7 @@
 - evaluator requests/s vs a raw aiohttp load generator against the same server;
 - 50 questions x 200 rounds, counting that no answer is lost or doubled (with injected 429s).
 
-    .venv/bin/python bench/rag_eval.py      (needs ../shared/data/nitro beside the checkout)
+    .venv/bin/python bench/rag_eval.py      (needs the Nitro data: see tests.conftest.NITRO)
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # the scripted OpenAI-compatible server lives with the tests
-NITRO = ROOT.parent / "shared" / "data" / "nitro"
+sys.path.insert(0, str(ROOT))  # the scripted server and the data's location: the tests'
+
+from tests.conftest import NITRO  # noqa: E402
 
 
 def bench_indexing(tmp: Path) -> None:

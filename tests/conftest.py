@@ -5,7 +5,9 @@ started once per session on 127.0.0.1."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import tempfile
 import time
 import uuid
@@ -21,6 +23,27 @@ ROOT = Path(__file__).resolve().parent.parent
 CRDS = ROOT / "crds"
 EXAMPLES = ROOT / "examples"
 LOGS = ROOT / "test-logs"
+
+
+def find_nitro_data() -> Path:
+    """The seeds' Nitro data (AGPL-3.0, never copied into this repository):
+    $CRUCIBLE_NITRO_DATA, else shared/data/nitro beside the checkout, else beside the local
+    repository this checkout was cloned from (a fresh clone made elsewhere, as CI's may be)."""
+    candidates = [Path(p) for p in [os.environ.get("CRUCIBLE_NITRO_DATA")] if p]
+    candidates.append(ROOT.parent / "shared" / "data" / "nitro")
+    origin = subprocess.run(
+        ["git", "-C", str(ROOT), "config", "--get", "remote.origin.url"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    if origin and Path(origin).is_dir():
+        candidates.append(Path(origin).resolve().parent / "shared" / "data" / "nitro")
+    # None found: the beside-the-checkout path, which the failing test then names.
+    return next((c for c in candidates if c.is_dir()), ROOT.parent / "shared" / "data" / "nitro")
+
+
+NITRO = find_nitro_data()
 
 
 @pytest.fixture(scope="session")

@@ -17,10 +17,10 @@ from crucible.api.contract import ChatEndpoint, DataFile, EvalTask
 from crucible.workloads.evaluate import evaluate
 from crucible.workloads.mcq import load_questions, parse_answer
 from crucible.workloads.stats import bradley_terry, rate, summarize, welch_t_test
-from tests.conftest import ROOT
+from tests.conftest import NITRO
 from tests.workloads.scripted_server import ScriptedServer, serving
 
-NITRO_MCQ = ROOT.parent / "shared" / "data" / "nitro" / "mcq_nitro.csv"
+NITRO_MCQ = NITRO / "mcq_nitro.csv"
 
 
 @pytest.mark.parametrize(

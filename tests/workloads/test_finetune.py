@@ -17,11 +17,11 @@ from crucible.api.finetunejob import Hyperparameters, Lora
 from crucible.workloads.common import WorkloadError
 from crucible.workloads.datasets import load_examples
 from crucible.workloads.finetune import train
-from tests.conftest import ROOT
+from tests.conftest import NITRO
 from tests.workloads.conftest import ModelFactory
 
 torch = pytest.importorskip("torch")
-NITRO_QA = ROOT.parent / "shared" / "data" / "nitro" / "training_qa_pairs.csv"
+NITRO_QA = NITRO / "training_qa_pairs.csv"
 PAIRS = [
     ("What is Crucible?", "A Kubernetes operator for small models."),
     ("What does ModelMerge run?", "mergekit."),

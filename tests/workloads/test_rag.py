@@ -15,9 +15,9 @@ from crucible.api.ragindex import Chunking, Embedding
 from crucible.workloads.common import WorkloadError
 from crucible.workloads.rag import index
 from crucible.workloads.retrieval import PgRetriever, load_embedder, open_store
-from tests.conftest import ROOT
+from tests.conftest import NITRO
 
-NITRO_DOCS = ROOT.parent / "shared" / "data" / "nitro" / "docs"
+NITRO_DOCS = NITRO / "docs"
 
 
 @pytest.fixture(scope="module")

@@ -18,10 +18,10 @@ from crucible.api.syntheticdataset import DEFAULT_PROMPT, Filters
 from crucible.workloads.common import WorkloadError
 from crucible.workloads.datasets import load_examples
 from crucible.workloads.synthesize import grounding, parse_pairs, synthesize
-from tests.conftest import ROOT
+from tests.conftest import NITRO
 from tests.workloads.scripted_server import ScriptedServer, serving
 
-NITRO_DOCS = ROOT.parent / "shared" / "data" / "nitro" / "docs"
+NITRO_DOCS = NITRO / "docs"
 REFUSED = "Kestrel"  # the teacher refuses to write about the document that mentions it
 NOTES = {
     "cache.md": "Crucible caches compiled control plane binaries under the user cache "
