@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Mapping
 from typing import Annotated
 
@@ -53,11 +54,55 @@ class OperatorConfig(BaseModel):
     watch_namespaces: tuple[str, ...] = Field(default=(), alias="CRUCIBLE_WATCH_NAMESPACES")
     kueue_queue: str | None = Field(default=None, alias="CRUCIBLE_KUEUE_QUEUE")
     job_backoff_limit: int = Field(default=2, ge=0, le=100, alias="CRUCIBLE_JOB_BACKOFF_LIMIT")
-    reconcile_interval: float = Field(
-        default=5.0, gt=0, le=3600, alias="CRUCIBLE_RECONCILE_INTERVAL"
+    workers: int = Field(
+        default=16,
+        ge=1,
+        le=256,
+        alias="CRUCIBLE_RECONCILE_WORKERS",
+        description="Reconciles in flight at once (asyncio tasks, not threads); a run waiting "
+        "for something holds none.",
+    )
+    resync_interval: float = Field(
+        default=600.0,
+        gt=0,
+        le=86400,
+        alias="CRUCIBLE_RESYNC_INTERVAL",
+        description="Seconds between safety-net reconciles of every unfinished run; watch "
+        "events drive everything else.",
+    )
+    error_backoff: float = Field(
+        default=1.0,
+        gt=0,
+        le=300,
+        alias="CRUCIBLE_ERROR_BACKOFF",
+        description="First retry delay after an unexpected error; doubles up to 5 minutes.",
+    )
+    leader_election_namespace: str | None = Field(
+        default=None,
+        alias="CRUCIBLE_LEADER_ELECTION_NAMESPACE",
+        description="Namespace of the Lease that elects the one active replica; unset, this "
+        "replica is always active.",
+    )
+    leader_election_lease: str = Field(
+        default="crucible-operator", alias="CRUCIBLE_LEADER_ELECTION_LEASE"
+    )
+    lease_duration: float = Field(
+        default=15.0,
+        ge=1,
+        le=600,
+        alias="CRUCIBLE_LEASE_DURATION",
+        description="Seconds a standby waits after the leader's last renewal before taking "
+        "over; the leader renews every third of it.",
+    )
+    identity: str = Field(
+        default_factory=lambda: (
+            os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+        ),
+        alias="CRUCIBLE_IDENTITY",
+        min_length=1,
     )
 
-    @field_validator("model_store_pvc", "kueue_queue")
+    @field_validator("model_store_pvc", "kueue_queue", "leader_election_namespace")
     @classmethod
     def _dns_name(cls, value: str | None) -> str | None:
         if value is not None and not DNS_NAME.match(value):

@@ -45,7 +45,7 @@ def operator(
 
     @contextlib.contextmanager
     def run(**env: str) -> Iterator[KopfRunner]:
-        settings = {"CRUCIBLE_RECONCILE_INTERVAL": "0.3", "CRUCIBLE_JOB_BACKOFF_LIMIT": "0", **env}
+        settings = {"CRUCIBLE_ERROR_BACKOFF": "0.3", "CRUCIBLE_JOB_BACKOFF_LIMIT": "0", **env}
         with monkeypatch.context() as patched:
             for key, value in settings.items():
                 patched.setenv(key, value)

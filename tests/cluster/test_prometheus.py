@@ -46,7 +46,7 @@ def operator_port(cluster: LocalCluster, namespace: str, tmp_path: Path) -> Iter
         "CRUCIBLE_HTTP_PORT": str(port),
         "CRUCIBLE_HTTP_ADDRESS": "127.0.0.1",
         "CRUCIBLE_EVAL_IMAGE": HOLD_IMAGE,
-        "CRUCIBLE_RECONCILE_INTERVAL": "0.3",
+        "CRUCIBLE_ERROR_BACKOFF": "0.3",
         "CRUCIBLE_JOB_BACKOFF_LIMIT": "0",
     }
     with (tmp_path / "operator.log").open("wb") as log:

@@ -319,18 +319,33 @@ def test_lineage_failures_are_explicit(
         assert failed["message"].startswith(
             "spec.baseModel.modelRef: ModelMerge 'broken' failed: container merge exited"
         )
-        no_key = ready_condition(wait_phase(cluster, namespace, "ftj", "no-key", "Failed"))
-        assert no_key["message"] == (
-            "spec.dataset.configMap.key: ConfigMap 'qa' has no key 'x.csv' (it has: qa.csv)"
-        )
         of_adapter = ready_condition(wait_phase(cluster, namespace, "mm", "of-adapter", "Failed"))
         assert of_adapter["reason"] == "InvalidReference"
         assert (
             "spec.models[0].modelRef: FineTuneJob 'adapter' produces a LoRA adapter"
             in (of_adapter["message"])
         )
-    assert not objects(cluster, namespace, "job", "no-key")
-    assert not objects(cluster, namespace, "job", "of-adapter")
+        assert not objects(cluster, namespace, "job", "of-adapter")
+        # A missing key is an input that is not there yet: the run waits, names the field and
+        # the fix, and starts by itself once the key is added.
+        no_key = ready_condition(wait_phase(cluster, namespace, "ftj", "no-key", "Waiting"))
+        assert no_key["reason"] == "InputNotFound"
+        assert no_key["message"] == (
+            "spec.dataset.configMap.key: ConfigMap 'qa' has no key 'x.csv' (it has: qa.csv); "
+            "add the key or correct spec.dataset.configMap.key"
+        )
+        assert not objects(cluster, namespace, "job", "no-key")
+        cluster.kubectl(
+            "patch",
+            "configmap",
+            "qa",
+            "-n",
+            namespace,
+            "--type=merge",
+            "-p",
+            json.dumps({"data": {"x.csv": "question,answer\nQ,A\n"}}),
+        )
+        wait_phase(cluster, namespace, "ftj", "no-key", "Succeeded")
 
 
 def test_restarts_never_duplicate_children_nor_lose_results(

@@ -294,6 +294,40 @@ class Phase(StrEnum):
 TERMINAL_PHASES = (Phase.SUCCEEDED.value, Phase.FAILED.value)
 
 
+class Reason(StrEnum):
+    """Why a run is in its phase: the reason of its Ready condition, one vocabulary for every
+    kind (as Kubeflow Trainer and KAITO declare theirs beside the API types)."""
+
+    # Pending: the Job exists but does not run yet.
+    QUEUED = "Queued"  # suspended in its Kueue queue
+    UNSCHEDULABLE = "Unschedulable"  # no node fits its pod (the scheduler's message)
+    # Waiting: an input is not there yet; the run goes on by itself when it appears.
+    DEPENDENCY_NOT_FOUND = "DependencyNotFound"  # a referenced Crucible resource is missing
+    WAITING_FOR_DEPENDENCY = "WaitingForDependency"  # it exists but has not succeeded yet
+    INPUT_NOT_FOUND = "InputNotFound"  # a ConfigMap, key or Secret the spec names is missing
+    # Running.
+    STARTING_SERVERS = "StartingServers"  # vLLM servers of the run are not ready yet
+    JOB_RUNNING = "JobRunning"
+    RETRYING = "Retrying"  # a pod failed and the Job retries
+    # Succeeded.
+    SUCCEEDED = "Succeeded"
+    # Failed: what went wrong, and the message says what to change.
+    INVALID_SPEC = "InvalidSpec"
+    INVALID_REFERENCE = "InvalidReference"  # the reference exists but cannot be used so
+    DEPENDENCY_FAILED = "DependencyFailed"
+    CHILD_CONFLICT = "ChildConflict"  # an object with a child's name belongs to someone else
+    OOM_KILLED = "OOMKilled"
+    ERROR = "Error"  # the container exited non-zero (its termination message follows)
+    IMAGE_PULL_FAILED = "ImagePullFailed"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    JOB_FAILED = "JobFailed"  # the Job failed for another reason (Kubernetes' reason follows)
+    JOB_DELETED = "JobDeleted"
+    SERVER_FAILED = "ServerFailed"
+    SERVER_TIMEOUT = "ServerTimeout"
+    INVALID_REPORT = "InvalidReport"
+    MISSING_REPORT = "MissingReport"
+
+
 class Condition(ApiModel):
     """A condition per the Kubernetes API conventions (metav1.Condition)."""
 
@@ -301,10 +335,7 @@ class Condition(ApiModel):
     status: Literal["True", "False", "Unknown"] = Field(
         description="Status of the condition: True, False or Unknown."
     )
-    reason: str = Field(
-        description="Machine-readable CamelCase reason for the last transition.",
-        max_length=1024,
-    )
+    reason: Reason = Field(description="Machine-readable CamelCase reason for the last transition.")
     message: str = Field(
         default="", description="Human-readable details of the transition.", max_length=32768
     )

@@ -124,7 +124,6 @@ def dev_up(
                 "CRUCIBLE_HTTP_ADDRESS": "127.0.0.1",
                 "CRUCIBLE_HTTP_PORT": str(metrics_port),
                 "CRUCIBLE_MODEL_STORE_PVC": STORE_CLAIM,
-                "CRUCIBLE_RECONCILE_INTERVAL": "1",
                 "CRUCIBLE_JOB_BACKOFF_LIMIT": "0",
             }
             argv = [sys.executable, "-m", "crucible.cli.main", "operator", "--all-namespaces"]

@@ -9,7 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from crucible.api import GROUP, VERSION
-from crucible.api.kinds import KINDS
+from crucible.api.common import Phase, RunStatus
+from crucible.api.evalrun import EvalRunStatus
+from crucible.api.finetunejob import FineTuneJobStatus
+from crucible.api.kinds import KINDS, KINDS_BY_NAME
+from crucible.api.ragindex import RagIndexStatus
+from crucible.api.syntheticdataset import SyntheticDatasetStatus
 
 DEV_KUBECONFIG = Path(".dev/cluster/admin.kubeconfig")
 
@@ -34,22 +39,27 @@ def list_resources(custom: Any, namespace: str) -> list[dict[str, Any]]:
     return items
 
 
-def _progress(item: dict[str, Any]) -> str:
-    status = item.get("status") or {}
-    kind = item["kind"]
-    if kind == "FineTuneJob" and status.get("progress"):
-        p = status["progress"]
-        loss = f" loss {p['loss']:.3f}" if p.get("loss") is not None else ""
-        return f"step {p.get('step', 0)}/{p.get('totalSteps', '?')}{loss}"
-    if kind == "RagIndex" and status.get("chunks") is not None:
-        return f"{status.get('documents', 0)} documents, {status['chunks']} chunks"
-    if kind == "SyntheticDataset" and status.get("pairs"):
-        return f"{status['pairs']['kept']} pairs kept of {status['pairs']['generated']}"
-    if kind == "EvalRun" and status.get("bestModel"):
-        return f"best {status['bestModel']} {status['bestAccuracy']:.3f}"
-    if kind == "EvalRun" and status.get("servers") and status.get("phase") == "Running":
-        return f"{len(status['servers'])} vLLM servers"
-    return status.get("outputUri") or ""
+def typed_status(item: dict[str, Any]) -> RunStatus:
+    """A resource's status as its kind's typed model."""
+    status = KINDS_BY_NAME[item["kind"]].status.model_validate(item.get("status") or {})
+    assert isinstance(status, RunStatus)
+    return status
+
+
+def _progress(status: RunStatus) -> str:
+    if isinstance(status, FineTuneJobStatus) and status.progress is not None:
+        p = status.progress
+        loss = f" loss {p.loss:.3f}" if p.loss is not None else ""
+        return f"step {p.step or 0}/{p.total_steps or '?'}{loss}"
+    if isinstance(status, RagIndexStatus) and status.chunks is not None:
+        return f"{status.documents or 0} documents, {status.chunks} chunks"
+    if isinstance(status, SyntheticDatasetStatus) and status.pairs is not None:
+        return f"{status.pairs.kept} pairs kept of {status.pairs.generated}"
+    if isinstance(status, EvalRunStatus) and status.best_model and status.best_accuracy is not None:
+        return f"best {status.best_model} {status.best_accuracy:.3f}"
+    if isinstance(status, EvalRunStatus) and status.servers and status.phase == Phase.RUNNING:
+        return f"{len(status.servers)} vLLM servers"
+    return status.output_uri or ""
 
 
 def _table(header: list[str], rows: Iterable[list[str]]) -> str:
@@ -65,17 +75,16 @@ def status_table(items: list[dict[str, Any]]) -> str:
     """One line per resource: what it is, its phase, why, and how far it got."""
     rows = []
     for item in items:
-        status = item.get("status") or {}
-        conditions = status.get("conditions") or []
-        ready: dict[str, str] = next((c for c in conditions if c["type"] == "Ready"), {})
+        status = typed_status(item)
+        ready = next((c for c in status.conditions or [] if c.type == "Ready"), None)
         rows.append(
             [
                 item["kind"],
                 item["metadata"]["name"],
-                status.get("phase") or "New",
-                ready.get("reason", ""),
-                _progress(item),
-                ready.get("message", "")[:100] if status.get("phase") != "Succeeded" else "",
+                status.phase or "New",
+                ready.reason if ready else "",
+                _progress(status),
+                ready.message[:100] if ready and status.phase != Phase.SUCCEEDED else "",
             ]
         )
     return _table(["KIND", "NAME", "PHASE", "REASON", "PROGRESS", "MESSAGE"], rows)
@@ -86,20 +95,20 @@ def leaderboard_table(items: list[dict[str, Any]]) -> str:
     best first."""
     rows = []
     for item in items:
-        if item["kind"] != "EvalRun":
+        status = typed_status(item)
+        if not isinstance(status, EvalRunStatus):
             continue
-        results = (item.get("status") or {}).get("results") or []
-        for r in sorted(results, key=lambda r: -r["accuracyMean"]):
+        for r in sorted(status.results or [], key=lambda r: -r.accuracy_mean):
             rows.append(
                 [
                     item["metadata"]["name"],
-                    r["model"],
-                    "yes" if r["rag"] else "no",
-                    f"{r['accuracyMean']:.3f} ± {r['accuracyStddev']:.3f}",
-                    f"[{r['ci95Low']:.3f}, {r['ci95High']:.3f}]",
-                    str(r["n"]),
-                    str(r["questions"]),
-                    str(r.get("unparsed", 0)),
+                    r.model,
+                    "yes" if r.rag else "no",
+                    f"{r.accuracy_mean:.3f} ± {r.accuracy_stddev:.3f}",
+                    f"[{r.ci95_low:.3f}, {r.ci95_high:.3f}]",
+                    str(r.n),
+                    str(r.questions),
+                    str(r.unparsed),
                 ]
             )
     if not rows:

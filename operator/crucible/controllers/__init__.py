@@ -1,4 +1,4 @@
-"""kopf handlers, one module per kind; importing this package registers them all."""
+"""kopf handlers and the reconcile engine; importing this package registers every kind."""
 
 from crucible.controllers import (
     evalrun,
@@ -7,6 +7,15 @@ from crucible.controllers import (
     ragindex,
     settings,
     syntheticdataset,
+    watches,
 )
 
-__all__ = ["evalrun", "finetunejob", "modelmerge", "ragindex", "settings", "syntheticdataset"]
+__all__ = [
+    "evalrun",
+    "finetunejob",
+    "modelmerge",
+    "ragindex",
+    "settings",
+    "syntheticdataset",
+    "watches",
+]

@@ -3,25 +3,37 @@ remove the servers."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from crucible.api.base import ApiModel
+from crucible.api.common import Phase, Reason
 from crucible.api.contract import WorkloadReport
 from crucible.api.evalrun import EvalRunSpec
 from crucible.api.kinds import EVAL_RUN, RAG_INDEX
 from crucible.api.ragindex import RagIndexSpec
-from crucible.controllers.lifecycle import Context, FailedError, dependency, register
-from crucible.controllers.serving import run_with_servers
+from crucible.controllers.lifecycle import (
+    Context,
+    FailedError,
+    Reference,
+    config_map_key,
+    dependency,
+)
+from crucible.controllers.registry import register
+from crucible.controllers.serving import ServedInputs, ServingController
 from crucible.resources import evalrun
 from crucible.resources.common import report_name
+from crucible.resources.serving import ServedModel, ServedTarget
 
-KIND = EVAL_RUN
+
+@dataclass(frozen=True)
+class EvalInputs(ServedInputs):
+    rag: evalrun.RagInputs | None
 
 
-def rag_inputs(ctx: Context, spec: EvalRunSpec) -> evalrun.RagInputs | None:
+async def rag_inputs(ctx: Context, spec: EvalRunSpec) -> evalrun.RagInputs | None:
     if spec.rag is None:
         return None
-    index = dependency(ctx, RAG_INDEX, spec.rag.index_name, "spec.rag.indexName")
+    index = await dependency(ctx, RAG_INDEX, spec.rag.index_name, "spec.rag.indexName")
     index_spec = RagIndexSpec.model_validate(index["spec"])
     return evalrun.RagInputs(
         table=index_spec.database.table,
@@ -30,35 +42,54 @@ def rag_inputs(ctx: Context, spec: EvalRunSpec) -> evalrun.RagInputs | None:
     )
 
 
-def summary(ctx: Context, report: WorkloadReport | None) -> dict[str, Any]:
-    if report is None or not report.results:
-        raise FailedError(
-            "MissingReport",
-            f"the eval Job succeeded but wrote no results to ConfigMap {report_name(ctx.owner)}",
-        )
-    best = max(report.results, key=lambda r: r.accuracy_mean)
-    return {
-        "results": [r.to_api() for r in report.results],
-        "judgeRatings": [r.to_api() for r in report.judge_ratings or []] or None,
-        "bestModel": best.model + (" (RAG)" if best.rag else ""),
-        "bestAccuracy": round(best.accuracy_mean, 4),
-        "resultsUri": report.results_uri,
-        "outputUri": report.results_uri,
-    }
+class EvalRunController(ServingController[EvalRunSpec, EvalInputs]):
+    kind = EVAL_RUN
+    role = evalrun.ROLE
+
+    def targets(self, spec: EvalRunSpec) -> list[ServedTarget]:
+        return evalrun.served_targets(spec)
+
+    def references(self, spec: EvalRunSpec) -> list[Reference]:
+        refs = super().references(spec)
+        if spec.rag is not None:
+            refs.append(Reference(RAG_INDEX.kind, spec.rag.index_name))
+        if spec.dataset.config_map is not None:
+            refs.append(Reference("ConfigMap", spec.dataset.config_map.name))
+        return refs
+
+    async def resolve(self, ctx: Context, spec: EvalRunSpec) -> EvalInputs:
+        served = await self.served(ctx, spec)
+        rag = await rag_inputs(ctx, spec)
+        if spec.dataset.config_map is not None:
+            ref = spec.dataset.config_map
+            await config_map_key(ctx, ref.name, ref.key, "spec.dataset.configMap")
+        return EvalInputs(served, rag)
+
+    def build(
+        self, ctx: Context, spec: EvalRunSpec, inputs: EvalInputs, served: list[ServedModel]
+    ) -> list[dict[str, Any]]:
+        return evalrun.eval_job(ctx.owner, spec, served, inputs.rag, ctx.config)
+
+    def from_report(
+        self, ctx: Context, spec: EvalRunSpec, report: WorkloadReport | None, phase: Phase
+    ) -> dict[str, Any]:
+        if phase != Phase.SUCCEEDED:
+            return {}
+        if report is None or not report.results:
+            raise FailedError(
+                Reason.MISSING_REPORT,
+                "the eval Job succeeded but wrote no results to ConfigMap "
+                + report_name(ctx.owner),
+            )
+        best = max(report.results, key=lambda r: r.accuracy_mean)
+        return {
+            "results": report.results,
+            "judge_ratings": report.judge_ratings or None,
+            "best_model": best.model + (" (RAG)" if best.rag else ""),
+            "best_accuracy": round(best.accuracy_mean, 4),
+            "results_uri": report.results_uri,
+            "output_uri": report.results_uri,
+        }
 
 
-def reconcile(ctx: Context, spec: ApiModel) -> dict[str, Any]:
-    assert isinstance(spec, EvalRunSpec)
-    rag: list[evalrun.RagInputs | None] = []
-    return run_with_servers(
-        ctx,
-        evalrun.ROLE,
-        targets=evalrun.served_targets(spec),
-        serving=spec.serving,
-        dependencies=lambda: rag.append(rag_inputs(ctx, spec)),
-        build=lambda served: evalrun.eval_job(ctx.owner, spec, served, rag[0], ctx.config),
-        on_success=lambda r: summary(ctx, r),
-    )
-
-
-register(KIND, reconcile)
+register(EvalRunController())

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from crucible.api.base import ApiModel
-from crucible.api.common import DataSource, PvcPath
+from crucible.api.common import DataSource, Phase, PvcPath, Reason
 from crucible.api.contract import WorkloadReport
 from crucible.api.finetunejob import FineTuneJobSpec
 from crucible.api.kinds import FINE_TUNE_JOB, SYNTHETIC_DATASET
@@ -13,43 +13,35 @@ from crucible.api.syntheticdataset import SyntheticFormat
 from crucible.controllers.lifecycle import (
     Context,
     FailedError,
+    Reference,
+    RunController,
+    config_map_key,
     dependency,
-    register,
     resolve_full_weights,
-    run_job,
 )
+from crucible.controllers.modelmerge import model_references
+from crucible.controllers.registry import register
 from crucible.resources import finetunejob
+from crucible.resources.serving import ServedModel
 from crucible.resources.syntheticdataset import TRAIN_FILE
 
-KIND = FINE_TUNE_JOB
+
+@dataclass(frozen=True)
+class TrainingInputs:
+    base_model_uri: str
+    dataset: DataSource | None  # where a datasetRef resolved to; None: spec.dataset as is
 
 
-def check_config_map_key(ctx: Context, name: str, key: str, field: str) -> None:
-    """A ConfigMap-sourced file must exist before a GPU is spent on it."""
-    cm = ctx.kube.get("v1", "ConfigMap", ctx.owner.namespace, name)
-    if cm is None:
-        raise FailedError(
-            "InvalidReference",
-            f"{field}.name: ConfigMap {name!r} does not exist in namespace {ctx.owner.namespace}",
-        )
-    if key not in (cm.get("data") or {}) and key not in (cm.get("binaryData") or {}):
-        keys = ", ".join(sorted({*(cm.get("data") or {}), *(cm.get("binaryData") or {})}))
-        raise FailedError(
-            "InvalidReference",
-            f"{field}.key: ConfigMap {name!r} has no key {key!r} (it has: {keys or 'none'})",
-        )
-
-
-def synthetic_data(ctx: Context, spec: FineTuneJobSpec) -> DataSource:
+async def synthetic_data(ctx: Context, spec: FineTuneJobSpec) -> DataSource:
     """The train split of the referenced SyntheticDataset, once it has succeeded."""
     assert spec.dataset.dataset_ref is not None
     field = "spec.dataset.datasetRef"
     name = spec.dataset.dataset_ref.name
-    found = dependency(ctx, SYNTHETIC_DATASET, name, field)
+    found = await dependency(ctx, SYNTHETIC_DATASET, name, field)
     made = found["spec"].get("format", SyntheticFormat.CHAT)
     if made != spec.dataset.format:
         raise FailedError(
-            "InvalidReference",
+            Reason.INVALID_REFERENCE,
             f"{field}: SyntheticDataset {name!r} writes {made} rows but spec.dataset.format is "
             f"{spec.dataset.format}; set spec.dataset.format: {made} (chat trains with sft, "
             "preference with dpo) or reference another SyntheticDataset",
@@ -58,29 +50,50 @@ def synthetic_data(ctx: Context, spec: FineTuneJobSpec) -> DataSource:
     return DataSource(pvc=PvcPath(claim_name=claim, path=f"{path.rstrip('/')}/{TRAIN_FILE}"))
 
 
-def progress(report: WorkloadReport | None) -> dict[str, Any]:
-    return {"progress": report.progress.to_api()} if report and report.progress else {}
+class FineTuneJobController(RunController[FineTuneJobSpec, TrainingInputs]):
+    kind = FINE_TUNE_JOB
+    role = finetunejob.ROLE
 
+    def references(self, spec: FineTuneJobSpec) -> list[Reference]:
+        refs = model_references([spec.base_model])
+        if spec.dataset.dataset_ref is not None:
+            refs.append(Reference(SYNTHETIC_DATASET.kind, spec.dataset.dataset_ref.name))
+        if spec.dataset.config_map is not None:
+            refs.append(Reference("ConfigMap", spec.dataset.config_map.name))
+        return refs
 
-def reconcile(ctx: Context, spec: ApiModel) -> dict[str, Any]:
-    assert isinstance(spec, FineTuneJobSpec)
-    outputs = finetunejob.outputs(ctx.owner, spec, ctx.config)
-    base: dict[str, str] = {}
-
-    def build() -> list[dict[str, Any]]:
-        base["baseModelUri"] = resolve_full_weights(ctx, spec.base_model, "spec.baseModel")
+    async def resolve(self, ctx: Context, spec: FineTuneJobSpec) -> TrainingInputs:
+        base = await resolve_full_weights(ctx, spec.base_model, "spec.baseModel")
         if spec.dataset.config_map is not None:
             ref = spec.dataset.config_map
-            check_config_map_key(ctx, ref.name, ref.key, "spec.dataset.configMap")
-        data = synthetic_data(ctx, spec) if spec.dataset.dataset_ref is not None else None
-        return finetunejob.build(ctx.owner, spec, base["baseModelUri"], ctx.config, data)
+            await config_map_key(ctx, ref.name, ref.key, "spec.dataset.configMap")
+        data = await synthetic_data(ctx, spec) if spec.dataset.dataset_ref is not None else None
+        return TrainingInputs(base, data)
 
-    def succeeded(report: WorkloadReport | None) -> dict[str, Any]:
-        return {**outputs, **progress(report)}
+    def build(
+        self,
+        ctx: Context,
+        spec: FineTuneJobSpec,
+        inputs: TrainingInputs,
+        served: list[ServedModel],
+    ) -> list[dict[str, Any]]:
+        return finetunejob.build(ctx.owner, spec, inputs.base_model_uri, ctx.config, inputs.dataset)
 
-    return run_job(
-        ctx, finetunejob.ROLE, build, on_success=succeeded, on_progress=progress, started=base
-    )
+    def recorded(
+        self, ctx: Context, spec: FineTuneJobSpec, inputs: TrainingInputs
+    ) -> dict[str, Any]:
+        return {"baseModelUri": inputs.base_model_uri}
+
+    def from_report(
+        self, ctx: Context, spec: FineTuneJobSpec, report: WorkloadReport | None, phase: Phase
+    ) -> dict[str, Any]:
+        fields: dict[str, Any] = {}
+        if report is not None and report.progress is not None:
+            fields["progress"] = report.progress.to_api()
+        if phase == Phase.SUCCEEDED:
+            outputs = finetunejob.outputs(ctx.owner, spec, ctx.config)
+            fields |= {"adapter_uri": outputs["adapterUri"], "output_uri": outputs["outputUri"]}
+        return fields
 
 
-register(KIND, reconcile)
+register(FineTuneJobController())

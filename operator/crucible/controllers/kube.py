@@ -1,25 +1,55 @@
-"""The few Kubernetes API calls the handlers make, on dicts (manifests from the builders)."""
+"""The Kubernetes API calls the reconcilers make: asynchronous (aiohttp, on kopf's event loop),
+on plain dicts (the manifests the builders render), counted per verb on /metrics.
+
+Credentials come from the official client's loaders (in a pod its ServiceAccount, whose token
+file is re-read as it rotates; elsewhere the kubeconfig KUBECONFIG names), so both work as
+kubectl would."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import ssl
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
-from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import ConflictError, NotFoundError
 
-from crucible.api import API_VERSION, Kind
+from crucible.api import API_VERSION
+from crucible.api.kinds import KINDS
+from crucible.metrics import KUBE_REQUESTS
+
+# The plural of every kind the operator reads or writes.
+PLURALS: dict[tuple[str, str], str] = {
+    ("v1", "ConfigMap"): "configmaps",
+    ("v1", "Event"): "events",
+    ("v1", "Pod"): "pods",
+    ("v1", "Service"): "services",
+    ("v1", "ServiceAccount"): "serviceaccounts",
+    ("apps/v1", "Deployment"): "deployments",
+    ("batch/v1", "Job"): "jobs",
+    ("coordination.k8s.io/v1", "Lease"): "leases",
+    ("rbac.authorization.k8s.io/v1", "Role"): "roles",
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
+    **{(API_VERSION, kind.kind): kind.plural for kind in KINDS},
+}
+
+
+class ApiError(RuntimeError):
+    """The API server answered with an error status."""
+
+    def __init__(self, status: int, method: str, path: str, body: str) -> None:
+        super().__init__(f"{method} {path}: {status} {body[:500]}")
+        self.status = status
 
 
 class ChildConflictError(RuntimeError):
     """An object with a child's name exists and belongs to someone else."""
 
 
-def api_client() -> client.ApiClient:
+def client_configuration() -> client.Configuration:
     """In a pod its ServiceAccount, elsewhere the kubeconfig KUBECONFIG names."""
     configuration = client.Configuration()
     if os.environ.get("KUBERNETES_SERVICE_HOST"):
@@ -28,92 +58,154 @@ def api_client() -> client.ApiClient:
         config.load_kube_config(  # type: ignore[no-untyped-call]
             config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
         )
-    return client.ApiClient(configuration)
+    return configuration
+
+
+def path_of(api_version: str, kind: str, namespace: str, name: str = "") -> str:
+    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    path = f"{prefix}/namespaces/{namespace}/{PLURALS[(api_version, kind)]}"
+    return f"{path}/{name}" if name else path
 
 
 class Kube:
-    def __init__(self, api: client.ApiClient) -> None:
-        self.dynamic = DynamicClient(api)  # type: ignore[no-untyped-call]
+    """One HTTP session to the API server; create it inside the running event loop."""
 
-    def _resource(self, api_version: str, kind: str) -> Any:
-        return self.dynamic.resources.get(api_version=api_version, kind=kind)
+    def __init__(self, configuration: client.Configuration, *, connections: int = 64) -> None:
+        self.configuration = configuration
+        context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
+        if not configuration.verify_ssl:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if configuration.cert_file:
+            context.load_cert_chain(configuration.cert_file, configuration.key_file)
+        self.session = aiohttp.ClientSession(
+            base_url=configuration.host,
+            connector=aiohttp.TCPConnector(ssl=context, limit=connections),
+            timeout=aiohttp.ClientTimeout(total=60),
+            headers={"User-Agent": "crucible-operator"},
+        )
 
-    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            found = self._resource(api_version, kind).get(name=name, namespace=namespace)
-        except NotFoundError:
-            return None
-        result: dict[str, Any] = found.to_dict()
-        return result
+    async def close(self) -> None:
+        await self.session.close()
 
-    def get_run(self, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.get(API_VERSION, kind.kind, namespace, name)
+    def _headers(self, content_type: str = "application/json") -> dict[str, str]:
+        headers = {"Content-Type": content_type, "Accept": "application/json"}
+        # get_api_key_with_prefix runs the refresh hook: a rotated ServiceAccount token is read.
+        token = self.configuration.get_api_key_with_prefix("authorization")
+        if token:
+            headers["Authorization"] = token
+        return headers
 
-    def list(
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any] | None:
+        """The decoded answer; None for 404; ApiError for any other error."""
+        KUBE_REQUESTS.labels(method).inc()
+        data = None if body is None else json.dumps(body)
+        async with self.session.request(
+            method, path, data=data, params=params, headers=self._headers(content_type)
+        ) as response:
+            if response.status == 404:
+                return None
+            if response.status >= 400:
+                raise ApiError(response.status, method, path, await response.text())
+            decoded: dict[str, Any] = await response.json(content_type=None)
+            return decoded
+
+    async def get(
+        self, api_version: str, kind: str, namespace: str, name: str
+    ) -> dict[str, Any] | None:
+        return await self.request("GET", path_of(api_version, kind, namespace, name))
+
+    async def list(
         self, api_version: str, kind: str, namespace: str, selector: dict[str, str]
     ) -> list[dict[str, Any]]:
-        found = self._resource(api_version, kind).get(
-            namespace=namespace, label_selector=",".join(f"{k}={v}" for k, v in selector.items())
-        )
-        items: list[dict[str, Any]] = found.to_dict()["items"]
+        params = {"labelSelector": ",".join(f"{k}={v}" for k, v in selector.items())}
+        found = await self.request("GET", path_of(api_version, kind, namespace), params=params)
+        items: list[dict[str, Any]] = (found or {}).get("items") or []
         return items
 
-    def ensure(self, manifest: dict[str, Any]) -> dict[str, Any]:
+    async def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Create `manifest`, or adopt the existing object of that name when it is ours (same
-        controller owner): re-running a handler never makes a second one."""
+        controller owner): re-running a reconcile never makes a second one."""
         meta = manifest["metadata"]
-        resource = self._resource(manifest["apiVersion"], manifest["kind"])
+        api_version, kind, namespace = manifest["apiVersion"], manifest["kind"], meta["namespace"]
         try:
-            created: dict[str, Any] = resource.create(
-                body=manifest, namespace=meta["namespace"]
-            ).to_dict()
+            created = await self.request(
+                "POST", path_of(api_version, kind, namespace), body=manifest
+            )
+            assert created is not None
             return created
-        except ConflictError:
-            existing = self.get(
-                manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"]
-            )
-            if existing is None:  # deleted in between: try once more
-                again: dict[str, Any] = resource.create(
-                    body=manifest, namespace=meta["namespace"]
-                ).to_dict()
-                return again
-            ours = {r["uid"] for r in meta.get("ownerReferences", []) if r.get("controller")}
-            theirs = {
-                r["uid"]
-                for r in existing["metadata"].get("ownerReferences") or []
-                if r.get("controller")
-            }
-            if not ours & theirs:
-                raise ChildConflictError(
-                    f"{manifest['kind']} {meta['name']} already exists and is not owned by this "
-                    "resource; delete or rename it"
-                ) from None
-            return existing
-
-    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
-        try:
-            self._resource(api_version, kind).delete(
-                name=name, namespace=namespace, body={"propagationPolicy": "Background"}
-            )
-            return True
-        except NotFoundError:
-            return False
-
-    def patch_status(self, kind: Kind, namespace: str, name: str, status: dict[str, Any]) -> None:
-        api = client.CustomObjectsApi(self.dynamic.client)
-        group, version = API_VERSION.split("/")
-        try:
-            api.patch_namespaced_custom_object_status(
-                group, version, namespace, kind.plural, name, {"status": status}
-            )
-        except ApiException as error:
-            if error.status != 404:  # deleted meanwhile: nothing to report to
+        except ApiError as error:
+            if error.status != 409:
                 raise
+        existing = await self.get(api_version, kind, namespace, meta["name"])
+        if existing is None:  # deleted in between: try once more
+            return await self.create(manifest)
+        ours = {r["uid"] for r in meta.get("ownerReferences", []) if r.get("controller")}
+        theirs = {
+            r["uid"]
+            for r in existing["metadata"].get("ownerReferences") or []
+            if r.get("controller")
+        }
+        if not ours & theirs:
+            raise ChildConflictError(
+                f"{kind} {meta['name']} already exists and is not owned by this resource; "
+                "delete or rename it"
+            )
+        return existing
 
-    def post_event(self, body: dict[str, Any], event_type: str, reason: str, message: str) -> None:
+    async def replace(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """PUT `manifest`; its resourceVersion makes it conditional (409 when stale)."""
+        meta = manifest["metadata"]
+        path = path_of(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
+        replaced = await self.request("PUT", path, body=manifest)
+        if replaced is None:
+            raise ApiError(404, "PUT", path, "not found")
+        return replaced
+
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        deleted = await self.request(
+            "DELETE",
+            path_of(api_version, kind, namespace, name),
+            body={"propagationPolicy": "Background"},
+        )
+        return deleted is not None
+
+    async def patch(
+        self, api_version: str, kind: str, namespace: str, name: str, patch: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """A JSON merge patch; None when the object is gone."""
+        return await self.request(
+            "PATCH",
+            path_of(api_version, kind, namespace, name),
+            body=patch,
+            content_type="application/merge-patch+json",
+        )
+
+    async def patch_status(
+        self, kind: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Merge `status` into the resource's status subresource; None when it is gone."""
+        return await self.request(
+            "PATCH",
+            path_of(API_VERSION, kind, namespace, name) + "/status",
+            body={"status": status},
+            content_type="application/merge-patch+json",
+        )
+
+    async def post_event(
+        self, body: dict[str, Any], event_type: str, reason: str, message: str
+    ) -> None:
         """A core/v1 Event on the resource, for `kubectl describe` and `kubectl get events`."""
         meta = body["metadata"]
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
             "apiVersion": "v1",
             "kind": "Event",
@@ -132,9 +224,10 @@ class Kube:
             "source": {"component": "crucible-operator"},
             "reportingComponent": "crucible-operator",
             "reportingInstance": "crucible-operator",
-            "firstTimestamp": now[:19] + "Z",
-            "lastTimestamp": now[:19] + "Z",
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
             "count": 1,
         }
-        with contextlib.suppress(ApiException):  # auxiliary: never fail a reconcile over one
-            self._resource("v1", "Event").create(body=event, namespace=meta["namespace"])
+        # Auxiliary: never fail a reconcile over one.
+        with contextlib.suppress(ApiError, aiohttp.ClientError):
+            await self.request("POST", path_of("v1", "Event", meta["namespace"]), body=event)

@@ -1,38 +1,51 @@
-"""The reconcile loop every kind shares.
+"""The flow every kind shares: resolve the inputs → build the children → derive the status
+from the children and the workload's report.
 
-Each resource gets a kopf daemon that reconciles it every CRUCIBLE_RECONCILE_INTERVAL until it
-has succeeded or failed. A step reads the world (the resource, its children, its
-dependencies) and writes status; children have deterministic names and are adopted when they
-exist, so an operator restarted at any moment picks up where it stopped.
+A reconcile never waits: it reads what exists, creates what is missing (children have
+deterministic names, so a second reconcile adopts instead of duplicating) and returns the
+status. Everything the status records is recomputed from what exists, so an operator killed
+at any instant loses nothing: what was decided when the Job was made (the resolved base model
+of a fine-tune) is kept on the Job itself, in an annotation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar, Generic, TypeVar
 
-import kopf
 from pydantic import ValidationError
 
-from crucible.api import GROUP, VERSION, Kind
+from crucible.api import GROUP, Kind
 from crucible.api.base import ApiModel
-from crucible.api.common import TERMINAL_PHASES, ModelRefKind, ModelSource, Phase
+from crucible.api.common import (
+    ModelRefKind,
+    ModelSource,
+    Phase,
+    Reason,
+    RunStatus,
+    Serving,
+)
 from crucible.api.contract import REPORT_KEY, WorkloadReport
-from crucible.api.kinds import FINE_TUNE_JOB, KINDS_BY_NAME
+from crucible.api.kinds import KINDS_BY_NAME
 from crucible.config import OperatorConfig
 from crucible.controllers.kube import ChildConflictError, Kube
-from crucible.metrics import JOB_SECONDS, RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES, RUNS
-from crucible.resources.common import Owner, child_name, report_name
-from crucible.resources.jobs import job_outcome
-from crucible.resources.status import describe_validation_error, now, phase_status
+from crucible.resources.common import LABEL_NAME, LABEL_ROLE, Owner, child_name, report_name
+from crucible.resources.jobs import job_outcome, pod_failure
+from crucible.resources.serving import SERVER_LABEL, SERVER_ROLE, ServedModel, server
+from crucible.resources.status import describe_validation_error, phase_fields
+
+# What a run decided when its Job was made, kept on the Job: status fields (API spelling).
+RECORDED_ANNOTATION = f"{GROUP}/recorded-status"
 
 
 class WaitingError(Exception):
-    """A dependency is not ready yet."""
+    """An input is not there yet; the run goes on when it appears."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: Reason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
@@ -41,10 +54,22 @@ class WaitingError(Exception):
 class FailedError(Exception):
     """The run cannot succeed; the message says why and what to change."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: Reason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Something a spec names, whose changes should reconcile the run: a Crucible resource
+    (by kind) or a ConfigMap, in the run's namespace."""
+
+    kind: str
+    name: str
+
+
+RunLookup = Callable[[str, str, str], Awaitable[dict[str, Any] | None]]
 
 
 @dataclass
@@ -53,11 +78,10 @@ class Context:
     config: OperatorConfig
     owner: Owner
     body: dict[str, Any]
-
-    @property
-    def status(self) -> dict[str, Any]:
-        status: dict[str, Any] = self.body.get("status") or {}
-        return status
+    current: RunStatus
+    # A Crucible resource by (kind, namespace, name): the engine's view of it, fresh from watch
+    # events, or read from the API when the engine has not seen it.
+    lookup_run: RunLookup
 
     @property
     def generation(self) -> int:
@@ -65,87 +89,165 @@ class Context:
         return generation
 
 
-# -- dependencies -------------------------------------------------------------------------
+@dataclass
+class Result:
+    """A reconcile's outcome: the status to write and, when nothing will announce the next
+    change (a server's start-up deadline), when to look again."""
+
+    status: RunStatus
+    requeue_after: float | None = None
 
 
-def dependency(ctx: Context, kind: Kind, name: str, field: str) -> dict[str, Any]:
+# -- inputs --------------------------------------------------------------------------------
+
+
+async def dependency(ctx: Context, kind: Kind, name: str, field_path: str) -> dict[str, Any]:
     """A referenced resource that has succeeded; otherwise wait or fail, naming the field."""
     ns = ctx.owner.namespace
-    found = ctx.kube.get_run(kind, ns, name)
+    found = await ctx.lookup_run(kind.kind, ns, name)
     if found is None:
         raise WaitingError(
-            "DependencyNotFound",
-            f"{field}: {kind.kind} {name!r} does not exist in namespace {ns}; create it or "
-            f"correct {field}",
+            Reason.DEPENDENCY_NOT_FOUND,
+            f"{field_path}: {kind.kind} {name!r} does not exist in namespace {ns}; create it or "
+            f"correct {field_path}",
         )
-    status = found.get("status") or {}
-    phase = status.get("phase")
-    if phase == Phase.FAILED:
-        why = next(
-            (c.get("message") for c in status.get("conditions") or [] if c.get("type") == "Ready"),
-            "",
-        )
+    status = kind.status.model_validate(found.get("status") or {})
+    assert isinstance(status, RunStatus)
+    if status.phase == Phase.FAILED:
+        ready = ready_condition(status)
+        why = f": {ready.message}" if ready is not None and ready.message else ""
         raise FailedError(
-            "DependencyFailed",
-            f"{field}: {kind.kind} {name!r} failed" + (f": {why}" if why else ""),
+            Reason.DEPENDENCY_FAILED, f"{field_path}: {kind.kind} {name!r} failed{why}"
         )
-    if phase != Phase.SUCCEEDED:
+    if status.phase != Phase.SUCCEEDED:
         raise WaitingError(
-            "WaitingForDependency",
-            f"{field}: waiting for {kind.kind} {name!r} to succeed (now {phase or 'new'})",
+            Reason.WAITING_FOR_DEPENDENCY,
+            f"{field_path}: waiting for {kind.kind} {name!r} to succeed "
+            f"(now {status.phase or 'new'})",
         )
     return found
 
 
-def resolve_model(ctx: Context, source: ModelSource, field: str) -> dict[str, Any]:
+async def resolve_model(ctx: Context, source: ModelSource, field_path: str) -> dict[str, Any]:
     """The status of a modelRef's target, or {"outputUri": uri} for a plain uri."""
     if source.uri is not None:
         return {"outputUri": source.uri}
     assert source.model_ref is not None
     ref = source.model_ref
-    target = dependency(ctx, KINDS_BY_NAME[ref.kind], ref.name, f"{field}.modelRef")
+    target = await dependency(ctx, KINDS_BY_NAME[ref.kind], ref.name, f"{field_path}.modelRef")
     status: dict[str, Any] = target["status"]
     if not status.get("outputUri"):
         raise FailedError(
-            "DependencyFailed", f"{field}.modelRef: {ref.kind} {ref.name!r} reported no outputUri"
+            Reason.DEPENDENCY_FAILED,
+            f"{field_path}.modelRef: {ref.kind} {ref.name!r} reported no outputUri",
         )
+    if ref.kind == ModelRefKind.FINE_TUNE_JOB:
+        status = {**status, "mergeAdapter": bool(target["spec"].get("mergeAdapter"))}
     return status
 
 
-def resolve_full_weights(ctx: Context, source: ModelSource, field: str) -> str:
+async def resolve_full_weights(ctx: Context, source: ModelSource, field_path: str) -> str:
     """A model source that must be full weights (a merge input, a base model to train)."""
-    status = resolve_model(ctx, source, field)
+    status = await resolve_model(ctx, source, field_path)
     ref = source.model_ref
-    if ref is not None and ref.kind == ModelRefKind.FINE_TUNE_JOB:
-        target = ctx.kube.get_run(FINE_TUNE_JOB, ctx.owner.namespace, ref.name) or {}
-        if not target.get("spec", {}).get("mergeAdapter"):
-            raise FailedError(
-                "InvalidReference",
-                f"{field}.modelRef: FineTuneJob {ref.name!r} produces a LoRA adapter, not full "
-                "weights; set spec.mergeAdapter: true on it, or use its base model",
-            )
+    if ref is not None and ref.kind == ModelRefKind.FINE_TUNE_JOB and not status["mergeAdapter"]:
+        raise FailedError(
+            Reason.INVALID_REFERENCE,
+            f"{field_path}.modelRef: FineTuneJob {ref.name!r} produces a LoRA adapter, not full "
+            "weights; set spec.mergeAdapter: true on it, or use its base model",
+        )
     uri: str = status["outputUri"]
     return uri
 
 
-# -- children -----------------------------------------------------------------------------
+async def config_map_key(ctx: Context, name: str, key: str | None, field_path: str) -> None:
+    """A ConfigMap (and key) the spec names must exist before a GPU is spent on it; until it
+    does the run waits, and its creation reconciles the run again."""
+    cm = await ctx.kube.get("v1", "ConfigMap", ctx.owner.namespace, name)
+    if cm is None:
+        raise WaitingError(
+            Reason.INPUT_NOT_FOUND,
+            f"{field_path}.name: ConfigMap {name!r} does not exist in namespace "
+            f"{ctx.owner.namespace}; create it (the run starts when it exists) or correct "
+            f"{field_path}.name",
+        )
+    present = {*(cm.get("data") or {}), *(cm.get("binaryData") or {})}
+    if key is not None and key not in present:
+        raise WaitingError(
+            Reason.INPUT_NOT_FOUND,
+            f"{field_path}.key: ConfigMap {name!r} has no key {key!r} (it has: "
+            f"{', '.join(sorted(present)) or 'none'}); add the key or correct {field_path}.key",
+        )
 
 
-def ensure_all(ctx: Context, manifests: list[dict[str, Any]]) -> None:
-    for manifest in manifests:
-        try:
-            ctx.kube.ensure(manifest)
-        except ChildConflictError as error:
-            raise FailedError("ChildConflict", str(error)) from None
+# -- the controller of one kind --------------------------------------------------------------
+
+SpecT = TypeVar("SpecT", bound=ApiModel)
+InputsT = TypeVar("InputsT")
 
 
-def pods_of(ctx: Context, job_name: str) -> list[dict[str, Any]]:
-    return ctx.kube.list("v1", "Pod", ctx.owner.namespace, {"job-name": job_name})
+class RunController(ABC, Generic[SpecT, InputsT]):
+    """What one kind adds to the shared flow. Subclasses say how to resolve the inputs, which
+    children to build from them and which status fields the workload's report gives."""
+
+    kind: ClassVar[Kind]
+    role: ClassVar[str]  # the workload: names the Job, its ServiceAccount and its task
+
+    def references(self, spec: SpecT) -> list[Reference]:
+        """What the spec names; a change to any of them reconciles the run."""
+        return []
+
+    @abstractmethod
+    async def resolve(self, ctx: Context, spec: SpecT) -> InputsT:
+        """The inputs, once all exist; WaitingError or FailedError naming the field otherwise."""
+
+    def servers(self, ctx: Context, spec: SpecT, inputs: InputsT) -> list[ServedModel]:
+        """Models to serve with vLLM while the Job runs (none by default)."""
+        return []
+
+    def server_names(self, ctx: Context, spec: SpecT) -> list[str]:
+        """The names of those servers, from the spec alone (to remove them at the end)."""
+        return []
+
+    def serving(self, spec: SpecT) -> Serving | None:
+        return None
+
+    @abstractmethod
+    def build(
+        self, ctx: Context, spec: SpecT, inputs: InputsT, served: list[ServedModel]
+    ) -> list[dict[str, Any]]:
+        """The workload's children in creation order, the Job last."""
+
+    def recorded(self, ctx: Context, spec: SpecT, inputs: InputsT) -> dict[str, Any]:
+        """Status fields decided with the inputs (API spelling), kept on the Job."""
+        return {}
+
+    def fixed(self, ctx: Context, spec: SpecT) -> dict[str, Any]:
+        """Status fields that follow from the spec alone (Python names)."""
+        return {}
+
+    def from_report(
+        self, ctx: Context, spec: SpecT, report: WorkloadReport | None, phase: Phase
+    ) -> dict[str, Any]:
+        """Status fields (Python names) from the workload's report while it runs and once it
+        has succeeded."""
+        return {}
 
 
-def read_report(ctx: Context) -> WorkloadReport | None:
+# -- the flow ----------------------------------------------------------------------------------
+
+
+def ready_condition(status: RunStatus) -> Any:
+    return next((c for c in status.conditions or [] if c.type == "Ready"), None)
+
+
+def timestamp(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+async def read_report(ctx: Context) -> WorkloadReport | None:
     """The workload's report, validated; FailedError when it is malformed."""
-    cm = ctx.kube.get("v1", "ConfigMap", ctx.owner.namespace, report_name(ctx.owner))
+    cm = await ctx.kube.get("v1", "ConfigMap", ctx.owner.namespace, report_name(ctx.owner))
     text = ((cm or {}).get("data") or {}).get(REPORT_KEY)
     if not text:
         return None
@@ -153,167 +255,163 @@ def read_report(ctx: Context) -> WorkloadReport | None:
         return WorkloadReport.model_validate_json(text)
     except ValidationError as error:
         raise FailedError(
-            "InvalidReport",
+            Reason.INVALID_REPORT,
             f"the workload's report ({report_name(ctx.owner)}/{REPORT_KEY}) is malformed: "
             + describe_validation_error(error, "report"),
         ) from None
 
 
-JobBuilder = Callable[[], list[dict[str, Any]]]
-StatusFromReport = Callable[[WorkloadReport | None], dict[str, Any]]
+async def create_all(ctx: Context, manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    created = []
+    for manifest in manifests:
+        try:
+            created.append(await ctx.kube.create(manifest))
+        except ChildConflictError as error:
+            raise FailedError(Reason.CHILD_CONFLICT, str(error)) from None
+    return created
 
 
-def run_job(
-    ctx: Context,
-    role: str,
-    build: JobBuilder,
-    *,
-    on_success: StatusFromReport,
-    on_progress: StatusFromReport | None = None,
-    started: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Start the workload Job if it does not exist (`build` resolves dependencies and renders
-    the children), then report its progress; returns the status patch."""
-    job_name = child_name(ctx.owner.name, role)
-    job = ctx.kube.get("batch/v1", "Job", ctx.owner.namespace, job_name)
-    if job is None:
-        if ctx.status.get("jobName"):
-            raise FailedError(
-                "JobDeleted", f"Job {job_name} was deleted while running; create a new resource"
-            )
-        ensure_all(ctx, build())
-        job = ctx.kube.get("batch/v1", "Job", ctx.owner.namespace, job_name)
-        assert job is not None
-    outcome = job_outcome(job, pods_of(ctx, job_name))
-    patch = {"jobName": job_name, **(started or {})}
-    if not ctx.status.get("startTime"):
-        patch["startTime"] = now()
-    if outcome.phase == Phase.SUCCEEDED:
-        patch.update(on_success(read_report(ctx)))
-    elif outcome.phase == Phase.FAILED:
-        # A Job that cannot pull its image would hold its GPUs forever: remove it.
-        if outcome.reason == "ImagePullFailed":
-            ctx.kube.delete("batch/v1", "Job", ctx.owner.namespace, job_name)
-        raise FailedError(outcome.reason, outcome.message)
-    elif on_progress is not None:
-        patch.update(on_progress(read_report(ctx)))
-    return {
-        **patch,
-        **phase_status(ctx.status, outcome.phase, outcome.reason, outcome.message, ctx.generation),
+async def start_servers(
+    ctx: Context, served: list[ServedModel], serving: Serving
+) -> tuple[list[str], datetime | None]:
+    """Create the servers that do not exist yet (and only those); the ones not yet Available,
+    and when the first was created. FailedError when one cannot start."""
+    selector = {LABEL_NAME: ctx.owner.label, LABEL_ROLE: SERVER_ROLE}
+    ns = ctx.owner.namespace
+    deployments = {
+        d["metadata"]["name"]: d for d in await ctx.kube.list("apps/v1", "Deployment", ns, selector)
     }
+    services = {s["metadata"]["name"] for s in await ctx.kube.list("v1", "Service", ns, selector)}
+    pending = []
+    for model in served:
+        deployment, service = server(ctx.owner, model, serving, ctx.config)
+        name = deployment["metadata"]["name"]
+        if name not in deployments:
+            (deployments[name],) = await create_all(ctx, [deployment])
+        if name not in services:
+            await create_all(ctx, [service])
+        available = any(
+            c.get("type") == "Available" and c.get("status") == "True"
+            for c in (deployments[name].get("status") or {}).get("conditions") or []
+        )
+        if available:
+            continue
+        failure = pod_failure(await ctx.kube.list("v1", "Pod", ns, {SERVER_LABEL: name}))
+        if failure is not None:
+            raise FailedError(Reason.SERVER_FAILED, f"vLLM server {name}: {failure.message}")
+        pending.append(name)
+    created = [timestamp(d["metadata"].get("creationTimestamp")) for d in deployments.values()]
+    return pending, min((c for c in created if c), default=None)
 
 
-# -- the loop ------------------------------------------------------------------------------
+async def remove_servers(ctx: Context, names: list[str]) -> None:
+    for name in names:
+        await ctx.kube.delete("apps/v1", "Deployment", ctx.owner.namespace, name)
+        await ctx.kube.delete("v1", "Service", ctx.owner.namespace, name)
 
-Step = Callable[[Context, ApiModel], dict[str, Any]]
+
+def status_of(
+    ctx: Context,
+    phase: Phase,
+    reason: Reason,
+    message: str,
+    fields: dict[str, Any],
+) -> RunStatus:
+    """The kind's typed status: an unknown field name fails here, not silently at the API
+    server's pruning."""
+    status = ctx.owner.kind.status.model_validate(
+        {**fields, **phase_fields(ctx.current, phase, reason, message, ctx.generation)}
+    )
+    assert isinstance(status, RunStatus)
+    return status
 
 
-def step(
-    kind: Kind, reconcile: Step, kube: Kube, config: OperatorConfig, body: dict[str, Any]
-) -> dict[str, Any]:
-    """One reconcile of one resource: the status patch to write."""
-    ctx = Context(kube, config, Owner.of(kind, body), body)
+async def run_workload(
+    ctl: RunController[Any, Any], ctx: Context, spec: ApiModel
+) -> tuple[Phase, Reason, str, dict[str, Any], float | None]:
+    """Phase, reason, message, status fields and the next deadline of a run whose spec is
+    valid; raises WaitingError / FailedError."""
+    ns = ctx.owner.namespace
+    job_name = child_name(ctx.owner.name, ctl.role)
+    fields: dict[str, Any] = {**ctl.fixed(ctx, spec)}
+    if names := ctl.server_names(ctx, spec):
+        fields["servers"] = names
+    job = await ctx.kube.get("batch/v1", "Job", ns, job_name)
+    if job is None:
+        if ctx.current.job_name:
+            raise FailedError(
+                Reason.JOB_DELETED,
+                f"Job {job_name} was deleted while running; create a new resource to run again",
+            )
+        inputs = await ctl.resolve(ctx, spec)
+        served = ctl.servers(ctx, spec, inputs)
+        serving = ctl.serving(spec)
+        if served and serving is not None:
+            pending, first = await start_servers(ctx, served, serving)
+            started = ctx.current.start_time or first or datetime.now(UTC)
+            fields["start_time"] = started
+            if pending:
+                waited = (datetime.now(UTC) - started).total_seconds()
+                if waited > serving.startup_timeout_seconds:
+                    raise FailedError(
+                        Reason.SERVER_TIMEOUT,
+                        f"vLLM servers not ready after {int(waited)} s: {', '.join(pending)}; "
+                        "raise spec.serving.startupTimeoutSeconds or check their pods' logs",
+                    )
+                return (
+                    Phase.RUNNING,
+                    Reason.STARTING_SERVERS,
+                    f"waiting for vLLM servers to become ready: {', '.join(pending)}",
+                    fields,
+                    serving.startup_timeout_seconds - waited + 1,
+                )
+        children = ctl.build(ctx, spec, inputs, served)
+        children[-1]["metadata"].setdefault("annotations", {})[RECORDED_ANNOTATION] = json.dumps(
+            ctl.recorded(ctx, spec, inputs), sort_keys=True
+        )
+        job = (await create_all(ctx, children))[-1]
+    recorded = ctx.owner.kind.status.model_validate(
+        json.loads((job["metadata"].get("annotations") or {}).get(RECORDED_ANNOTATION) or "{}")
+    )
+    fields.update(recorded.model_dump(exclude_none=True, exclude_unset=True))
+    fields["job_name"] = job_name
+    fields["start_time"] = (
+        ctx.current.start_time
+        or fields.get("start_time")
+        or timestamp(job["metadata"].get("creationTimestamp"))
+    )
+    pods = await ctx.kube.list("v1", "Pod", ns, {"job-name": job_name})
+    outcome = job_outcome(job, pods)
+    if outcome.phase == Phase.FAILED:
+        # A Job that cannot pull its image would hold its GPUs forever: remove it.
+        if outcome.reason == Reason.IMAGE_PULL_FAILED:
+            await ctx.kube.delete("batch/v1", "Job", ns, job_name)
+        raise FailedError(outcome.reason, outcome.message)
+    if outcome.phase in (Phase.RUNNING, Phase.SUCCEEDED):
+        fields.update(ctl.from_report(ctx, spec, await read_report(ctx), outcome.phase))
+    return outcome.phase, outcome.reason, outcome.message, fields, None
+
+
+async def reconcile(ctl: RunController[Any, Any], ctx: Context) -> Result:
+    """One reconcile of one run: the status it should have now."""
     try:
-        spec = kind.spec.model_validate(body.get("spec") or {})
+        spec = ctl.kind.spec.model_validate(ctx.body.get("spec") or {})
     except ValidationError as error:
-        return phase_status(
-            ctx.status,
-            Phase.FAILED,
-            "InvalidSpec",
-            describe_validation_error(error),
-            ctx.generation,
+        return Result(
+            status_of(ctx, Phase.FAILED, Reason.INVALID_SPEC, describe_validation_error(error), {})
         )
     try:
-        return reconcile(ctx, spec)
+        phase, reason, message, fields, requeue = await run_workload(ctl, ctx, spec)
     except WaitingError as waiting:
-        return phase_status(
-            ctx.status, Phase.WAITING, waiting.reason, waiting.message, ctx.generation
-        )
+        # Keep what was already recorded (a run waiting on a pod's Secret has started).
+        kept = ctx.current.model_dump(exclude_none=True, exclude={"phase", "conditions"})
+        return Result(status_of(ctx, Phase.WAITING, waiting.reason, waiting.message, kept))
     except FailedError as failed:
-        return phase_status(ctx.status, Phase.FAILED, failed.reason, failed.message, ctx.generation)
-
-
-def changed(current: Mapping[str, Any], patch: Mapping[str, Any]) -> bool:
-    """Whether writing `patch` would change the status (conditions compared without times)."""
-
-    def strip(conditions: Any) -> Any:
-        return [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in conditions or []]
-
-    for key, value in patch.items():
-        if key == "conditions":
-            if strip(value) != strip(current.get(key)):
-                return True
-        elif key == "completionTime":
-            if not current.get(key):
-                return True
-        elif current.get(key) != value:
-            return True
-    return False
-
-
-def record_run(
-    kind: Kind, body: Mapping[str, Any], before: Mapping[str, Any], after: Mapping[str, Any]
-) -> None:
-    """Metrics of one step: the status seen, and the run's duration when it just ended."""
-    RUNS.observe(kind.kind, body, after)
-    RECONCILES.labels(kind.kind, after.get("phase") or "Pending").inc()
-    ended = after.get("phase") in TERMINAL_PHASES and before.get("phase") not in TERMINAL_PHASES
-    if ended and after.get("startTime"):
-        seconds = (datetime.now(UTC) - datetime.fromisoformat(after["startTime"])).total_seconds()
-        JOB_SECONDS.labels(kind.kind, after["phase"]).observe(max(seconds, 0.0))
-
-
-def register(kind: Kind, reconcile: Step) -> None:
-    """Run `reconcile` for every resource of `kind` until it is done."""
-
-    @kopf.daemon(GROUP, VERSION, kind.plural, id="reconcile", cancellation_timeout=10.0)
-    def reconcile_daemon(
-        *,
-        stopped: kopf.DaemonStopped,
-        name: str,
-        namespace: str | None,
-        memo: Any,
-        logger: kopf.Logger,
-        **_: Any,
-    ) -> None:
-        assert namespace is not None  # every kind is namespaced
-        kube: Kube = memo.kube
-        config: OperatorConfig = memo.config
-        while not stopped:
-            body = kube.get_run(kind, namespace, name)
-            if body is None:
-                return
-            status = body.get("status") or {}
-            if status.get("phase") in TERMINAL_PHASES:
-                RUNS.observe(kind.kind, body, status)  # rebuilds the series after a restart
-                return
-            try:
-                with RECONCILE_SECONDS.labels(kind.kind).time():
-                    patch = step(kind, reconcile, kube, config, body)
-                    if changed(status, patch):
-                        kube.patch_status(kind, namespace, name, patch)
-            except Exception:  # an API hiccup or a bug: count it, log it, try again
-                RECONCILE_ERRORS.labels(kind.kind).inc()
-                logger.exception(
-                    "reconcile of %s %s/%s failed; retrying", kind.kind, namespace, name
-                )
-                stopped.wait(config.reconcile_interval)
-                continue
-            record_run(kind, body, status, {**status, **patch})
-            if patch.get("phase") != status.get("phase"):
-                ready = patch["conditions"][-1]
-                logger.info("%s %s: %s", kind.kind, patch.get("phase"), ready["message"])
-                warning = patch.get("phase") == Phase.FAILED
-                kube.post_event(
-                    body, "Warning" if warning else "Normal", ready["reason"], ready["message"]
-                )
-            if patch.get("phase") in TERMINAL_PHASES:
-                return
-            stopped.wait(config.reconcile_interval)
-
-    # A raw watch event, not on.delete: kopf calls delete handlers only while its finalizer
-    # holds the object, and that is gone once the daemon has finished.
-    @kopf.on.event(GROUP, VERSION, kind.plural, id="forget")
-    def forget(event: kopf.RawEvent, name: str, namespace: str | None, **_: Any) -> None:
-        if event["type"] == "DELETED":
-            RUNS.forget(kind.kind, namespace or "", name)
+        phase, reason, message, requeue = Phase.FAILED, failed.reason, failed.message, None
+        fields = ctx.current.model_dump(exclude_none=True, exclude={"phase", "conditions"})
+        if names := ctl.server_names(ctx, spec):
+            fields["servers"] = names
+    if phase in (Phase.SUCCEEDED, Phase.FAILED):
+        # Before the terminal status is written: a crash in between leaves no server behind.
+        await remove_servers(ctx, fields.get("servers") or [])
+    return Result(status_of(ctx, phase, reason, message, fields), requeue)

@@ -4,37 +4,60 @@ from __future__ import annotations
 
 from typing import Any
 
-from crucible.api.base import ApiModel
+from crucible.api.common import ModelSource, Phase
+from crucible.api.contract import WorkloadReport
 from crucible.api.kinds import MODEL_MERGE
 from crucible.api.modelmerge import ModelMergeSpec
-from crucible.controllers.lifecycle import Context, register, resolve_full_weights, run_job
+from crucible.controllers.lifecycle import (
+    Context,
+    Reference,
+    RunController,
+    resolve_full_weights,
+)
+from crucible.controllers.registry import register
 from crucible.resources import modelmerge
 from crucible.resources.common import child_name, store_uri
+from crucible.resources.serving import ServedModel
 
-KIND = MODEL_MERGE
+
+def model_references(sources: list[ModelSource | None]) -> list[Reference]:
+    return [Reference(s.model_ref.kind, s.model_ref.name) for s in sources if s and s.model_ref]
 
 
-def reconcile(ctx: Context, spec: ApiModel) -> dict[str, Any]:
-    assert isinstance(spec, ModelMergeSpec)
+class ModelMergeController(RunController[ModelMergeSpec, modelmerge.MergeInputs]):
+    kind = MODEL_MERGE
+    role = modelmerge.ROLE
 
-    def build() -> list[dict[str, Any]]:
-        inputs = modelmerge.MergeInputs(
-            models=[
-                resolve_full_weights(ctx, m, f"spec.models[{i}]") for i, m in enumerate(spec.models)
-            ],
-            base_model=resolve_full_weights(ctx, spec.base_model, "spec.baseModel")
-            if spec.base_model
-            else None,
+    def references(self, spec: ModelMergeSpec) -> list[Reference]:
+        return model_references([*spec.models, spec.base_model])
+
+    async def resolve(self, ctx: Context, spec: ModelMergeSpec) -> modelmerge.MergeInputs:
+        models = [
+            await resolve_full_weights(ctx, m, f"spec.models[{i}]")
+            for i, m in enumerate(spec.models)
+        ]
+        base = spec.base_model
+        return modelmerge.MergeInputs(
+            models=models,
+            base_model=await resolve_full_weights(ctx, base, "spec.baseModel") if base else None,
         )
+
+    def build(
+        self,
+        ctx: Context,
+        spec: ModelMergeSpec,
+        inputs: modelmerge.MergeInputs,
+        served: list[ServedModel],
+    ) -> list[dict[str, Any]]:
         return modelmerge.build(ctx.owner, spec, inputs, ctx.config)
 
-    return run_job(
-        ctx,
-        modelmerge.ROLE,
-        build,
-        on_success=lambda _: {"outputUri": store_uri(ctx.config, ctx.owner)},
-        started={"configMapName": child_name(ctx.owner.name, modelmerge.ROLE)},
-    )
+    def fixed(self, ctx: Context, spec: ModelMergeSpec) -> dict[str, Any]:
+        return {"config_map_name": child_name(ctx.owner.name, modelmerge.ROLE)}
+
+    def from_report(
+        self, ctx: Context, spec: ModelMergeSpec, report: WorkloadReport | None, phase: Phase
+    ) -> dict[str, Any]:
+        return {"output_uri": store_uri(ctx.config, ctx.owner)} if phase == Phase.SUCCEEDED else {}
 
 
-register(KIND, reconcile)
+register(ModelMergeController())

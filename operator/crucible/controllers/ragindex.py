@@ -4,43 +4,62 @@ from __future__ import annotations
 
 from typing import Any
 
-from crucible.api.base import ApiModel
+from crucible.api.common import Phase, Reason
 from crucible.api.contract import WorkloadReport
 from crucible.api.kinds import RAG_INDEX
 from crucible.api.ragindex import RagIndexSpec
-from crucible.controllers.lifecycle import Context, FailedError, register, run_job
+from crucible.controllers.lifecycle import (
+    Context,
+    FailedError,
+    Reference,
+    RunController,
+    config_map_key,
+)
+from crucible.controllers.registry import register
 from crucible.resources import ragindex
 from crucible.resources.common import report_name
+from crucible.resources.serving import ServedModel
 from crucible.resources.status import now
 
-KIND = RAG_INDEX
 
+class RagIndexController(RunController[RagIndexSpec, None]):
+    kind = RAG_INDEX
+    role = ragindex.ROLE
 
-def reconcile(ctx: Context, spec: ApiModel) -> dict[str, Any]:
-    assert isinstance(spec, RagIndexSpec)
+    def references(self, spec: RagIndexSpec) -> list[Reference]:
+        source = spec.source.config_map
+        return [Reference("ConfigMap", source.name)] if source is not None else []
 
-    def succeeded(report: WorkloadReport | None) -> dict[str, Any]:
+    async def resolve(self, ctx: Context, spec: RagIndexSpec) -> None:
+        if spec.source.config_map is not None:
+            name = spec.source.config_map.name
+            await config_map_key(ctx, name, None, "spec.source.configMap")
+
+    def build(
+        self, ctx: Context, spec: RagIndexSpec, inputs: None, served: list[ServedModel]
+    ) -> list[dict[str, Any]]:
+        return ragindex.build(ctx.owner, spec, ctx.config)
+
+    def fixed(self, ctx: Context, spec: RagIndexSpec) -> dict[str, Any]:
+        return {"table": spec.database.table}
+
+    def from_report(
+        self, ctx: Context, spec: RagIndexSpec, report: WorkloadReport | None, phase: Phase
+    ) -> dict[str, Any]:
+        if phase != Phase.SUCCEEDED:
+            return {}
         if report is None or report.chunks is None:
             raise FailedError(
-                "MissingReport",
+                Reason.MISSING_REPORT,
                 f"the rag Job succeeded but reported no chunk counts in "
                 f"ConfigMap {report_name(ctx.owner)}",
             )
         return {
             "documents": report.documents,
             "chunks": report.chunks,
-            "contentHash": report.content_hash,
-            "table": spec.database.table,
-            "lastIndexedTime": now(),
+            "content_hash": report.content_hash,
+            "last_indexed_time": now(),
         }
 
-    return run_job(
-        ctx,
-        ragindex.ROLE,
-        lambda: ragindex.build(ctx.owner, spec, ctx.config),
-        on_success=succeeded,
-        started={"table": spec.database.table},
-    )
 
-
-register(KIND, reconcile)
+register(RagIndexController())

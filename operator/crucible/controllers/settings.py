@@ -1,32 +1,61 @@
-"""Operator-wide kopf settings."""
+"""Operator-wide set-up: configuration, the API client, the engine and leader election."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import kopf
 
 from crucible.api import GROUP
 from crucible.config import ConfigError, OperatorConfig
-from crucible.controllers.kube import Kube, api_client
+from crucible.controllers.engine import Engine
+from crucible.controllers.kube import Kube, client_configuration
+from crucible.controllers.leader import LeaderElector
+from crucible.controllers.registry import CONTROLLERS
+from crucible.resources.common import MANAGED_BY, MANAGED_BY_LABEL
+
+CHILDREN = ("jobs", "pods", "deployments", "services")
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     try:
-        memo.config = OperatorConfig.from_env()
+        memo.config = config = OperatorConfig.from_env()
     except ConfigError as error:
         raise kopf.PermanentError(str(error)) from None
-    memo.kube = Kube(api_client())
     # Keep kopf's bookkeeping in annotations: the status schema is typed and would prune it.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
-    settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.posting.level = 20  # logging.INFO: events for what users act on
-    settings.watching.server_timeout = 60
-    settings.execution.max_workers = 8
+    settings.watching.server_timeout = 300
+    # Children are watched through a server-side label selector: only Crucible's own travel.
+    for plural in CHILDREN:
+        settings.watching.label_selectors[plural] = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
+    memo.kube = kube = Kube(client_configuration())
+    memo.engine = engine = Engine(kube, config, CONTROLLERS)
+    engine.start()
+    if config.leader_election_namespace is None:
+        engine.lead(True)
+    else:
+        memo.elector = elector = LeaderElector(kube, config)
+        memo.election = asyncio.create_task(elector.run(engine.lead))
+
+
+@kopf.on.cleanup()
+async def shut_down(memo: kopf.Memo, **_: Any) -> None:
+    election = memo.get("election")
+    if election is not None:
+        election.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await election
+        with contextlib.suppress(Exception):  # best effort: the Lease expires anyway
+            await memo.elector.release()
+    await memo.engine.stop()
+    await memo.kube.close()
 
 
 @kopf.on.login()

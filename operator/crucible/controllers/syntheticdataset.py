@@ -1,57 +1,77 @@
 """SyntheticDataset: serve the teacher (and rejected model) when they are model sources, run
-the generation Job against them, report the counts, remove the servers."""
+the generation Job against them, report the counts as they grow, remove the servers."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from crucible.api.base import ApiModel
+from crucible.api.common import Phase, Reason
 from crucible.api.contract import WorkloadReport
 from crucible.api.kinds import SYNTHETIC_DATASET
 from crucible.api.syntheticdataset import SyntheticDatasetSpec
-from crucible.controllers.lifecycle import Context, FailedError, register
-from crucible.controllers.serving import run_with_servers
+from crucible.controllers.lifecycle import Context, FailedError, Reference, config_map_key
+from crucible.controllers.registry import register
+from crucible.controllers.serving import ServedInputs, ServingController
 from crucible.resources import syntheticdataset
 from crucible.resources.common import report_name, store_uri
-
-KIND = SYNTHETIC_DATASET
-
-
-def summary(ctx: Context, report: WorkloadReport | None) -> dict[str, Any]:
-    if report is None or report.pairs is None:
-        raise FailedError(
-            "MissingReport",
-            f"the synth Job succeeded but reported no pair counts in "
-            f"ConfigMap {report_name(ctx.owner)}",
-        )
-    return {
-        "documents": report.documents,
-        "chunks": report.chunks,
-        "pairs": report.pairs.to_api(),
-        "contentHash": report.content_hash,
-        "reusedFrom": report.reused_from,
-        "outputUri": store_uri(ctx.config, ctx.owner),
-    }
+from crucible.resources.serving import ServedModel, ServedTarget
 
 
-def progress(report: WorkloadReport | None) -> dict[str, Any]:
-    if report is None:
-        return {}
-    counts = {"chunks": report.chunks, "pairs": report.pairs.to_api() if report.pairs else None}
-    return {k: v for k, v in counts.items() if v is not None}
+class SyntheticDatasetController(ServingController[SyntheticDatasetSpec, ServedInputs]):
+    kind = SYNTHETIC_DATASET
+    role = syntheticdataset.ROLE
+
+    def targets(self, spec: SyntheticDatasetSpec) -> list[ServedTarget]:
+        return syntheticdataset.served_targets(spec)
+
+    def references(self, spec: SyntheticDatasetSpec) -> list[Reference]:
+        refs = super().references(spec)
+        if spec.source.config_map is not None:
+            refs.append(Reference("ConfigMap", spec.source.config_map.name))
+        return refs
+
+    async def resolve(self, ctx: Context, spec: SyntheticDatasetSpec) -> ServedInputs:
+        served = await self.served(ctx, spec)
+        if spec.source.config_map is not None:
+            name = spec.source.config_map.name
+            await config_map_key(ctx, name, None, "spec.source.configMap")
+        return ServedInputs(served)
+
+    def build(
+        self,
+        ctx: Context,
+        spec: SyntheticDatasetSpec,
+        inputs: ServedInputs,
+        served: list[ServedModel],
+    ) -> list[dict[str, Any]]:
+        return syntheticdataset.build(ctx.owner, spec, served, ctx.config)
+
+    def from_report(
+        self,
+        ctx: Context,
+        spec: SyntheticDatasetSpec,
+        report: WorkloadReport | None,
+        phase: Phase,
+    ) -> dict[str, Any]:
+        counts = {
+            "documents": report.documents if report else None,
+            "chunks": report.chunks if report else None,
+            "pairs": report.pairs if report else None,
+        }
+        if phase != Phase.SUCCEEDED:  # progress while the teacher writes
+            return {k: v for k, v in counts.items() if v is not None}
+        if report is None or report.pairs is None:
+            raise FailedError(
+                Reason.MISSING_REPORT,
+                f"the synth Job succeeded but reported no pair counts in "
+                f"ConfigMap {report_name(ctx.owner)}",
+            )
+        return {
+            **counts,
+            "content_hash": report.content_hash,
+            "reused_from": report.reused_from,
+            "output_uri": store_uri(ctx.config, ctx.owner),
+        }
 
 
-def reconcile(ctx: Context, spec: ApiModel) -> dict[str, Any]:
-    assert isinstance(spec, SyntheticDatasetSpec)
-    return run_with_servers(
-        ctx,
-        syntheticdataset.ROLE,
-        targets=syntheticdataset.served_targets(spec),
-        serving=spec.serving,
-        build=lambda served: syntheticdataset.build(ctx.owner, spec, served, ctx.config),
-        on_success=lambda r: summary(ctx, r),
-        on_progress=progress,
-    )
-
-
-register(KIND, reconcile)
+register(SyntheticDatasetController())

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Mapping
+from datetime import datetime
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from crucible.api.common import Phase
-from crucible.api.kinds import KINDS
+from crucible.api.common import Phase, RunStatus
+from crucible.api.evalrun import EvalRunStatus, ModelResult
+from crucible.api.kinds import KINDS, KINDS_BY_NAME
 
 EVAL_LABELS = ("namespace", "evalrun", "model", "dataset", "rag")
 
@@ -34,6 +36,14 @@ RECONCILE_SECONDS = Histogram(
     "Time one reconcile step takes.",
     ("kind",),
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+KUBE_REQUESTS = Counter(
+    "crucible_kube_requests_total",
+    "Requests the reconcilers sent to the Kubernetes API (watches excluded), by verb.",
+    ("verb",),
+)
+QUEUE_DEPTH = Gauge(
+    "crucible_reconcile_queue_depth", "Resources waiting in the work queue for a reconcile."
 )
 JOB_SECONDS = Histogram(
     "crucible_job_duration_seconds",
@@ -58,17 +68,25 @@ def dataset_label(spec: Mapping[str, Any]) -> str:
     return str(dataset.get("uri", ""))
 
 
+RunKey = tuple[str, str, str]  # kind, namespace, name
+Observed = tuple[Mapping[str, Any], RunStatus]  # the spec as written, the typed status
+
+
 class RunStatusCollector(Collector):
     """Holds the last seen spec and status of every resource; renders gauges from them."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._runs: dict[tuple[str, str, str], tuple[Mapping[str, Any], Mapping[str, Any]]] = {}
+        self._runs: dict[RunKey, Observed] = {}
+        # A standby replica (leader election) exports none of these: one series per run.
+        self.active = True
 
     def observe(self, kind: str, body: Mapping[str, Any], status: Mapping[str, Any]) -> None:
         meta = body["metadata"]
+        typed = KINDS_BY_NAME[kind].status.model_validate(status)
+        assert isinstance(typed, RunStatus)
         with self._lock:
-            self._runs[(kind, meta["namespace"], meta["name"])] = (body.get("spec") or {}, status)
+            self._runs[(kind, meta["namespace"], meta["name"])] = (body.get("spec") or {}, typed)
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         with self._lock:
@@ -76,22 +94,28 @@ class RunStatusCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         with self._lock:
-            runs = dict(self._runs)
+            runs = dict(self._runs) if self.active else {}
         by_phase = GaugeMetricFamily(
             "crucible_resources", "Crucible resources by kind and phase.", labels=("kind", "phase")
         )
         counts: dict[tuple[str, str], int] = {}
         for (kind, _, _), (_, status) in runs.items():
-            key = (kind, status.get("phase") or Phase.PENDING.value)
+            key = (kind, status.phase or Phase.PENDING.value)
             counts[key] = counts.get(key, 0) + 1
         for (kind, phase), count in sorted(counts.items()):
             by_phase.add_metric([kind, phase], count)
         yield by_phase
-        yield from self._eval_families(runs)
+        evals = {
+            (namespace, name): (spec, status)
+            for (kind, namespace, name), (spec, status) in runs.items()
+            if isinstance(status, EvalRunStatus)
+        }
+        yield from self._eval_families(evals)
+        yield from self._trend_families(evals)
 
     @staticmethod
     def _eval_families(
-        runs: dict[tuple[str, str, str], tuple[Mapping[str, Any], Mapping[str, Any]]],
+        evals: dict[tuple[str, str], tuple[Mapping[str, Any], EvalRunStatus]],
     ) -> Iterator[GaugeMetricFamily]:
         def family(name: str, text: str, extra: tuple[str, ...] = ()) -> GaugeMetricFamily:
             return GaugeMetricFamily(name, text, labels=(*EVAL_LABELS, *extra))
@@ -107,47 +131,38 @@ class RunStatusCollector(Collector):
             "Bradley-Terry rating from the LLM judge.",
             labels=("namespace", "evalrun", "model", "dataset"),
         )
-        for (kind, namespace, name), (spec, status) in sorted(runs.items()):
-            if kind != "EvalRun":
-                continue
+        for (namespace, name), (spec, status) in sorted(evals.items()):
             dataset = dataset_label(spec)
-            for result in status.get("results") or []:
-                labels = [
-                    namespace,
-                    name,
-                    result["model"],
-                    dataset,
-                    "true" if result["rag"] else "false",
-                ]
-                accuracy.add_metric(labels, result["accuracyMean"])
-                stddev.add_metric(labels, result["accuracyStddev"])
-                low.add_metric(labels, result["ci95Low"])
-                high.add_metric(labels, result["ci95High"])
-                rounds.add_metric(labels, result["n"])
-                for i, score in enumerate(result.get("rounds") or []):
+            for result in status.results or []:
+                labels = [namespace, name, result.model, dataset, "true" if result.rag else "false"]
+                accuracy.add_metric(labels, result.accuracy_mean)
+                stddev.add_metric(labels, result.accuracy_stddev)
+                low.add_metric(labels, result.ci95_low)
+                high.add_metric(labels, result.ci95_high)
+                rounds.add_metric(labels, result.n)
+                for i, score in enumerate(result.rounds):
                     per_round.add_metric([*labels, str(i + 1)], score)
-            for judged in status.get("judgeRatings") or []:
-                rating.add_metric([namespace, name, judged["model"], dataset], judged["rating"])
+            for judged in status.judge_ratings or []:
+                rating.add_metric([namespace, name, judged.model, dataset], judged.rating)
         yield from (accuracy, stddev, low, high, rounds, per_round, rating)
-        yield from RunStatusCollector._trend_families(runs)
 
     @staticmethod
     def _trend_families(
-        runs: dict[tuple[str, str, str], tuple[Mapping[str, Any], Mapping[str, Any]]],
+        evals: dict[tuple[str, str], tuple[Mapping[str, Any], EvalRunStatus]],
     ) -> Iterator[GaugeMetricFamily]:
         """Latest versus previous finished EvalRun of each model, dataset and RAG setting."""
-        history: dict[tuple[str, str, str, str], list[tuple[str, Mapping[str, Any]]]] = {}
-        for (kind, namespace, _), (spec, status) in runs.items():
-            if kind != "EvalRun" or not status.get("completionTime"):
+        history: dict[tuple[str, str, str, str], list[tuple[datetime, ModelResult]]] = {}
+        for (namespace, _), (spec, status) in evals.items():
+            if status.completion_time is None:
                 continue
-            for result in status.get("results") or []:
+            for result in status.results or []:
                 key = (
                     namespace,
-                    result["model"],
+                    result.model,
                     dataset_label(spec),
-                    "true" if result["rag"] else "false",
+                    "true" if result.rag else "false",
                 )
-                history.setdefault(key, []).append((status["completionTime"], result))
+                history.setdefault(key, []).append((status.completion_time, result))
         labels = ("namespace", "model", "dataset", "rag")
         delta = GaugeMetricFamily(
             "crucible_eval_accuracy_delta",
@@ -164,8 +179,8 @@ class RunStatusCollector(Collector):
                 continue
             entries.sort(key=lambda entry: entry[0])
             (_, before), (_, latest) = entries[-2], entries[-1]
-            delta.add_metric(list(key), latest["accuracyMean"] - before["accuracyMean"])
-            previous_stddev.add_metric(list(key), before["accuracyStddev"])
+            delta.add_metric(list(key), latest.accuracy_mean - before.accuracy_mean)
+            previous_stddev.add_metric(list(key), before.accuracy_stddev)
         yield from (delta, previous_stddev)
 
 

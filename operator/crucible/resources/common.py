@@ -16,6 +16,7 @@ from crucible.api.kinds import Kind
 from crucible.config import OperatorConfig
 
 MANAGED_BY = "crucible"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 LABEL_KIND = f"{GROUP}/kind"
 LABEL_NAME = f"{GROUP}/name"
 LABEL_ROLE = f"{GROUP}/role"
@@ -40,6 +41,11 @@ class Owner:
         meta = body["metadata"]
         return cls(kind, meta["name"], meta["namespace"], meta["uid"])
 
+    @property
+    def label(self) -> str:
+        """The value of its children's crucible.dev/name label."""
+        return name_label(self.name)
+
 
 def child_name(owner_name: str, suffix: str) -> str:
     """`<owner>-<suffix>`, shortened with a hash when it would pass 63 characters, so it can
@@ -52,13 +58,18 @@ def child_name(owner_name: str, suffix: str) -> str:
     return f"{owner_name[:keep].rstrip('-.')}-{digest}-{suffix}"
 
 
+def name_label(name: str) -> str:
+    """A resource's name as a label value: itself, or shortened with a hash past 63 chars."""
+    return name if len(name) <= MAX_NAME else child_name(name, "x")
+
+
 def labels(owner: Owner, role: str) -> dict[str, str]:
     return {
-        "app.kubernetes.io/managed-by": MANAGED_BY,
+        MANAGED_BY_LABEL: MANAGED_BY,
         "app.kubernetes.io/name": "crucible",
         "app.kubernetes.io/component": role,
         LABEL_KIND: owner.kind.kind,
-        LABEL_NAME: owner.name if len(owner.name) <= MAX_NAME else child_name(owner.name, "x"),
+        LABEL_NAME: owner.label,
         LABEL_ROLE: role,
     }
 

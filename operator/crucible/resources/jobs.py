@@ -1,21 +1,24 @@
 """Reading a Job and its pods the way a user would want it explained: a phase, a reason and
 a message that says why (OOMKilled, exit code and termination message, image pull failure,
-deadline exceeded)."""
+deadline exceeded, a Secret or ConfigMap key the pod waits for)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from crucible.api.common import Phase
+from crucible.api.common import Phase, Reason
 
 IMAGE_PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
+# The kubelet cannot create the container until something the pod names exists (a Secret or
+# ConfigMap key of its environment): the run waits, and goes on once it is created.
+CONFIG_WAIT_REASONS = ("CreateContainerConfigError", "CreateContainerError")
 
 
 @dataclass(frozen=True)
 class Outcome:
     phase: Phase
-    reason: str
+    reason: Reason
     message: str
 
 
@@ -32,17 +35,20 @@ def _statuses(pod: dict[str, Any]) -> list[dict[str, Any]]:
     return [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
 
 
+def _newest_first(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", reverse=True)
+
+
 def pod_failure(pods: list[dict[str, Any]]) -> Outcome | None:
     """The most telling failure among the pods, newest first."""
-    ordered = sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", reverse=True)
-    for pod in ordered:
+    for pod in _newest_first(pods):
         for container in _statuses(pod):
             state = container.get("state") or {}
             waiting = state.get("waiting") or {}
             if waiting.get("reason") in IMAGE_PULL_REASONS:
                 return Outcome(
                     Phase.FAILED,
-                    "ImagePullFailed",
+                    Reason.IMAGE_PULL_FAILED,
                     f"image {container.get('image')} of container {container['name']} cannot be "
                     f"pulled ({waiting['reason']}): {waiting.get('message', '').strip()}".rstrip(
                         ": "
@@ -53,52 +59,72 @@ def pod_failure(pods: list[dict[str, Any]]) -> Outcome | None:
                 if terminated.get("reason") == "OOMKilled":
                     return Outcome(
                         Phase.FAILED,
-                        "OOMKilled",
+                        Reason.OOM_KILLED,
                         f"container {container['name']} ran out of memory and was killed "
                         "(exit code 137): raise spec.resources.memory or reduce the batch size",
                     )
                 detail = (terminated.get("message") or "").strip()
                 return Outcome(
                     Phase.FAILED,
-                    "Error",
+                    Reason.ERROR,
                     f"container {container['name']} exited with code {terminated['exitCode']}"
                     + (f": {detail[-2000:]}" if detail else ""),
                 )
     return None
 
 
-def job_outcome(job: dict[str, Any], pods: list[dict[str, Any]]) -> Outcome:
-    if _condition(job, "Complete"):
-        return Outcome(Phase.SUCCEEDED, "Succeeded", f"Job {job['metadata']['name']} completed")
-    failed = _condition(job, "Failed")
-    if failed:
-        if failed.get("reason") == "DeadlineExceeded":
-            return Outcome(
-                Phase.FAILED,
-                "DeadlineExceeded",
-                f"Job {job['metadata']['name']} ran past its deadline",
-            )
-        return pod_failure(pods) or Outcome(
-            Phase.FAILED, failed.get("reason") or "JobFailed", failed.get("message") or ""
-        )
-    if job.get("spec", {}).get("suspend"):
-        return Outcome(Phase.PENDING, "Queued", "the Job waits in its Kueue queue")
-    pending = [p for p in pods if (p.get("status") or {}).get("phase") == "Pending"]
-    for pod in pending:
+def pod_blocked(pods: list[dict[str, Any]]) -> Outcome | None:
+    """A pending pod that cannot start yet, with the scheduler's or the kubelet's words."""
+    for pod in _newest_first(pods):
+        if (pod.get("status") or {}).get("phase") != "Pending":
+            continue
         for condition in (pod.get("status") or {}).get("conditions") or []:
             if condition.get("type") == "PodScheduled" and condition.get("reason") == (
                 "Unschedulable"
             ):
                 return Outcome(
                     Phase.PENDING,
-                    "Unschedulable",
+                    Reason.UNSCHEDULABLE,
                     f"pod {pod['metadata']['name']} cannot be scheduled: "
                     f"{condition.get('message', '')}",
                 )
+        for container in _statuses(pod):
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in CONFIG_WAIT_REASONS:
+                return Outcome(
+                    Phase.WAITING,
+                    Reason.INPUT_NOT_FOUND,
+                    f"pod {pod['metadata']['name']} waits ({waiting['reason']}): "
+                    f"{waiting.get('message', '').strip()}; create what it names and the run "
+                    "goes on",
+                )
+    return None
+
+
+def job_outcome(job: dict[str, Any], pods: list[dict[str, Any]]) -> Outcome:
+    name = job["metadata"]["name"]
+    if _condition(job, "Complete"):
+        return Outcome(Phase.SUCCEEDED, Reason.SUCCEEDED, f"Job {name} completed")
+    failed = _condition(job, "Failed")
+    if failed:
+        if failed.get("reason") == "DeadlineExceeded":
+            return Outcome(
+                Phase.FAILED, Reason.DEADLINE_EXCEEDED, f"Job {name} ran past its deadline"
+            )
+        why = ": ".join(filter(None, [failed.get("reason"), failed.get("message")]))
+        return pod_failure(pods) or Outcome(
+            Phase.FAILED, Reason.JOB_FAILED, f"Job {name} failed" + (f" ({why})" if why else "")
+        )
+    if job.get("spec", {}).get("suspend"):
+        return Outcome(Phase.PENDING, Reason.QUEUED, "the Job waits in its Kueue queue")
+    pending = [p for p in pods if (p.get("status") or {}).get("phase") == "Pending"]
     pulling = pod_failure(pending)
     if pulling is not None:  # a pod that cannot pull its image never starts: say so now
         return pulling
+    blocked = pod_blocked(pods)
+    if blocked is not None:
+        return blocked
     retry = pod_failure(pods)
     if retry is not None:
-        return Outcome(Phase.RUNNING, "Retrying", f"retrying after a failure: {retry.message}")
-    return Outcome(Phase.RUNNING, "JobRunning", f"Job {job['metadata']['name']} is running")
+        return Outcome(Phase.RUNNING, Reason.RETRYING, f"retrying after a failure: {retry.message}")
+    return Outcome(Phase.RUNNING, Reason.JOB_RUNNING, f"Job {name} is running")

@@ -1,46 +1,31 @@
-"""Status per the Kubernetes API conventions: a phase plus conditions."""
+"""Status per the Kubernetes API conventions: a phase plus conditions, built as the typed
+status models of crucible.api."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
-from crucible.api.common import Phase
+from crucible.api.common import TERMINAL_PHASES, Condition, Phase, Reason, RunStatus
 
 READY = "Ready"
 
 
-def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
 
 
-def condition(
-    type_: str, status: bool | None, reason: str, message: str, generation: int | None
-) -> dict[str, Any]:
-    return {
-        "type": type_,
-        "status": {True: "True", False: "False", None: "Unknown"}[status],
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": now(),
-        **({"observedGeneration": generation} if generation is not None else {}),
-    }
-
-
-def merge_conditions(
-    current: list[dict[str, Any]] | None, new: dict[str, Any]
-) -> list[dict[str, Any]]:
+def set_condition(current: list[Condition] | None, new: Condition) -> list[Condition]:
     """Replace the condition of the same type, keeping lastTransitionTime when the status did
     not change (as metav1.SetStatusCondition does)."""
     merged = []
     replaced = False
     for existing in current or []:
-        if existing.get("type") == new["type"]:
-            if existing.get("status") == new["status"]:
-                new = {**new, "lastTransitionTime": existing["lastTransitionTime"]}
+        if existing.type == new.type:
+            if existing.status == new.status:
+                new = new.model_copy(update={"last_transition_time": existing.last_transition_time})
             merged.append(new)
             replaced = True
         else:
@@ -50,24 +35,36 @@ def merge_conditions(
     return merged
 
 
-def phase_status(
-    current: Mapping[str, Any] | None,
-    phase: Phase,
-    reason: str,
-    message: str,
-    generation: int | None,
+def phase_fields(
+    current: RunStatus, phase: Phase, reason: Reason, message: str, generation: int
 ) -> dict[str, Any]:
-    """The status fields that move together: phase, the Ready condition, observedGeneration."""
-    ready = phase == Phase.SUCCEEDED
-    return {
-        "phase": phase.value,
-        "observedGeneration": generation,
-        "conditions": merge_conditions(
-            (current or {}).get("conditions"),
-            condition(READY, ready, reason, message, generation),
-        ),
-        **({"completionTime": now()} if phase in (Phase.SUCCEEDED, Phase.FAILED) else {}),
+    """The status fields that move together: phase, the Ready condition, observedGeneration
+    and, once the run is over, completionTime."""
+    ready = Condition(
+        type=READY,
+        status="True" if phase == Phase.SUCCEEDED else "False",
+        reason=reason,
+        message=message,
+        last_transition_time=now(),
+        observed_generation=generation,
+    )
+    fields: dict[str, Any] = {
+        "phase": phase,
+        "observed_generation": generation,
+        "conditions": set_condition(current.conditions, ready),
     }
+    if phase in TERMINAL_PHASES:
+        fields["completion_time"] = current.completion_time or now()
+    return fields
+
+
+def comparable(status: RunStatus) -> dict[str, Any]:
+    """The status as the API spells it, without the times that change on every computation
+    (so an unchanged status is not written again)."""
+    api = status.to_api()
+    for condition in api.get("conditions") or []:
+        condition.pop("lastTransitionTime", None)
+    return api
 
 
 def describe_validation_error(error: ValidationError, root: str = "spec") -> str:

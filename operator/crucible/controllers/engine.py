@@ -1,0 +1,339 @@
+"""The reconcile engine: every run progresses at once, and a run that waits costs nothing.
+
+Watch events (crucible.controllers.watches) say *which* runs to look at; a fixed set of
+asyncio workers on kopf's event loop reconciles them from a work queue with client-go's
+semantics: a run is queued at most once, never reconciled by two workers at once, and queued
+again when something changed while it was being reconciled. A run is queued when
+
+- the resource itself changes;
+- one of its children changes (Jobs, Pods, Deployments, Services, the report ConfigMap: all
+  carry the labels crucible.dev/kind and crucible.dev/name, which map them back to the run);
+- something its spec names changes: another Crucible resource (a modelRef, datasetRef or
+  rag.indexName target) or a ConfigMap (the engine keeps the reverse index);
+- a deadline it asked for passes (a vLLM server's start-up timeout), or it failed with an
+  unexpected error (retried with exponential backoff);
+- the safety-net resync passes (CRUCIBLE_RESYNC_INTERVAL, default 10 minutes).
+
+Nothing else polls. The engine's view of Crucible resources is the latest watch event of
+each; children are read from the API when a run is reconciled, so status is always derived
+from what exists (level-triggered). With leader election on, only the leader's workers run;
+the standby keeps its view current and takes over at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from crucible.api.common import TERMINAL_PHASES, Phase, RunStatus
+from crucible.api.kinds import KINDS_BY_NAME
+from crucible.config import OperatorConfig
+from crucible.controllers.kube import Kube
+from crucible.controllers.lifecycle import Context, Reference, RunController, reconcile
+from crucible.metrics import (
+    JOB_SECONDS,
+    QUEUE_DEPTH,
+    RECONCILE_ERRORS,
+    RECONCILE_SECONDS,
+    RECONCILES,
+    RUNS,
+)
+from crucible.resources.common import (
+    LABEL_KIND,
+    LABEL_NAME,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    Owner,
+    name_label,
+)
+from crucible.resources.status import comparable
+
+logger = logging.getLogger("crucible.engine")
+
+Key = tuple[str, str, str]  # kind, namespace, name
+OLD_FINALIZER = "crucible.dev/finalizer"  # set by operators before the engine; removed on sight
+
+
+class WorkQueue:
+    """Keys to reconcile: each queued at most once, handed to one worker at a time, queued
+    again after its worker is done when it changed meanwhile; delayed adds keep the earliest."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._dirty: set[Key] = set()
+        self._processing: set[Key] = set()
+        self._timers: dict[Key, asyncio.TimerHandle] = {}
+
+    def __len__(self) -> int:
+        return self._queue.qsize()
+
+    def add(self, key: Key) -> None:
+        if key in self._dirty:
+            return
+        self._dirty.add(key)
+        if key not in self._processing:
+            self._queue.put_nowait(key)
+        QUEUE_DEPTH.set(self._queue.qsize())
+
+    def add_after(self, key: Key, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        when = loop.time() + max(delay, 0.0)
+        timer = self._timers.get(key)
+        if timer is not None and not timer.cancelled() and timer.when() <= when:
+            return
+        if timer is not None:
+            timer.cancel()
+        self._timers[key] = loop.call_at(when, self._fire, key)
+
+    def _fire(self, key: Key) -> None:
+        self._timers.pop(key, None)
+        self.add(key)
+
+    async def get(self) -> Key:
+        key = await self._queue.get()
+        self._dirty.discard(key)
+        self._processing.add(key)
+        QUEUE_DEPTH.set(self._queue.qsize())
+        return key
+
+    def done(self, key: Key) -> None:
+        self._processing.discard(key)
+        if key in self._dirty:
+            self._queue.put_nowait(key)
+
+    def forget(self, key: Key) -> None:
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+
+
+def newer(candidate: Mapping[str, Any], known: Mapping[str, Any] | None) -> bool:
+    """Whether `candidate` is at least as recent as `known` (resourceVersions are etcd
+    revisions in practice; where they do not parse, the latest seen wins)."""
+    if known is None:
+        return True
+    try:
+        return int(candidate["metadata"]["resourceVersion"]) >= int(
+            known["metadata"]["resourceVersion"]
+        )
+    except (KeyError, TypeError, ValueError):
+        return True
+
+
+class Engine:
+    def __init__(
+        self,
+        kube: Kube,
+        config: OperatorConfig,
+        controllers: Mapping[str, RunController[Any, Any]],
+    ) -> None:
+        self.kube = kube
+        self.config = config
+        self.controllers = controllers
+        self.queue = WorkQueue()
+        self.runs: dict[Key, dict[str, Any]] = {}
+        # (namespace, kind, name) of something referenced → the runs that reference it.
+        self.dependents: dict[Key, set[Key]] = {}
+        self.references: dict[Key, set[Key]] = {}
+        # (namespace, kind, crucible.dev/name label value) → the run's name.
+        self.names: dict[Key, str] = {}
+        self.failures: dict[Key, int] = {}
+        self.leading = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- what the watches report ----------------------------------------------------------
+
+    def run_changed(self, kind: str, event_type: str | None, body: dict[str, Any]) -> None:
+        """A Crucible resource was added, modified or deleted."""
+        meta = body["metadata"]
+        key = (kind, meta["namespace"], meta["name"])
+        if event_type == "DELETED":
+            self.runs.pop(key, None)
+            self._set_references(key, set())
+            self.names.pop((meta["namespace"], kind, name_label(meta["name"])), None)
+            self.queue.forget(key)
+            self.failures.pop(key, None)
+            RUNS.forget(kind, meta["namespace"], meta["name"])
+        else:
+            if not newer(body, self.runs.get(key)):
+                return
+            self.runs[key] = body
+            self.names[(meta["namespace"], kind, name_label(meta["name"]))] = meta["name"]
+            self._set_references(key, self._referenced(kind, body))
+            RUNS.observe(kind, body, body.get("status") or {})
+            self.queue.add(key)
+        self._wake_dependents((meta["namespace"], kind, meta["name"]))
+
+    def child_changed(self, labels: Mapping[str, str], namespace: str) -> None:
+        """A Job, Pod, Deployment, Service or report ConfigMap of a run changed."""
+        if labels.get(MANAGED_BY_LABEL) != MANAGED_BY:
+            return
+        kind, label = labels.get(LABEL_KIND) or "", labels.get(LABEL_NAME)
+        if kind in self.controllers and label:
+            name = self.names.get((namespace, kind, label), label)
+            self.queue.add((kind, namespace, name))
+
+    def config_map_changed(self, namespace: str, name: str, labels: Mapping[str, str]) -> None:
+        self.child_changed(labels, namespace)
+        self._wake_dependents((namespace, "ConfigMap", name))
+
+    def _wake_dependents(self, target: Key) -> None:
+        for dependent in self.dependents.get(target, ()):
+            self.queue.add(dependent)
+
+    def _referenced(self, kind: str, body: dict[str, Any]) -> set[Key]:
+        try:
+            spec = KINDS_BY_NAME[kind].spec.model_validate(body.get("spec") or {})
+        except ValueError:
+            return set()  # the reconcile reports the invalid spec
+        namespace = body["metadata"]["namespace"]
+        refs: list[Reference] = self.controllers[kind].references(spec)
+        return {(namespace, r.kind, r.name) for r in refs}
+
+    def _set_references(self, key: Key, targets: set[Key]) -> None:
+        for old in self.references.pop(key, set()) - targets:
+            holders = self.dependents.get(old)
+            if holders is not None:
+                holders.discard(key)
+                if not holders:
+                    del self.dependents[old]
+        if targets:
+            self.references[key] = targets
+            for target in targets:
+                self.dependents.setdefault(target, set()).add(key)
+
+    # -- reconciling ----------------------------------------------------------------------
+
+    async def lookup_run(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Crucible resource as last seen, or from the API when not seen yet (at start-up
+        the watches of different kinds fill in any order)."""
+        found = self.runs.get((kind, namespace, name))
+        if found is not None:
+            return found
+        return await self.kube.get("crucible.dev/v1alpha1", kind, namespace, name)
+
+    async def reconcile(self, key: Key) -> float | None:
+        """Reconcile one run; when to look again if nothing else will say so."""
+        kind, namespace, name = key
+        body = self.runs.get(key)
+        if body is None:
+            return None
+        await self._drop_old_finalizer(body)
+        kind_type = KINDS_BY_NAME[kind]
+        current = kind_type.status.model_validate(body.get("status") or {})
+        assert isinstance(current, RunStatus)
+        if current.phase in TERMINAL_PHASES:
+            return None
+        ctx = Context(
+            self.kube, self.config, Owner.of(kind_type, body), body, current, self.lookup_run
+        )
+        with RECONCILE_SECONDS.labels(kind).time():
+            result = await reconcile(self.controllers[kind], ctx)
+        status = result.status
+        RECONCILES.labels(kind, status.phase or Phase.PENDING).inc()
+        if comparable(status) != comparable(current):
+            patched = await self.kube.patch_status(kind, namespace, name, status.to_api())
+            if patched is None:
+                return None  # deleted meanwhile
+            if newer(patched, self.runs.get(key)):
+                self.runs[key] = patched
+            RUNS.observe(kind, patched, patched.get("status") or {})
+        if status.phase != current.phase:
+            await self._announce(kind, body, current, status)
+        return result.requeue_after
+
+    async def _announce(
+        self, kind: str, body: dict[str, Any], before: RunStatus, after: RunStatus
+    ) -> None:
+        """A phase transition: a core Event, a log line, the duration of a finished run."""
+        ready = next(c for c in after.conditions or [] if c.type == "Ready")
+        meta = body["metadata"]
+        logger.info(
+            "%s %s/%s %s: %s", kind, meta["namespace"], meta["name"], after.phase, ready.message
+        )
+        failed = after.phase == Phase.FAILED
+        await self.kube.post_event(
+            body, "Warning" if failed else "Normal", ready.reason, ready.message
+        )
+        if after.phase in TERMINAL_PHASES and after.start_time and after.completion_time:
+            seconds = (after.completion_time - after.start_time).total_seconds()
+            JOB_SECONDS.labels(kind, after.phase).observe(max(seconds, 0.0))
+
+    async def _drop_old_finalizer(self, body: dict[str, Any]) -> None:
+        """Runs made by an operator before the engine carry its finalizer, which nothing
+        would remove: take it off so they can be deleted."""
+        finalizers = body["metadata"].get("finalizers") or []
+        if OLD_FINALIZER in finalizers:
+            meta = body["metadata"]
+            await self.kube.patch(
+                "crucible.dev/v1alpha1",
+                body["kind"],
+                meta["namespace"],
+                meta["name"],
+                {
+                    "metadata": {
+                        "finalizers": [f for f in finalizers if f != OLD_FINALIZER],
+                        "resourceVersion": meta["resourceVersion"],
+                    }
+                },
+            )
+
+    async def _worker(self) -> None:
+        while True:
+            await self.leading.wait()
+            key = await self.queue.get()
+            try:
+                if not self.leading.is_set():  # lost the lease while waiting: hand it back
+                    self.queue.done(key)
+                    self.queue.add(key)
+                    continue
+                requeue = await self.reconcile(key)
+            except asyncio.CancelledError:
+                self.queue.done(key)
+                raise
+            except Exception:  # an API hiccup or a bug: count it, log it, retry with backoff
+                RECONCILE_ERRORS.labels(key[0]).inc()
+                failures = self.failures[key] = self.failures.get(key, 0) + 1
+                delay = min(self.config.error_backoff * 2 ** (failures - 1), 300.0)
+                logger.exception("reconcile of %s %s/%s failed; retrying in %.1f s", *key, delay)
+                self.queue.done(key)
+                self.queue.add_after(key, delay)
+                continue
+            self.failures.pop(key, None)
+            self.queue.done(key)
+            if requeue is not None:
+                self.queue.add_after(key, requeue)
+
+    async def _resync(self) -> None:
+        """The safety net: every run that is not over, now and then, whatever happened."""
+        while True:
+            await asyncio.sleep(self.config.resync_interval)
+            for key, body in list(self.runs.items()):
+                if (body.get("status") or {}).get("phase") not in TERMINAL_PHASES:
+                    self.queue.add(key)
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._worker(), name=f"crucible-worker-{i}")
+            for i in range(self.config.workers)
+        ]
+        self._tasks.append(asyncio.create_task(self._resync(), name="crucible-resync"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    def lead(self, leading: bool) -> None:
+        """Start or stop reconciling; a new leader looks at every run once."""
+        if leading and not self.leading.is_set():
+            self.leading.set()
+            RUNS.active = True
+            for key in self.runs:
+                self.queue.add(key)
+        elif not leading and self.leading.is_set():
+            self.leading.clear()
+            RUNS.active = False

@@ -1,0 +1,44 @@
+"""What kopf watches, feeding the engine: the Crucible kinds, their labelled children and the
+ConfigMaps specs name. Every handler only records and queues; the engine's workers do the
+work, so no handler holds a thread or waits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from crucible.api import GROUP, KINDS, VERSION
+from crucible.api.kinds import Kind
+from crucible.controllers.engine import Engine
+
+
+def watch_kind(kind: Kind) -> None:
+    @kopf.on.event(GROUP, VERSION, kind.plural, id=f"{kind.singular}-events")
+    async def run_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+        engine: Engine = memo.engine
+        engine.run_changed(kind.kind, event["type"], dict(event["object"]))
+
+
+for _kind in KINDS:
+    watch_kind(_kind)
+
+
+# Children, filtered by the API server to Crucible's own (settings.watch_children).
+@kopf.on.event("batch", "v1", "jobs", id="job-events")
+@kopf.on.event("", "v1", "pods", id="pod-events")
+@kopf.on.event("apps", "v1", "deployments", id="deployment-events")
+@kopf.on.event("", "v1", "services", id="service-events")
+async def child_event(labels: kopf.Labels, namespace: str | None, memo: Any, **_: Any) -> None:
+    engine: Engine = memo.engine
+    engine.child_changed(labels, namespace or "")
+
+
+# All ConfigMaps: the report ConfigMaps are children, and a dataset or documents ConfigMap a
+# spec names may be created after the run.
+@kopf.on.event("", "v1", "configmaps", id="configmap-events")
+async def config_map_event(
+    name: str | None, namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any
+) -> None:
+    engine: Engine = memo.engine
+    engine.config_map_changed(namespace or "", name or "", labels)
