@@ -36,6 +36,10 @@ def test_translation_maps_container_paths_and_service_urls() -> None:
 
 
 def resource(kind: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+    """A resource as the API server holds it: conditions complete, as the schema requires."""
+    for condition in status.get("conditions") or []:
+        condition.setdefault("status", "True" if status.get("phase") == "Succeeded" else "False")
+        condition.setdefault("lastTransitionTime", "2026-11-22T10:00:00Z")
     return {"kind": kind, "metadata": {"name": name}, "status": status}
 
 

@@ -50,6 +50,7 @@ app.kubernetes.io/component: operator
     - ragindexes/status
     - evalruns/status
   verbs: [get, patch]
+# Children are watched (list, watch): their changes, not polling, drive the reconciles.
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, delete]
@@ -57,13 +58,17 @@ app.kubernetes.io/component: operator
   resources: [deployments]
   verbs: [get, list, watch, create, delete]
 - apiGroups: [""]
-  resources: [services, serviceaccounts]
+  resources: [services]
+  verbs: [get, list, watch, create, delete]
+- apiGroups: [""]
+  resources: [serviceaccounts]
   verbs: [get, create, delete]
 - apiGroups: [""]
   resources: [configmaps]
+  # watch: a dataset or documents ConfigMap created after its run starts the run.
   # get/update/patch are also what the per-run Roles grant workloads on their report,
   # and RBAC only lets the operator grant what it holds.
-  verbs: [get, list, create, update, patch, delete]
+  verbs: [get, list, watch, create, update, patch, delete]
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]

@@ -90,10 +90,10 @@ class Kube:
 
     def _headers(self, content_type: str = "application/json") -> dict[str, str]:
         headers = {"Content-Type": content_type, "Accept": "application/json"}
-        # get_api_key_with_prefix runs the refresh hook: a rotated ServiceAccount token is read.
-        token = self.configuration.get_api_key_with_prefix("authorization")
-        if token:
-            headers["Authorization"] = token
+        # auth_settings() runs the refresh hook: a rotated ServiceAccount token is read again.
+        for auth in self.configuration.auth_settings().values():
+            if auth["in"] == "header" and auth["value"]:
+                headers[auth["key"]] = auth["value"]
         return headers
 
     async def request(
