@@ -91,7 +91,8 @@ class Kube:
     def _headers(self, content_type: str = "application/json") -> dict[str, str]:
         headers = {"Content-Type": content_type, "Accept": "application/json"}
         # auth_settings() runs the refresh hook: a rotated ServiceAccount token is read again.
-        for auth in self.configuration.auth_settings().values():
+        settings: dict[str, dict[str, str]] = self.configuration.auth_settings()
+        for auth in settings.values():
             if auth["in"] == "header" and auth["value"]:
                 headers[auth["key"]] = auth["value"]
         return headers
