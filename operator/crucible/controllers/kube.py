@@ -91,7 +91,7 @@ class Kube:
     def _headers(self, content_type: str = "application/json") -> dict[str, str]:
         headers = {"Content-Type": content_type, "Accept": "application/json"}
         # auth_settings() runs the refresh hook: a rotated ServiceAccount token is read again.
-        settings: dict[str, dict[str, str]] = self.configuration.auth_settings()
+        settings: dict[str, Any] = dict(self.configuration.auth_settings())
         for auth in settings.values():
             if auth["in"] == "header" and auth["value"]:
                 headers[auth["key"]] = auth["value"]
