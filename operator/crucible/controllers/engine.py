@@ -14,8 +14,9 @@ again when something changed while it was being reconciled. A run is queued when
   unexpected error (retried with exponential backoff);
 - the safety-net resync passes (CRUCIBLE_RESYNC_INTERVAL, default 10 minutes).
 
-Nothing else polls. The engine's view of Crucible resources is the latest watch event of
-each; children are read from the API when a run is reconciled, so status is always derived
+Nothing else polls. The engine's view of Crucible resources and of their children is the
+latest watch event of each (crucible.controllers.cache); a reconcile reads it instead of the
+API, and reads the API only where a lagging view could mislead it. Status is always derived
 from what exists (level-triggered). With leader election on, only the leader's workers run;
 the standby keeps its view current and takes over at once.
 """
@@ -30,6 +31,7 @@ from typing import Any
 from crucible.api.common import TERMINAL_PHASES, Phase, RunStatus
 from crucible.api.kinds import KINDS_BY_NAME
 from crucible.config import OperatorConfig
+from crucible.controllers.cache import ChildCache, newer
 from crucible.controllers.kube import Kube
 from crucible.controllers.lifecycle import Context, Reference, RunController, reconcile
 from crucible.metrics import (
@@ -43,6 +45,7 @@ from crucible.metrics import (
 from crucible.resources.common import (
     LABEL_KIND,
     LABEL_NAME,
+    LABEL_ROLE,
     MANAGED_BY,
     MANAGED_BY_LABEL,
     Owner,
@@ -109,19 +112,6 @@ class WorkQueue:
             timer.cancel()
 
 
-def newer(candidate: Mapping[str, Any], known: Mapping[str, Any] | None) -> bool:
-    """Whether `candidate` is at least as recent as `known` (resourceVersions are etcd
-    revisions in practice; where they do not parse, the latest seen wins)."""
-    if known is None:
-        return True
-    try:
-        return int(candidate["metadata"]["resourceVersion"]) >= int(
-            known["metadata"]["resourceVersion"]
-        )
-    except (KeyError, TypeError, ValueError):
-        return True
-
-
 class Engine:
     def __init__(
         self,
@@ -140,6 +130,7 @@ class Engine:
         # (namespace, kind, crucible.dev/name label value) → the run's name.
         self.names: dict[Key, str] = {}
         self.failures: dict[Key, int] = {}
+        self.children = ChildCache()
         self.leading = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -166,18 +157,27 @@ class Engine:
             self.queue.add(key)
         self._wake_dependents((meta["namespace"], kind, meta["name"]))
 
-    def child_changed(self, labels: Mapping[str, str], namespace: str) -> None:
-        """A Job, Pod, Deployment, Service or report ConfigMap of a run changed."""
-        if labels.get(MANAGED_BY_LABEL) != MANAGED_BY:
-            return
+    def child_changed(self, event_type: str | None, body: dict[str, Any]) -> None:
+        """A Job, Pod, Deployment, Service or ConfigMap of a run changed."""
+        if event_type == "DELETED":
+            self.children.remove(body)
+        else:
+            self.children.store(body)
+        meta = body["metadata"]
+        labels = meta.get("labels") or {}
         kind, label = labels.get(LABEL_KIND) or "", labels.get(LABEL_NAME)
-        if kind in self.controllers and label:
-            name = self.names.get((namespace, kind, label), label)
-            self.queue.add((kind, namespace, name))
+        if labels.get(MANAGED_BY_LABEL) == MANAGED_BY and kind in self.controllers and label:
+            name = self.names.get((meta["namespace"], kind, label), label)
+            self.queue.add((kind, meta["namespace"], name))
 
-    def config_map_changed(self, namespace: str, name: str, labels: Mapping[str, str]) -> None:
-        self.child_changed(labels, namespace)
-        self._wake_dependents((namespace, "ConfigMap", name))
+    def config_map_changed(self, event_type: str | None, body: dict[str, Any]) -> None:
+        """Any ConfigMap: a run's report, or one a spec names."""
+        role = (body["metadata"].get("labels") or {}).get(LABEL_ROLE)
+        if role == "report":  # a run's other ConfigMaps (its task) never change its status
+            self.child_changed(event_type, body)
+        self._wake_dependents(
+            (body["metadata"]["namespace"], "ConfigMap", body["metadata"]["name"])
+        )
 
     def _wake_dependents(self, target: Key) -> None:
         for dependent in self.dependents.get(target, ()):
@@ -226,8 +226,16 @@ class Engine:
         assert isinstance(current, RunStatus)
         if current.phase in TERMINAL_PHASES:
             return None
+        owner = Owner.of(kind_type, body)
         ctx = Context(
-            self.kube, self.config, Owner.of(kind_type, body), body, current, self.lookup_run
+            self.kube,
+            self.config,
+            owner,
+            body,
+            current,
+            self.lookup_run,
+            self.children.children(namespace, owner.label),
+            self.children.store,
         )
         with RECONCILE_SECONDS.labels(kind).time():
             result = await reconcile(self.controllers[kind], ctx)

@@ -10,6 +10,7 @@ of a fine-tune) is kept on the Job itself, in an annotation.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
@@ -32,14 +33,16 @@ from crucible.api.common import (
 from crucible.api.contract import REPORT_KEY, WorkloadReport
 from crucible.api.kinds import KINDS_BY_NAME
 from crucible.config import OperatorConfig
+from crucible.controllers.cache import Children
 from crucible.controllers.kube import ChildConflictError, Kube
-from crucible.resources.common import LABEL_NAME, LABEL_ROLE, Owner, child_name, report_name
+from crucible.resources.common import LABEL_ROLE, Owner, child_name, report_name
 from crucible.resources.jobs import job_outcome, pod_failure
 from crucible.resources.serving import SERVER_LABEL, SERVER_ROLE, ServedModel, server
 from crucible.resources.status import describe_validation_error, phase_fields
 
 # What a run decided when its Job was made, kept on the Job: status fields (API spelling).
 RECORDED_ANNOTATION = f"{GROUP}/recorded-status"
+SERVER_SELECTOR = {LABEL_ROLE: SERVER_ROLE}
 
 
 class WaitingError(Exception):
@@ -82,6 +85,9 @@ class Context:
     # A Crucible resource by (kind, namespace, name): the engine's view of it, fresh from watch
     # events, or read from the API when the engine has not seen it.
     lookup_run: RunLookup
+    # The run's children as the watches last saw them, and where created ones are noted.
+    children: Children
+    created: Callable[[dict[str, Any]], None]
 
     @property
     def generation(self) -> int:
@@ -245,9 +251,8 @@ def timestamp(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
-async def read_report(ctx: Context) -> WorkloadReport | None:
+def parse_report(cm: dict[str, Any] | None, ctx: Context) -> WorkloadReport | None:
     """The workload's report, validated; FailedError when it is malformed."""
-    cm = await ctx.kube.get("v1", "ConfigMap", ctx.owner.namespace, report_name(ctx.owner))
     text = ((cm or {}).get("data") or {}).get(REPORT_KEY)
     if not text:
         return None
@@ -261,14 +266,21 @@ async def read_report(ctx: Context) -> WorkloadReport | None:
         ) from None
 
 
-async def create_all(ctx: Context, manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    created = []
-    for manifest in manifests:
-        try:
-            created.append(await ctx.kube.create(manifest))
-        except ChildConflictError as error:
-            raise FailedError(Reason.CHILD_CONFLICT, str(error)) from None
+async def create_one(ctx: Context, manifest: dict[str, Any]) -> dict[str, Any]:
+    try:
+        created = await ctx.kube.create(manifest)
+    except ChildConflictError as error:
+        raise FailedError(Reason.CHILD_CONFLICT, str(error)) from None
+    ctx.created(created)
     return created
+
+
+async def create_all(ctx: Context, manifests: list[dict[str, Any]]) -> dict[str, Any]:
+    """Create the workload's children; the last (the Job) once the others exist, since its
+    pod needs them. Returns the Job."""
+    *first, job = manifests
+    await asyncio.gather(*(create_one(ctx, m) for m in first))
+    return await create_one(ctx, job)
 
 
 async def start_servers(
@@ -276,27 +288,25 @@ async def start_servers(
 ) -> tuple[list[str], datetime | None]:
     """Create the servers that do not exist yet (and only those); the ones not yet Available,
     and when the first was created. FailedError when one cannot start."""
-    selector = {LABEL_NAME: ctx.owner.label, LABEL_ROLE: SERVER_ROLE}
-    ns = ctx.owner.namespace
     deployments = {
-        d["metadata"]["name"]: d for d in await ctx.kube.list("apps/v1", "Deployment", ns, selector)
+        d["metadata"]["name"]: d for d in ctx.children.of_kind("Deployment", **SERVER_SELECTOR)
     }
-    services = {s["metadata"]["name"] for s in await ctx.kube.list("v1", "Service", ns, selector)}
+    services = {s["metadata"]["name"] for s in ctx.children.of_kind("Service", **SERVER_SELECTOR)}
     pending = []
     for model in served:
         deployment, service = server(ctx.owner, model, serving, ctx.config)
         name = deployment["metadata"]["name"]
         if name not in deployments:
-            (deployments[name],) = await create_all(ctx, [deployment])
+            deployments[name] = await create_one(ctx, deployment)
         if name not in services:
-            await create_all(ctx, [service])
+            await create_one(ctx, service)
         available = any(
             c.get("type") == "Available" and c.get("status") == "True"
             for c in (deployments[name].get("status") or {}).get("conditions") or []
         )
         if available:
             continue
-        failure = pod_failure(await ctx.kube.list("v1", "Pod", ns, {SERVER_LABEL: name}))
+        failure = pod_failure(list(ctx.children.of_kind("Pod", **{SERVER_LABEL: name})))
         if failure is not None:
             raise FailedError(Reason.SERVER_FAILED, f"vLLM server {name}: {failure.message}")
         pending.append(name)
@@ -336,13 +346,16 @@ async def run_workload(
     fields: dict[str, Any] = {**ctl.fixed(ctx, spec)}
     if names := ctl.server_names(ctx, spec):
         fields["servers"] = names
-    job = await ctx.kube.get("batch/v1", "Job", ns, job_name)
-    if job is None:
-        if ctx.current.job_name:
+    job = ctx.children.get("Job", job_name)
+    if job is None and ctx.current.job_name:
+        # The watches' view may lag (just after a start): ask before calling it deleted.
+        job = await ctx.kube.get("batch/v1", "Job", ns, job_name)
+        if job is None:
             raise FailedError(
                 Reason.JOB_DELETED,
                 f"Job {job_name} was deleted while running; create a new resource to run again",
             )
+    if job is None:
         inputs = await ctl.resolve(ctx, spec)
         served = ctl.servers(ctx, spec, inputs)
         serving = ctl.serving(spec)
@@ -369,7 +382,7 @@ async def run_workload(
         children[-1]["metadata"].setdefault("annotations", {})[RECORDED_ANNOTATION] = json.dumps(
             ctl.recorded(ctx, spec, inputs), sort_keys=True
         )
-        job = (await create_all(ctx, children))[-1]
+        job = await create_all(ctx, children)
     recorded = ctx.owner.kind.status.model_validate(
         json.loads((job["metadata"].get("annotations") or {}).get(RECORDED_ANNOTATION) or "{}")
     )
@@ -380,15 +393,18 @@ async def run_workload(
         or fields.get("start_time")
         or timestamp(job["metadata"].get("creationTimestamp"))
     )
-    pods = await ctx.kube.list("v1", "Pod", ns, {"job-name": job_name})
-    outcome = job_outcome(job, pods)
+    outcome = job_outcome(job, list(ctx.children.of_kind("Pod", **{"job-name": job_name})))
     if outcome.phase == Phase.FAILED:
         # A Job that cannot pull its image would hold its GPUs forever: remove it.
         if outcome.reason == Reason.IMAGE_PULL_FAILED:
             await ctx.kube.delete("batch/v1", "Job", ns, job_name)
         raise FailedError(outcome.reason, outcome.message)
+    report_cm = ctx.children.get("ConfigMap", report_name(ctx.owner))
+    if outcome.phase == Phase.SUCCEEDED:
+        # The final report decides the result: read it from the API, not the watches' view.
+        report_cm = await ctx.kube.get("v1", "ConfigMap", ns, report_name(ctx.owner))
     if outcome.phase in (Phase.RUNNING, Phase.SUCCEEDED):
-        fields.update(ctl.from_report(ctx, spec, await read_report(ctx), outcome.phase))
+        fields.update(ctl.from_report(ctx, spec, parse_report(report_cm, ctx), outcome.phase))
     return outcome.phase, outcome.reason, outcome.message, fields, None
 
 

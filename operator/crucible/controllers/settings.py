@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any
 
 import kopf
@@ -31,6 +32,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         prefix=GROUP, key="last-handled-configuration"
     )
     settings.posting.level = 20  # logging.INFO: events for what users act on
+    # One line per watch event ("Handler … succeeded") would be most of the log: the engine
+    # logs what users act on (phase transitions, errors).
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 300
     # Children are watched through a server-side label selector: only Crucible's own travel.
     for plural in CHILDREN:

@@ -24,21 +24,19 @@ for _kind in KINDS:
     watch_kind(_kind)
 
 
-# Children, filtered by the API server to Crucible's own (settings.watch_children).
+# Children, filtered by the API server to Crucible's own (settings.CHILDREN).
 @kopf.on.event("batch", "v1", "jobs", id="job-events")
 @kopf.on.event("", "v1", "pods", id="pod-events")
 @kopf.on.event("apps", "v1", "deployments", id="deployment-events")
 @kopf.on.event("", "v1", "services", id="service-events")
-async def child_event(labels: kopf.Labels, namespace: str | None, memo: Any, **_: Any) -> None:
+async def child_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
     engine: Engine = memo.engine
-    engine.child_changed(labels, namespace or "")
+    engine.child_changed(event["type"], dict(event["object"]))
 
 
 # All ConfigMaps: the report ConfigMaps are children, and a dataset or documents ConfigMap a
 # spec names may be created after the run.
 @kopf.on.event("", "v1", "configmaps", id="configmap-events")
-async def config_map_event(
-    name: str | None, namespace: str | None, labels: kopf.Labels, memo: Any, **_: Any
-) -> None:
+async def config_map_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
     engine: Engine = memo.engine
-    engine.config_map_changed(namespace or "", name or "", labels)
+    engine.config_map_changed(event["type"], dict(event["object"]))

@@ -1,0 +1,394 @@
+"""Benchmark the reconcile engine on the real control plane (printed, not asserted).
+
+One LocalCluster (etcd, kube-apiserver, controller manager, scheduler, kwok nodes), the
+operator as its own process (`crucible operator`), and one client for both sides:
+
+1. raw: the client creates N Jobs one after another → Jobs/s;
+2. the same client creates N ModelMerges one after another → child Jobs/s (all N exist),
+   with each run's first-status latency (from its create call returning to the first watch
+   event carrying a status), p50/p99;
+3. operator RSS at rest, with N and with 2N live runs (their pods keep running);
+4. the operator's own API requests/s (its crucible_kube_requests_total) at steady state with
+   2N runs waiting on running Jobs;
+5. 20 runs whose Jobs never finish: the time until all 20 have their Job;
+6. 10 FineTuneJobs waiting on a ModelMerge created last: the time from its success until all
+   10 have their Jobs.
+
+    .venv/bin/python bench/scale.py [--runs 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+HOLD = "kwok.crucible.test/hold"
+API = "crucible.dev/v1alpha1"
+PODS_PER_NODE = 110
+
+
+def modelmerge(name: str, namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": API,
+        "kind": "ModelMerge",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "method": "linear",
+            "models": [{"uri": "hf://org/a"}, {"uri": "hf://org/b"}],
+            "resources": {"gpus": 0, "image": HOLD},
+        },
+    }
+
+
+def finetune(name: str, namespace: str, base: str) -> dict[str, Any]:
+    return {
+        "apiVersion": API,
+        "kind": "FineTuneJob",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "baseModel": {"modelRef": {"kind": "ModelMerge", "name": base}},
+            "dataset": {"uri": "s3://bucket/qa.jsonl"},
+            "resources": {"gpus": 0, "image": HOLD},
+        },
+    }
+
+
+def raw_job(name: str, namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "w", "image": HOLD}],
+                }
+            },
+        },
+    }
+
+
+def run_children(namespace: str) -> list[dict[str, Any]]:
+    """The children the operator makes for one of these ModelMerges, without an owner."""
+    from crucible.api.kinds import MODEL_MERGE
+    from crucible.api.modelmerge import ModelMergeSpec
+    from crucible.config import OperatorConfig
+    from crucible.resources import modelmerge as builders
+    from crucible.resources.common import Owner
+
+    spec = ModelMergeSpec.model_validate(modelmerge("m", namespace)["spec"])
+    owner = Owner(MODEL_MERGE, "m", namespace, "00000000-0000-0000-0000-000000000000")
+    inputs = builders.MergeInputs(models=["hf://org/a", "hf://org/b"], base_model=None)
+    manifests = builders.build(owner, spec, inputs, OperatorConfig())
+    for manifest in manifests:
+        manifest["metadata"].pop("ownerReferences")
+    return manifests
+
+
+def renamed(manifest: dict[str, Any], prefix: str) -> dict[str, Any]:
+    text = json.dumps(manifest).replace('"m-', f'"{prefix}m-')
+    renamed: dict[str, Any] = json.loads(text)
+    return renamed
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds each process of the benchmark spent between start() and report()."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.before: dict[str, float] = {}
+
+    def start(self) -> None:
+        self.before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def report(self) -> str:
+        spent = {name: cpu_seconds(pid) - self.before[name] for name, pid in self.pids.items()}
+        return ", ".join(f"{name} {seconds:.1f}" for name, seconds in spent.items())
+
+
+def scrape_requests(port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(
+        float(m.group(1))
+        for m in re.finditer(r"^crucible_kube_requests_total\{[^}]*\} (\S+)$", text, re.M)
+    )
+
+
+class Watcher:
+    """Times when each object of a kind was first seen with a status (or at all)."""
+
+    def __init__(self, kube: Any, path: str, *, needs_status: bool) -> None:
+        self.kube, self.path, self.needs_status = kube, path, needs_status
+        self.seen: dict[str, float] = {}
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        params = {"watch": "1", "allowWatchBookmarks": "false"}
+        async with self.kube.session.get(
+            self.path, params=params, headers=self.kube._headers(), timeout=None
+        ) as response:
+            async for line in response.content:
+                event = json.loads(line)
+                obj = event["object"]
+                name = obj["metadata"]["name"]
+                if name in self.seen or (self.needs_status and not obj.get("status")):
+                    continue
+                self.seen[name] = time.monotonic()
+
+    async def until(self, names: set[str], timeout: float) -> float:
+        deadline = time.monotonic() + timeout
+        while not names <= self.seen.keys():
+            if time.monotonic() > deadline:
+                missing = len(names - self.seen.keys())
+                raise TimeoutError(f"{missing} of {len(names)} not seen in {timeout} s")
+            await asyncio.sleep(0.05)
+        return max(self.seen[n] for n in names)
+
+    def stop(self) -> None:
+        self.task.cancel()
+
+
+async def create_all(kube: Any, manifests: list[dict[str, Any]]) -> dict[str, float]:
+    """One after another, as one client thread would; when each create returned."""
+    returned = {}
+    for manifest in manifests:
+        await kube.create(manifest)
+        returned[manifest["metadata"]["name"]] = time.monotonic()
+    return returned
+
+
+async def settle(port: int, seconds: float) -> float:
+    """The operator's API requests per second over a quiet window."""
+    before = scrape_requests(port)
+    await asyncio.sleep(seconds)
+    return (scrape_requests(port) - before) / seconds
+
+
+async def quiet(port: int) -> None:
+    """Until the operator has sent no request for 5 s (pods started, events settled)."""
+    last = scrape_requests(port)
+    while True:
+        await asyncio.sleep(5)
+        now = scrape_requests(port)
+        if now == last:
+            return
+        last = now
+
+
+async def bench(cluster: Any, runs: int, operator_port: int, operator_pid: int) -> None:
+    from crucible.controllers.kube import Kube, client_configuration
+
+    os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
+    kube = Kube(client_configuration())
+    cpu = CpuMeter(
+        {
+            "operator": operator_pid,
+            **{p.name: p.popen.pid for p in cluster._processes},  # noqa: SLF001
+            "benchmark": os.getpid(),
+        }
+    )
+    ns = "bench"
+    ns_path = "/apis/batch/v1/namespaces"
+    print(f"operator RSS at rest: {rss_mib(operator_pid):.0f} MiB")
+
+    # 1. raw Job creates.
+    cpu.start()
+    start = time.monotonic()
+    await create_all(kube, [raw_job(f"raw-{i}", "raw") for i in range(runs)])
+    raw_seconds = time.monotonic() - start
+    raw_rate = runs / raw_seconds
+    print(f"raw: {runs} Jobs created in {raw_seconds:.2f} s = {raw_rate:.0f} Jobs/s")
+    print(f"  CPU s while creating: {cpu.report()}")
+    # The same objects a ModelMerge's reconcile creates (report ConfigMap, ServiceAccount, Role,
+    # RoleBinding, task ConfigMap, Job), created directly: the API server's share of a run.
+    per_run = run_children("raw")
+    cpu.start()
+    start = time.monotonic()
+    for i in range(runs):
+        await create_all(kube, [renamed(m, f"r{i}-") for m in per_run])
+    children_rate = runs / (time.monotonic() - start)
+    print(
+        f"raw, a run's {len(per_run)} children created directly: {children_rate:.0f} runs/s "
+        f"({children_rate * len(per_run):.0f} objects/s)"
+    )
+    print(f"  CPU s while creating: {cpu.report()}")
+    cluster.kubectl("delete", "namespace", "raw", "--wait=false")
+    await asyncio.sleep(10)  # the raw Jobs' pods come and go
+
+    # 2. ModelMerges → child Jobs, with first-status latencies.
+    statuses = Watcher(kube, f"/apis/{API}/namespaces/{ns}/modelmerges", needs_status=True)
+    children = Watcher(kube, f"{ns_path}/{ns}/jobs", needs_status=False)
+    names = [f"mm-{i}" for i in range(runs)]
+    cpu.start()
+    start = time.monotonic()
+    returned = await create_all(kube, [modelmerge(n, ns) for n in names])
+    created_seconds = time.monotonic() - start
+    last_job = await children.until({f"{n}-merge" for n in names}, timeout=600)
+    await statuses.until(set(names), timeout=600)
+    operator_seconds = last_job - start
+    operator_rate = runs / operator_seconds
+    latencies = sorted(statuses.seen[n] - returned[n] for n in names)
+    p50 = statistics.median(latencies)
+    p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+    print(
+        f"operator: {runs} ModelMerges created in {created_seconds:.2f} s; all {runs} child Jobs "
+        f"within {operator_seconds:.2f} s = {operator_rate:.0f} runs/s; "
+        f"ratio to raw Jobs {operator_rate / raw_rate:.2f}, to raw children "
+        f"{operator_rate / children_rate:.2f}"
+    )
+    print(f"  CPU s until then: {cpu.report()}")
+    print(f"first-status latency: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
+    await quiet(operator_port)
+    print(f"operator RSS with {runs} live runs: {rss_mib(operator_pid):.0f} MiB")
+
+    # 3./4. 2N live runs; the operator's requests at steady state.
+    more = [f"mm-{i}" for i in range(runs, 2 * runs)]
+    await create_all(kube, [modelmerge(n, ns) for n in more])
+    await children.until({f"{n}-merge" for n in more}, timeout=600)
+    await quiet(operator_port)
+    rate = await settle(operator_port, 30)
+    print(
+        f"operator RSS with {2 * runs} live runs: {rss_mib(operator_pid):.0f} MiB; "
+        f"API requests at steady state: {rate:.3f}/s ({rate / (2 * runs):.5f}/s per run)"
+    )
+    statuses.stop()
+    children.stop()
+
+    # 5. 20 runs whose Jobs never finish all start at once.
+    ns5 = "starve"
+    jobs5 = Watcher(kube, f"{ns_path}/{ns5}/jobs", needs_status=False)
+    start = time.monotonic()
+    await create_all(kube, [modelmerge(f"long-{i}", ns5) for i in range(20)])
+    done = await jobs5.until({f"long-{i}-merge" for i in range(20)}, timeout=120)
+    print(f"20 runs whose Jobs never finish: all 20 Jobs within {done - start:.2f} s")
+    jobs5.stop()
+
+    # 6. 10 FineTuneJobs waiting on a ModelMerge created last.
+    jobs6 = Watcher(kube, f"{ns_path}/{ns5}/jobs", needs_status=False)
+    await create_all(kube, [finetune(f"ftj-{i}", ns5, "late") for i in range(10)])
+    await create_all(kube, [modelmerge("late", ns5)])
+    await jobs6.until({"late-merge"}, timeout=120)
+    pod = await wait_pod(kube, ns5, "late-merge")
+    finished = time.monotonic()
+    await finish(kube, ns5, pod)
+    done = await jobs6.until({f"ftj-{i}-train" for i in range(10)}, timeout=120)
+    print(f"10 FineTuneJobs waiting on a ModelMerge: all 10 Jobs {done - finished:.2f} s after its pod finished")
+    jobs6.stop()
+    await kube.close()
+
+
+async def wait_pod(kube: Any, namespace: str, job: str) -> dict[str, Any]:
+    while True:
+        pods = await kube.list("v1", "Pod", namespace, {"job-name": job})
+        running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
+        if running:
+            return running[0]
+        await asyncio.sleep(0.1)
+
+
+async def finish(kube: Any, namespace: str, pod: dict[str, Any]) -> None:
+    """What the kubelet does when the container exits 0."""
+    container = pod["spec"]["containers"][0]
+    status = {
+        "phase": "Succeeded",
+        "containerStatuses": [
+            {
+                "name": container["name"],
+                "image": container["image"],
+                "imageID": "",
+                "ready": False,
+                "restartCount": 0,
+                "state": {
+                    "terminated": {
+                        "exitCode": 0,
+                        "reason": "Completed",
+                        "startedAt": "2026-01-01T00:00:00Z",
+                        "finishedAt": "2026-01-01T00:00:01Z",
+                    }
+                },
+            }
+        ],
+    }
+    await kube.request(
+        "PATCH",
+        f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}/status",
+        body={"status": status},
+        content_type="application/merge-patch+json",
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=500)
+    args = parser.parse_args()
+
+    from crucible.devcluster import processes
+    from crucible.devcluster.cluster import LocalCluster, folder_claim, free_port
+
+    workdir = Path(tempfile.mkdtemp(prefix="crucible-scale-"))
+    nodes = (2 * args.runs + 40) // PODS_PER_NODE + 1
+    with LocalCluster(workdir / "cluster", nodes=nodes) as cluster:
+        cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+        cluster.kubectl("wait", "--for=condition=Established", "crd", "--all")
+        for ns in ("raw", "bench", "starve"):
+            cluster.kubectl("create", "namespace", ns)
+        for ns in ("bench", "starve"):
+            cluster.kubectl_apply(folder_claim(ns, "crucible-models", workdir / ns))
+        for ns in ("raw", "bench", "starve"):
+            while cluster.kubectl("get", "sa", "default", "-n", ns, check=False).returncode:
+                time.sleep(0.2)
+        port = free_port()
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(cluster.kubeconfig),
+            "CRUCIBLE_HTTP_ADDRESS": "127.0.0.1",
+            "CRUCIBLE_HTTP_PORT": str(port),
+            "CRUCIBLE_JOB_BACKOFF_LIMIT": "0",
+        }
+        log = (workdir / "operator.log").open("wb")
+        argv = [sys.executable, "-m", "crucible.cli.main", "operator", "--all-namespaces"]
+        operator = processes.spawn(argv, log, workdir, env)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    scrape_requests(port)
+                    break
+                except OSError:
+                    time.sleep(0.5)
+            time.sleep(3)
+            print(f"control plane: {nodes} kwok nodes; machine: {os.cpu_count()} cores")
+            asyncio.run(bench(cluster, args.runs, port, operator.pid))
+        finally:
+            processes.stop(operator)
+            log.close()
+            print(f"operator log: {workdir / 'operator.log'}")
+
+
+if __name__ == "__main__":
+    main()

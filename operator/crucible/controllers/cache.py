@@ -1,0 +1,108 @@
+"""The engine's view of the runs' children, kept from watch events (an informer cache).
+
+Children are indexed by their run (namespace and crucible.dev/name label), so a reconcile finds
+its Job, pods, servers and report without asking the API server. The view may lag behind the
+API server, never run ahead of it: what it shows did happen. So the reconcile trusts it for
+progress and for failures it shows, and reads the API before any decision a stale view could
+get wrong (a Job that seems gone, the report of a Job that completed). Objects the operator
+creates enter the view at once, so the next reconcile does not create them again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from crucible.resources.common import LABEL_NAME, LABEL_ROLE, MANAGED_BY, MANAGED_BY_LABEL
+
+ObjectKey = tuple[str, str]  # kind, name
+
+
+def newer(candidate: Mapping[str, Any], known: Mapping[str, Any] | None) -> bool:
+    """Whether `candidate` is at least as recent as `known` (resourceVersions are etcd
+    revisions in practice; where they do not parse, the latest seen wins)."""
+    if known is None:
+        return True
+    try:
+        return int(candidate["metadata"]["resourceVersion"]) >= int(
+            known["metadata"]["resourceVersion"]
+        )
+    except (KeyError, TypeError, ValueError):
+        return True
+
+
+def slim(body: dict[str, Any]) -> dict[str, Any]:
+    """What a reconcile reads of a child: metadata without managedFields, a Job's spec
+    without its pod template, status, and the data of a report ConfigMap."""
+    meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
+    labels = meta.get("labels") or {}
+    spec = body.get("spec") or {}
+    if body.get("kind") == "Job":
+        spec = {k: v for k, v in spec.items() if k == "suspend"}
+    elif body.get("kind") == "Pod":
+        spec = {}
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": meta,
+        "spec": spec,
+        "status": body.get("status") or {},
+        **({"data": body.get("data") or {}} if labels.get(LABEL_ROLE) == "report" else {}),
+    }
+
+
+@dataclass(frozen=True)
+class Children:
+    """The children of one run, as last seen."""
+
+    objects: dict[ObjectKey, dict[str, Any]]
+
+    def get(self, kind: str, name: str) -> dict[str, Any] | None:
+        return self.objects.get((kind, name))
+
+    def of_kind(self, kind: str, **labels: str) -> Iterator[dict[str, Any]]:
+        for (k, _), body in self.objects.items():
+            found = body["metadata"].get("labels") or {}
+            if k == kind and all(found.get(key) == value for key, value in labels.items()):
+                yield body
+
+
+class ChildCache:
+    def __init__(self) -> None:
+        # (namespace, crucible.dev/name label) → (kind, name) → body
+        self._by_run: dict[tuple[str, str], dict[ObjectKey, dict[str, Any]]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(objects) for objects in self._by_run.values())
+
+    @staticmethod
+    def run_of(body: dict[str, Any]) -> tuple[str, str] | None:
+        meta = body.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        if labels.get(MANAGED_BY_LABEL) != MANAGED_BY or not labels.get(LABEL_NAME):
+            return None
+        return meta["namespace"], labels[LABEL_NAME]
+
+    def store(self, body: dict[str, Any]) -> None:
+        run = self.run_of(body)
+        if run is None:
+            return
+        key = (body["kind"], body["metadata"]["name"])
+        objects = self._by_run.setdefault(run, {})
+        known = objects.get(key)
+        if newer(body, known):
+            objects[key] = slim(body)
+
+    def remove(self, body: dict[str, Any]) -> None:
+        run = self.run_of(body)
+        if run is None:
+            return
+        objects = self._by_run.get(run)
+        if objects is not None:
+            objects.pop((body["kind"], body["metadata"]["name"]), None)
+            if not objects:
+                del self._by_run[run]
+
+    def children(self, namespace: str, label: str) -> Children:
+        return Children(dict(self._by_run.get((namespace, label), {})))
