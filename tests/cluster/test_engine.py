@@ -1,0 +1,404 @@
+"""The reconcile engine on the real control plane: no run starves another, a chain waiting on
+a resource created last starts when it succeeds, running resources can be deleted, inputs that
+appear late are picked up, progress shows while running, and an operator that dies right after
+any one of its writes loses nothing and duplicates nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crucible.controllers.kube import Kube
+from crucible.devcluster import processes
+from crucible.devcluster.cluster import LocalCluster, free_port
+from tests.cluster.conftest import (
+    HOLD_IMAGE,
+    OperatorFactory,
+    finish_pod,
+    ready_condition,
+    running_pod,
+    status_of,
+    wait_phase,
+    write_report,
+)
+from tests.cluster.test_reconcile import eval_run, finetune, inputs, merge, objects, result
+from tests.conftest import wait_for
+
+HELD = {"resources": {"gpus": 0, "image": HOLD_IMAGE}}
+
+
+def test_runs_whose_jobs_never_finish_do_not_starve_the_others(
+    cluster: LocalCluster, namespace: str, model_store: str, operator: OperatorFactory
+) -> None:
+    cluster.kubectl_apply(inputs(), "-n", namespace)
+    with operator():
+        cluster.kubectl_apply([merge(f"long-{i}", **HELD) for i in range(20)], "-n", namespace)
+        # Every one of them gets its Job, not the first few.
+        wait_for(
+            lambda: len(objects(cluster, namespace, "job")) == 20,
+            timeout=30,
+            what="all 20 Jobs",
+        )
+        # Ten fine-tunes waiting on a merge that does not exist yet, then the merge.
+        cluster.kubectl_apply(
+            [finetune(f"ftj-{i}", base="late", **HELD) for i in range(10)], "-n", namespace
+        )
+        for i in range(10):
+            waiting = wait_phase(cluster, namespace, "ftj", f"ftj-{i}", "Waiting")
+            assert ready_condition(waiting)["reason"] == "DependencyNotFound"
+        cluster.kubectl_apply([merge("late", **HELD)], "-n", namespace)
+        finish_pod(cluster, namespace, running_pod(cluster, namespace, "late-merge"))
+        wait_phase(cluster, namespace, "mm", "late", "Succeeded")
+        succeeded = time.monotonic()
+        wait_for(
+            lambda: all(
+                status_of(cluster, namespace, "ftj", f"ftj-{i}").get("phase") == "Running"
+                for i in range(10)
+            ),
+            timeout=30,
+            what="the ten fine-tunes to start",
+        )
+        assert time.monotonic() - succeeded < 15
+        assert len(objects(cluster, namespace, "job")) == 31
+
+
+def test_running_resources_can_be_deleted(
+    cluster: LocalCluster, namespace: str, model_store: str, operator: OperatorFactory
+) -> None:
+    with operator():
+        old = merge("old", **HELD)
+        # A resource made by an operator before the engine still carries its finalizer.
+        old["metadata"]["finalizers"] = ["crucible.dev/finalizer"]
+        cluster.kubectl_apply([merge("new", **HELD), old], "-n", namespace)
+        for name in ("new", "old"):
+            wait_phase(cluster, namespace, "mm", name, "Running")
+        wait_for(
+            lambda: (
+                not json.loads(
+                    cluster.kubectl("get", "mm", "old", "-n", namespace, "-o", "json").stdout
+                )["metadata"].get("finalizers")
+            ),
+            what="the old finalizer to be dropped",
+        )
+        started = time.monotonic()
+        cluster.kubectl("delete", "mm", "new", "old", "-n", namespace, "--wait=true")
+        assert time.monotonic() - started < 10
+        wait_for(
+            lambda: not objects(cluster, namespace, "job"),
+            what="their Jobs to be garbage-collected",
+        )
+
+
+def test_inputs_created_late_are_picked_up(
+    cluster: LocalCluster, namespace: str, model_store: str, operator: OperatorFactory
+) -> None:
+    docs = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "docs"}}
+    with operator(CRUCIBLE_RAG_IMAGE=HOLD_IMAGE):
+        index = {
+            "apiVersion": "crucible.dev/v1alpha1",
+            "kind": "RagIndex",
+            "metadata": {"name": "docs"},
+            "spec": {
+                "source": {"configMap": {"name": "docs"}},
+                "database": {"connectionSecretRef": {"name": "pg", "key": "uri"}, "table": "docs"},
+            },
+        }
+        cluster.kubectl_apply([merge(), finetune(), index], "-n", namespace)
+        waiting = ready_condition(wait_phase(cluster, namespace, "ri", "docs", "Waiting"))
+        assert waiting["reason"] == "InputNotFound"
+        assert waiting["message"].startswith(
+            f"spec.source.configMap.name: ConfigMap 'docs' does not exist in namespace {namespace}"
+        )
+        tuned = wait_for(
+            lambda: (
+                (c := ready_condition(status_of(cluster, namespace, "ftj", "tuned")))["reason"]
+                == "InputNotFound"
+                and c
+            ),
+            what="the fine-tune to wait for its dataset",
+        )
+        assert tuned["message"].startswith("spec.dataset.configMap.name: ConfigMap 'qa'")
+        # Created later, each run goes on by itself.
+        cluster.kubectl_apply([inputs()[0], {**docs, "data": {"a.md": "# A"}}], "-n", namespace)
+        wait_phase(cluster, namespace, "ftj", "tuned", "Succeeded")
+        pod = running_pod(cluster, namespace, "docs-rag")
+        # The kubelet cannot start the container while the Secret it names is missing.
+        container = pod["spec"]["containers"][0]
+        blocked = {
+            "status": {
+                "phase": "Pending",
+                "containerStatuses": [
+                    {
+                        "name": container["name"],
+                        "image": container["image"],
+                        "imageID": "",
+                        "ready": False,
+                        "restartCount": 0,
+                        "state": {
+                            "waiting": {
+                                "reason": "CreateContainerConfigError",
+                                "message": 'secret "pg" not found',
+                            }
+                        },
+                    }
+                ],
+            }
+        }
+        cluster.kubectl(
+            "patch",
+            "pod",
+            pod["metadata"]["name"],
+            "-n",
+            namespace,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            json.dumps(blocked),
+        )
+        waiting = ready_condition(wait_phase(cluster, namespace, "ri", "docs", "Waiting"))
+        assert waiting["reason"] == "InputNotFound"
+        assert 'CreateContainerConfigError): secret "pg" not found' in waiting["message"]
+        # The Secret appears; the kubelet starts the container and finishes it.
+        cluster.kubectl_apply([inputs()[3]], "-n", namespace)
+        write_report(cluster, namespace, "docs", {"documents": 1, "chunks": 1})
+        finish_pod(cluster, namespace, pod)
+        wait_phase(cluster, namespace, "ri", "docs", "Succeeded")
+
+
+def test_a_synthetic_dataset_shows_progress_while_it_runs(
+    cluster: LocalCluster, namespace: str, model_store: str, operator: OperatorFactory
+) -> None:
+    cluster.kubectl_apply(inputs(), "-n", namespace)
+    dataset = {
+        "apiVersion": "crucible.dev/v1alpha1",
+        "kind": "SyntheticDataset",
+        "metadata": {"name": "qa"},
+        "spec": {
+            "source": {"configMap": {"name": "docs"}},
+            "teacher": {"endpoint": {"url": "https://api.example.com/v1", "model": "gpt-4"}},
+        },
+    }
+    pairs = {
+        "generated": 12,
+        "kept": 8,
+        "train": 7,
+        "validation": 1,
+        "dropped": {"duplicate": 4},
+    }
+    with operator(CRUCIBLE_EVAL_IMAGE=HOLD_IMAGE):
+        cluster.kubectl_apply([dataset], "-n", namespace)
+        pod = running_pod(cluster, namespace, "qa-synth")
+        write_report(cluster, namespace, "qa", {"documents": 1, "chunks": 6, "pairs": pairs})
+        running = wait_for(
+            lambda: (s := status_of(cluster, namespace, "sds", "qa")).get("pairs") and s,
+            what="progress in the status",
+        )
+        assert running["phase"] == "Running"
+        assert (running["chunks"], running["pairs"]["kept"]) == (6, 8)
+        finish_pod(cluster, namespace, pod)
+        done = wait_phase(cluster, namespace, "sds", "qa", "Succeeded")
+        assert done["outputUri"].endswith(f"/{namespace}/syntheticdatasets/qa/")
+
+
+# -- an operator that dies right after any one of its writes -----------------------------------
+
+
+class Crashing:
+    """Makes the operator in this process "die" right after its next write (create, patch,
+    delete) has reached the API server: from then on it sends nothing, as a killed process."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.dead = threading.Event()
+        self.writes = 0
+        original = Kube.request
+
+        async def request(kube: Kube, method: str, path: str, **kwargs: Any) -> Any:
+            if self.dead.is_set():
+                await asyncio.Event().wait()  # never answers: the process is gone
+            answer = await original(kube, method, path, **kwargs)
+            if method != "GET":
+                self.writes += 1
+                self.dead.set()
+            return answer
+
+        monkeypatch.setattr(Kube, "request", request)
+        self.restore = lambda: monkeypatch.setattr(Kube, "request", original)
+
+    @contextlib.contextmanager
+    def life(self) -> Iterator[None]:
+        self.dead.clear()
+        yield
+
+
+def chain() -> list[dict[str, Any]]:
+    """ModelMerge → FineTuneJob (adapter) → EvalRun serving the adapter on its base."""
+    run = eval_run()
+    run["spec"]["models"] = run["spec"]["models"][1:2]  # the fine-tune, served as an adapter
+    run["spec"].pop("rag")
+    return [merge(), finetune(), run]
+
+
+def play_workloads(cluster: LocalCluster, namespace: str) -> None:
+    """The eval workload: its report, then its pod's exit (once its pod runs)."""
+    pods = objects(cluster, namespace, "pod", "bench")
+    for pod in pods:
+        if pod["metadata"]["labels"].get("job-name") == "bench-eval" and (
+            pod["status"].get("phase") == "Running"
+        ):
+            write_report(
+                cluster, namespace, "bench", {"results": [result("tuned", False, [0.5] * 3)]}
+            )
+            finish_pod(cluster, namespace, pod)
+
+
+def comparable(cluster: LocalCluster, namespace: str) -> dict[str, Any]:
+    """What an undisturbed run and a crashed one must agree on."""
+    found = {}
+    for kind, name in (("mm", "merged"), ("ftj", "tuned"), ("er", "bench")):
+        status = status_of(cluster, namespace, kind, name)
+        ready = ready_condition(status)
+        found[kind] = {
+            **{k: v for k, v in status.items() if not k.endswith("Time") and k != "conditions"},
+            "reason": ready["reason"],
+            "message": ready["message"],
+        }
+    return found
+
+
+def children_by_kind(cluster: LocalCluster, namespace: str) -> dict[str, int]:
+    """Crucible's children in the namespace, by kind."""
+    kinds = ("job", "configmap", "serviceaccount", "role", "rolebinding", "deployment", "service")
+    counted = {}
+    for kind in kinds:
+        listed = cluster.kubectl(
+            "get",
+            kind,
+            "-n",
+            namespace,
+            "-l",
+            "app.kubernetes.io/managed-by=crucible",
+            "-o",
+            "name",
+        )
+        counted[kind] = len(listed.stdout.split())
+    return counted
+
+
+def test_an_operator_killed_after_any_write_loses_nothing_and_duplicates_nothing(
+    cluster: LocalCluster,
+    namespace: str,
+    model_store: str,
+    operator: OperatorFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cluster.kubectl_apply(inputs(), "-n", namespace)
+    held = {"CRUCIBLE_EVAL_IMAGE": HOLD_IMAGE}
+
+    def done() -> bool:
+        play_workloads(cluster, namespace)
+        return status_of(cluster, namespace, "er", "bench").get("phase") == "Succeeded"
+
+    # Undisturbed, for reference.
+    with operator(**held):
+        cluster.kubectl_apply(chain(), "-n", namespace)
+        wait_for(done, timeout=120, what="the undisturbed chain")
+    expected, expected_children = (
+        comparable(cluster, namespace),
+        children_by_kind(cluster, namespace),
+    )
+    assert expected["ftj"]["baseModelUri"] == expected["mm"]["outputUri"]
+    cluster.kubectl("delete", "er,ftj,mm", "--all", "-n", namespace)
+    wait_for(
+        lambda: not any(children_by_kind(cluster, namespace).values()),
+        what="the reference run's children to go",
+    )
+
+    # The same chain, with an operator that dies right after each of its writes.
+    crashing = Crashing(monkeypatch)
+    cluster.kubectl_apply(chain(), "-n", namespace)
+    lives = 0
+    while not done():
+        lives += 1
+        assert lives < 200, f"no progress after {crashing.writes} writes"
+        with crashing.life(), operator(**held):
+            # Until it dies, or has had nothing to write for a while (waiting on a pod).
+            deadline = time.monotonic() + 3
+            while not crashing.dead.is_set() and time.monotonic() < deadline:
+                time.sleep(0.05)
+    crashing.restore()
+    with operator(**held):
+        time.sleep(2)  # a healthy operator finds nothing left to do
+    assert crashing.writes > 20, "the chain should take many writes, each followed by a crash"
+    assert comparable(cluster, namespace) == expected
+    assert children_by_kind(cluster, namespace) == expected_children
+
+
+# -- two replicas, one active ----------------------------------------------------------------
+
+
+def lease_holder(cluster: LocalCluster, namespace: str) -> str:
+    found = cluster.kubectl(
+        "get", "lease", "crucible-operator", "-n", namespace, "-o", "json", check=False
+    )
+    if found.returncode:
+        return ""
+    holder: str = json.loads(found.stdout)["spec"].get("holderIdentity") or ""
+    return holder
+
+
+def test_a_standby_replica_takes_over_when_the_leader_is_killed(
+    cluster: LocalCluster, namespace: str, model_store: str, tmp_path: Path
+) -> None:
+    lease_seconds = 3
+    replicas: dict[str, subprocess.Popen[bytes]] = {}
+    logs = []
+    for identity in ("replica-a", "replica-b"):
+        log = (tmp_path / f"{identity}.log").open("wb")
+        logs.append(log)
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(cluster.kubeconfig),
+            "CRUCIBLE_HTTP_ADDRESS": "127.0.0.1",
+            "CRUCIBLE_HTTP_PORT": str(free_port()),
+            "CRUCIBLE_LEADER_ELECTION_NAMESPACE": namespace,
+            "CRUCIBLE_LEASE_DURATION": str(lease_seconds),
+            "CRUCIBLE_IDENTITY": identity,
+        }
+        argv = [sys.executable, "-m", "crucible.cli.main", "operator", "--namespace", namespace]
+        replicas[identity] = processes.spawn(argv, log, tmp_path, env)
+    try:
+        leader = wait_for(lambda: lease_holder(cluster, namespace), what="a leader")
+        cluster.kubectl_apply([merge("first", **HELD)], "-n", namespace)
+        wait_phase(cluster, namespace, "mm", "first", "Running")
+        standby = next(name for name in replicas if name != leader)
+        # Only the leader reconciles: the standby has logged no transition.
+        assert "ModelMerge" not in (tmp_path / f"{standby}.log").read_text()
+        # The leader dies without a word (no Lease given back).
+        replicas[leader].send_signal(signal.SIGKILL)
+        replicas[leader].wait()
+        killed = time.monotonic()
+        cluster.kubectl_apply([merge("second", **HELD)], "-n", namespace)
+        wait_phase(cluster, namespace, "mm", "second", "Running", timeout=30)
+        takeover = time.monotonic() - killed
+        print(f"takeover after the leader was killed: {takeover:.1f} s (Lease {lease_seconds} s)")
+        assert lease_holder(cluster, namespace) == standby
+        assert takeover < 4 * lease_seconds
+        assert len(objects(cluster, namespace, "job")) == 2
+        assert f"ModelMerge {namespace}/second Running" in (tmp_path / f"{standby}.log").read_text()
+    finally:
+        for replica in replicas.values():
+            processes.stop(replica)
+        for log in logs:
+            log.close()
