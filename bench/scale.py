@@ -388,7 +388,9 @@ def main() -> None:
         for ns in ("raw", "bench", "starve"):
             while cluster.kubectl("get", "sa", "default", "-n", ns, check=False).returncode:
                 time.sleep(0.2)
-        print(f"CRs alone, no operator running: {asyncio.run(create_crs(cluster, args.runs)):.0f}/s")
+        print(
+            f"CRs alone, no operator running: {asyncio.run(create_crs(cluster, args.runs)):.0f}/s"
+        )
         port = free_port()
         env = {
             **os.environ,
