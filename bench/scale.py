@@ -29,10 +29,12 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the tests' helpers playing the kubelet
 HOLD = "kwok.crucible.test/hold"
 API = "crucible.dev/v1alpha1"
 PODS_PER_NODE = 110
@@ -205,112 +207,124 @@ async def quiet(port: int) -> None:
         last = now
 
 
-async def bench(cluster: Any, runs: int, operator_port: int, operator_pid: int) -> None:
-    from crucible.controllers.kube import Kube, client_configuration
+@dataclass
+class Bench:
+    cluster: Any
+    kube: Any
+    cpu: CpuMeter
+    runs: int
+    operator_port: int
+    operator_pid: int
 
-    os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
-    kube = Kube(client_configuration())
-    cpu = CpuMeter(
-        {
-            "operator": operator_pid,
-            **{p.name: p.popen.pid for p in cluster._processes},  # noqa: SLF001
-            "benchmark": os.getpid(),
-        }
-    )
-    ns = "bench"
-    ns_path = "/apis/batch/v1/namespaces"
-    print(f"operator RSS at rest: {rss_mib(operator_pid):.0f} MiB")
 
-    # 1. raw Job creates.
-    cpu.start()
+JOBS = "/apis/batch/v1/namespaces/{}/jobs"
+MODELMERGES = f"/apis/{API}/namespaces/{{}}/modelmerges"
+
+
+async def raw_rates(b: Bench) -> tuple[float, float]:
+    """Jobs/s, and runs/s when a run's children are created by the client itself."""
+    b.cpu.start()
     start = time.monotonic()
-    await create_all(kube, [raw_job(f"raw-{i}", "raw") for i in range(runs)])
-    raw_seconds = time.monotonic() - start
-    raw_rate = runs / raw_seconds
-    print(f"raw: {runs} Jobs created in {raw_seconds:.2f} s = {raw_rate:.0f} Jobs/s")
-    print(f"  CPU s while creating: {cpu.report()}")
+    await create_all(b.kube, [raw_job(f"raw-{i}", "raw") for i in range(b.runs)])
+    seconds = time.monotonic() - start
+    raw_rate = b.runs / seconds
+    print(f"raw: {b.runs} Jobs created in {seconds:.2f} s = {raw_rate:.0f} Jobs/s")
+    print(f"  CPU s while creating: {b.cpu.report()}")
     # The same objects a ModelMerge's reconcile creates (report ConfigMap, ServiceAccount, Role,
     # RoleBinding, task ConfigMap, Job), created directly: the API server's share of a run.
     per_run = run_children("raw")
-    cpu.start()
+    b.cpu.start()
     start = time.monotonic()
-    for i in range(runs):
-        await create_all(kube, [renamed(m, f"r{i}-") for m in per_run])
-    children_rate = runs / (time.monotonic() - start)
+    for i in range(b.runs):
+        await create_all(b.kube, [renamed(m, f"r{i}-") for m in per_run])
+    children_rate = b.runs / (time.monotonic() - start)
     print(
         f"raw, a run's {len(per_run)} children created directly: {children_rate:.0f} runs/s "
         f"({children_rate * len(per_run):.0f} objects/s)"
     )
-    print(f"  CPU s while creating: {cpu.report()}")
-    cluster.kubectl("delete", "namespace", "raw", "--wait=false")
+    print(f"  CPU s while creating: {b.cpu.report()}")
+    b.cluster.kubectl("delete", "namespace", "raw", "--wait=false")
     await asyncio.sleep(10)  # the raw Jobs' pods come and go
+    return raw_rate, children_rate
 
-    # 2. ModelMerges → child Jobs, with first-status latencies.
-    statuses = Watcher(kube, f"/apis/{API}/namespaces/{ns}/modelmerges", needs_status=True)
-    children = Watcher(kube, f"{ns_path}/{ns}/jobs", needs_status=False)
-    names = [f"mm-{i}" for i in range(runs)]
-    cpu.start()
+
+async def operator_rate(b: Bench, raw_rate: float, children_rate: float) -> None:
+    """ModelMerges → child Jobs, first-status latencies, then 2N live runs at rest."""
+    ns = "bench"
+    statuses = Watcher(b.kube, MODELMERGES.format(ns), needs_status=True)
+    children = Watcher(b.kube, JOBS.format(ns), needs_status=False)
+    names = [f"mm-{i}" for i in range(b.runs)]
+    b.cpu.start()
     start = time.monotonic()
-    returned = await create_all(kube, [modelmerge(n, ns) for n in names])
+    returned = await create_all(b.kube, [modelmerge(n, ns) for n in names])
     created_seconds = time.monotonic() - start
     last_job = await children.until({f"{n}-merge" for n in names}, timeout=600)
     await statuses.until(set(names), timeout=600)
-    operator_seconds = last_job - start
-    operator_rate = runs / operator_seconds
+    seconds = last_job - start
+    rate = b.runs / seconds
     latencies = sorted(statuses.seen[n] - returned[n] for n in names)
     p50 = statistics.median(latencies)
     p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
     print(
-        f"operator: {runs} ModelMerges created in {created_seconds:.2f} s; all {runs} child Jobs "
-        f"within {operator_seconds:.2f} s = {operator_rate:.0f} runs/s; "
-        f"ratio to raw Jobs {operator_rate / raw_rate:.2f}, to raw children "
-        f"{operator_rate / children_rate:.2f}"
+        f"operator: {b.runs} ModelMerges created in {created_seconds:.2f} s; all {b.runs} child "
+        f"Jobs within {seconds:.2f} s = {rate:.0f} runs/s; ratio to raw Jobs "
+        f"{rate / raw_rate:.2f}, to raw children {rate / children_rate:.2f}"
     )
-    print(f"  CPU s until then: {cpu.report()}")
+    print(f"  CPU s until then: {b.cpu.report()}")
     print(f"first-status latency: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
-    await quiet(operator_port)
-    print(f"operator RSS with {runs} live runs: {rss_mib(operator_pid):.0f} MiB")
+    await quiet(b.operator_port)
+    print(f"operator RSS with {b.runs} live runs: {rss_mib(b.operator_pid):.0f} MiB")
 
-    # 3./4. 2N live runs; the operator's requests at steady state.
-    more = [f"mm-{i}" for i in range(runs, 2 * runs)]
-    await create_all(kube, [modelmerge(n, ns) for n in more])
+    more = [f"mm-{i}" for i in range(b.runs, 2 * b.runs)]
+    await create_all(b.kube, [modelmerge(n, ns) for n in more])
     await children.until({f"{n}-merge" for n in more}, timeout=600)
-    await quiet(operator_port)
-    rate = await settle(operator_port, 30)
+    await quiet(b.operator_port)
+    requests = await settle(b.operator_port, 30)
     print(
-        f"operator RSS with {2 * runs} live runs: {rss_mib(operator_pid):.0f} MiB; "
-        f"API requests at steady state: {rate:.3f}/s ({rate / (2 * runs):.5f}/s per run)"
+        f"operator RSS with {2 * b.runs} live runs: {rss_mib(b.operator_pid):.0f} MiB; "
+        f"API requests at steady state: {requests:.3f}/s "
+        f"({requests / (2 * b.runs):.5f}/s per run)"
     )
     statuses.stop()
     children.stop()
 
-    # 5. 20 runs whose Jobs never finish all start at once.
-    ns5 = "starve"
-    jobs5 = Watcher(kube, f"{ns_path}/{ns5}/jobs", needs_status=False)
-    start = time.monotonic()
-    await create_all(kube, [modelmerge(f"long-{i}", ns5) for i in range(20)])
-    done = await jobs5.until({f"long-{i}-merge" for i in range(20)}, timeout=120)
-    print(f"20 runs whose Jobs never finish: all 20 Jobs within {done - start:.2f} s")
-    jobs5.stop()
 
-    # 6. 10 FineTuneJobs waiting on a ModelMerge created last.
-    jobs6 = Watcher(kube, f"{ns_path}/{ns5}/jobs", needs_status=False)
-    merged = Watcher(
-        kube, f"/apis/{API}/namespaces/{ns5}/modelmerges", needs_status=True, phase="Succeeded"
-    )
-    await create_all(kube, [finetune(f"ftj-{i}", ns5, "late") for i in range(10)])
-    await create_all(kube, [modelmerge("late", ns5)])
-    await jobs6.until({"late-merge"}, timeout=120)
-    await finish(kube, ns5, await wait_pod(kube, ns5, "late-merge"))
+async def no_starvation(b: Bench) -> None:
+    """20 runs whose Jobs never finish; 10 FineTuneJobs waiting on a ModelMerge made last."""
+    ns = "starve"
+    jobs = Watcher(b.kube, JOBS.format(ns), needs_status=False)
+    start = time.monotonic()
+    await create_all(b.kube, [modelmerge(f"long-{i}", ns) for i in range(20)])
+    done = await jobs.until({f"long-{i}-merge" for i in range(20)}, timeout=120)
+    print(f"20 runs whose Jobs never finish: all 20 Jobs within {done - start:.2f} s")
+
+    merged = Watcher(b.kube, MODELMERGES.format(ns), needs_status=True, phase="Succeeded")
+    await create_all(b.kube, [finetune(f"ftj-{i}", ns, "late") for i in range(10)])
+    await create_all(b.kube, [modelmerge("late", ns)])
+    await jobs.until({"late-merge"}, timeout=120)
+    await finish(b.kube, ns, await wait_pod(b.kube, ns, "late-merge"))
     succeeded = await merged.until({"late"}, timeout=600)
-    done = await jobs6.until({f"ftj-{i}-train" for i in range(10)}, timeout=120)
+    done = await jobs.until({f"ftj-{i}-train" for i in range(10)}, timeout=120)
     print(
         f"10 FineTuneJobs waiting on a ModelMerge: all 10 Jobs {done - succeeded:.2f} s after "
         "it succeeded"
     )
-    jobs6.stop()
+    jobs.stop()
     merged.stop()
-    await kube.close()
+
+
+async def bench(cluster: Any, runs: int, operator_port: int, operator_pid: int) -> None:
+    from crucible.controllers.kube import Kube, client_configuration
+
+    os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
+    pids = {p.name: p.popen.pid for p in cluster._processes}
+    cpu = CpuMeter({"operator": operator_pid, **pids, "benchmark": os.getpid()})
+    b = Bench(cluster, Kube(client_configuration()), cpu, runs, operator_port, operator_pid)
+    print(f"operator RSS at rest: {rss_mib(operator_pid):.0f} MiB")
+    raw_rate, children_rate = await raw_rates(b)
+    await operator_rate(b, raw_rate, children_rate)
+    await no_starvation(b)
+    await b.kube.close()
 
 
 async def wait_pod(kube: Any, namespace: str, job: str) -> dict[str, Any]:
@@ -324,31 +338,12 @@ async def wait_pod(kube: Any, namespace: str, job: str) -> dict[str, Any]:
 
 async def finish(kube: Any, namespace: str, pod: dict[str, Any]) -> None:
     """What the kubelet does when the container exits 0."""
-    container = pod["spec"]["containers"][0]
-    status = {
-        "phase": "Succeeded",
-        "containerStatuses": [
-            {
-                "name": container["name"],
-                "image": container["image"],
-                "imageID": "",
-                "ready": False,
-                "restartCount": 0,
-                "state": {
-                    "terminated": {
-                        "exitCode": 0,
-                        "reason": "Completed",
-                        "startedAt": "2026-01-01T00:00:00Z",
-                        "finishedAt": "2026-01-01T00:00:01Z",
-                    }
-                },
-            }
-        ],
-    }
+    from tests.cluster.conftest import exited, pod_status
+
     await kube.request(
         "PATCH",
         f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}/status",
-        body={"status": status},
+        body={"status": pod_status(pod, "Succeeded", exited())},
         content_type="application/merge-patch+json",
     )
 

@@ -91,7 +91,11 @@ def test_namespaced_mode_grants_roles_only_where_watched() -> None:
             },
         ]
     ]
-    roles = [d for d in docs if d["kind"] == "Role"]
+    roles = [
+        d
+        for d in docs
+        if d["kind"] == "Role" and not d["metadata"]["name"].endswith("-leader-election")
+    ]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
     assert deployment["spec"]["template"]["spec"]["containers"][0]["args"] == [
@@ -160,3 +164,31 @@ def test_alerts_fire_when_they_should() -> None:
         cwd=tests.parent,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_two_replicas_elect_a_leader_on_their_own_lease() -> None:
+    docs = rendered()
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    assert deployment["spec"]["replicas"] == 2
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["CRUCIBLE_LEADER_ELECTION_NAMESPACE"]["value"] == "crucible-system"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    (role,) = [d for d in docs if d["kind"] == "Role"]
+    assert role["metadata"]["namespace"] == "crucible-system"
+    # Only Leases, and only its own may be read or renewed.
+    assert {g for rule in role["rules"] for g in rule["apiGroups"]} == {"coordination.k8s.io"}
+    renew = next(rule for rule in role["rules"] if "update" in rule["verbs"])
+    assert renew["resourceNames"] == [env["CRUCIBLE_LEADER_ELECTION_LEASE"]["value"]]
+    # Two replicas that would both reconcile are refused.
+    refused = helm(
+        "template",
+        "t",
+        str(CHART),
+        KUBE_VERSION,
+        "--set",
+        "leaderElection.enabled=false",
+        check=False,
+    )
+    assert refused.returncode != 0 and "replicaCount > 1 needs leaderElection" in refused.stderr
+    single = rendered("leaderElection.enabled=false", "replicaCount=1")
+    assert not [d for d in single if d["kind"] == "Role"]

@@ -117,37 +117,27 @@ def write_report(
     )
 
 
-def finish_pod(
-    cluster: LocalCluster,
-    namespace: str,
-    pod: dict[str, Any],
-    exit_code: int = 0,
-    message: str = "",
-) -> None:
-    """What the kubelet does when the container exits."""
-    terminated = {
-        "exitCode": exit_code,
-        "reason": "Completed" if exit_code == 0 else "Error",
-        "startedAt": "2026-01-01T00:00:00Z",
-        "finishedAt": "2026-01-01T00:00:01Z",
-        **({"message": message} if message else {}),
-    }
+def pod_status(pod: dict[str, Any], phase: str, state: dict[str, Any]) -> dict[str, Any]:
+    """The status the kubelet reports for `pod` whose one container is in `state`."""
     container = pod["spec"]["containers"][0]
-    status = {
-        "status": {
-            "phase": "Succeeded" if exit_code == 0 else "Failed",
-            "containerStatuses": [
-                {
-                    "name": container["name"],
-                    "image": container["image"],
-                    "imageID": "",
-                    "ready": False,
-                    "restartCount": 0,
-                    "state": {"terminated": terminated},
-                }
-            ],
-        }
+    return {
+        "phase": phase,
+        "containerStatuses": [
+            {
+                "name": container["name"],
+                "image": container["image"],
+                "imageID": "",
+                "ready": False,
+                "restartCount": 0,
+                "state": state,
+            }
+        ],
     }
+
+
+def set_pod_status(
+    cluster: LocalCluster, namespace: str, pod: dict[str, Any], status: dict[str, Any]
+) -> None:
     cluster.kubectl(
         "patch",
         "pod",
@@ -157,5 +147,29 @@ def finish_pod(
         "--subresource=status",
         "--type=merge",
         "-p",
-        json.dumps(status),
+        json.dumps({"status": status}),
     )
+
+
+def exited(exit_code: int = 0, message: str = "") -> dict[str, Any]:
+    """A container state: terminated with `exit_code`."""
+    terminated = {
+        "exitCode": exit_code,
+        "reason": "Completed" if exit_code == 0 else "Error",
+        "startedAt": "2026-01-01T00:00:00Z",
+        "finishedAt": "2026-01-01T00:00:01Z",
+        **({"message": message} if message else {}),
+    }
+    return {"terminated": terminated}
+
+
+def finish_pod(
+    cluster: LocalCluster,
+    namespace: str,
+    pod: dict[str, Any],
+    exit_code: int = 0,
+    message: str = "",
+) -> None:
+    """What the kubelet does when the container exits."""
+    phase = "Succeeded" if exit_code == 0 else "Failed"
+    set_pod_status(cluster, namespace, pod, pod_status(pod, phase, exited(exit_code, message)))

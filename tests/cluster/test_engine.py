@@ -27,8 +27,10 @@ from tests.cluster.conftest import (
     HOLD_IMAGE,
     OperatorFactory,
     finish_pod,
+    pod_status,
     ready_condition,
     running_pod,
+    set_pod_status,
     status_of,
     wait_phase,
     write_report,
@@ -135,38 +137,8 @@ def test_inputs_created_late_are_picked_up(
         wait_phase(cluster, namespace, "ftj", "tuned", "Succeeded")
         pod = running_pod(cluster, namespace, "docs-rag")
         # The kubelet cannot start the container while the Secret it names is missing.
-        container = pod["spec"]["containers"][0]
-        blocked = {
-            "status": {
-                "phase": "Pending",
-                "containerStatuses": [
-                    {
-                        "name": container["name"],
-                        "image": container["image"],
-                        "imageID": "",
-                        "ready": False,
-                        "restartCount": 0,
-                        "state": {
-                            "waiting": {
-                                "reason": "CreateContainerConfigError",
-                                "message": 'secret "pg" not found',
-                            }
-                        },
-                    }
-                ],
-            }
-        }
-        cluster.kubectl(
-            "patch",
-            "pod",
-            pod["metadata"]["name"],
-            "-n",
-            namespace,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            json.dumps(blocked),
-        )
+        reason = {"reason": "CreateContainerConfigError", "message": 'secret "pg" not found'}
+        set_pod_status(cluster, namespace, pod, pod_status(pod, "Pending", {"waiting": reason}))
         waiting = ready_condition(wait_phase(cluster, namespace, "ri", "docs", "Waiting"))
         assert waiting["reason"] == "InputNotFound"
         assert 'CreateContainerConfigError): secret "pg" not found' in waiting["message"]
@@ -217,22 +189,27 @@ def test_a_synthetic_dataset_shows_progress_while_it_runs(
 
 class Crashing:
     """Makes the operator in this process "die" right after its next write (create, patch,
-    delete) has taken effect: from then on it sends nothing, as a killed process. Writes
-    already in flight may still land, as they would."""
+    delete) has taken effect: from then on it sends nothing, as a killed process. Its writes
+    go one at a time, so each one is a moment it dies at."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.dead = threading.Event()
+        self.lock = asyncio.Lock()
         self.writes = 0
         original = Kube.request
 
         async def request(kube: Kube, method: str, path: str, **kwargs: Any) -> Any:
-            if self.dead.is_set():
-                await asyncio.Event().wait()  # never answers: the process is gone
-            answer = await original(kube, method, path, **kwargs)
-            if method != "GET" and answer is not None:  # a write that changed something
-                self.writes += 1
-                self.dead.set()
-            return answer
+            if method == "GET":
+                return await original(kube, method, path, **kwargs)
+            # One write at a time, so that every write is a boundary the operator dies at.
+            async with self.lock:
+                if self.dead.is_set():
+                    await asyncio.Event().wait()  # never answers: the process is gone
+                answer = await original(kube, method, path, **kwargs)
+                if answer is not None:  # a write that changed something (not a 404 delete)
+                    self.writes += 1
+                    self.dead.set()
+                return answer
 
         monkeypatch.setattr(Kube, "request", request)
         self.restore = lambda: monkeypatch.setattr(Kube, "request", original)
@@ -240,6 +217,7 @@ class Crashing:
     @contextlib.contextmanager
     def life(self) -> Iterator[None]:
         self.dead.clear()
+        self.lock = asyncio.Lock()  # for the new operator's event loop
         yield
 
 

@@ -150,11 +150,20 @@ def result(model: str, rag: bool, rounds: list[float]) -> dict[str, Any]:
     }
 
 
+def conflicts() -> float:
+    """Creates the operator sent that the API server answered 409 (it exists)."""
+    return (
+        REGISTRY.get_sample_value("crucible_kube_requests_total", {"verb": "POST", "code": "409"})
+        or 0.0
+    )
+
+
 def test_the_chain_reaches_succeeded_with_lineage(  # noqa: PLR0915 (one story, told whole)
     cluster: LocalCluster, namespace: str, model_store: str, operator: OperatorFactory
 ) -> None:
     apply = lambda docs: cluster.kubectl_apply(docs, "-n", namespace)  # noqa: E731
     apply(inputs())
+    conflicts_before = conflicts()
     with operator(CRUCIBLE_RAG_IMAGE=HOLD_IMAGE, CRUCIBLE_EVAL_IMAGE=HOLD_IMAGE):
         # Applied in the "wrong" order: each waits for what it references.
         apply([eval_run(), finetune()])
@@ -236,6 +245,8 @@ def test_the_chain_reaches_succeeded_with_lineage(  # noqa: PLR0915 (one story, 
             f"{(0.56 + 0.58 + 0.59) / 3}"
         ) in metrics
         assert 'crucible_job_duration_seconds_count{kind="EvalRun",phase="Succeeded"}' in metrics
+        # Children are created once, then only read: no create was answered "exists".
+        assert conflicts() == conflicts_before
         # The servers were the run's alone: gone once it is done.
         wait_for(
             lambda: not objects(cluster, namespace, "deployment", "bench"),

@@ -368,3 +368,7 @@ class RunStatus(ApiModel):
     output_uri: str | None = Field(
         default=None, description="Where the result was written, e.g. pvc://store/ns/…/."
     )
+
+    def ready(self) -> Condition | None:
+        """The Ready condition, whose reason and message say why the run is in its phase."""
+        return next((c for c in self.conditions or [] if c.type == "Ready"), None)

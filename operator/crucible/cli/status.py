@@ -76,7 +76,7 @@ def status_table(items: list[dict[str, Any]]) -> str:
     rows = []
     for item in items:
         status = typed_status(item)
-        ready = next((c for c in status.conditions or [] if c.type == "Ready"), None)
+        ready = status.ready()
         rows.append(
             [
                 item["kind"],

@@ -256,7 +256,8 @@ class Engine:
         self, kind: str, body: dict[str, Any], before: RunStatus, after: RunStatus
     ) -> None:
         """A phase transition: a core Event, a log line, the duration of a finished run."""
-        ready = next(c for c in after.conditions or [] if c.type == "Ready")
+        ready = after.ready()
+        assert ready is not None  # every status the flow builds has one
         meta = body["metadata"]
         logger.info(
             "%s %s/%s %s: %s", kind, meta["namespace"], meta["name"], after.phase, ready.message

@@ -107,11 +107,11 @@ class Kube:
         content_type: str = "application/json",
     ) -> dict[str, Any] | None:
         """The decoded answer; None for 404; ApiError for any other error."""
-        KUBE_REQUESTS.labels(method).inc()
         data = None if body is None else json.dumps(body)
         async with self.session.request(
             method, path, data=data, params=params, headers=self._headers(content_type)
         ) as response:
+            KUBE_REQUESTS.labels(method, str(response.status)).inc()
             if response.status == 404:
                 return None
             if response.status >= 400:

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 
 from crucible.config import OperatorConfig
-from crucible.controllers.kube import ApiError, Kube
+from crucible.controllers.kube import ApiError, Kube, path_of
 
 logger = logging.getLogger("crucible.leader")
 
@@ -61,8 +61,9 @@ class LeaderElector:
         """One round: renew our Lease, or take it when it is free or expired."""
         lease = await self.kube.get("coordination.k8s.io/v1", "Lease", self.namespace, self.name)
         now = time.monotonic()
-        if lease is None:
-            await self.kube.create(self._lease(None, self.identity))
+        if lease is None:  # 409 (ApiError) when another replica created it first
+            path = path_of("coordination.k8s.io/v1", "Lease", self.namespace)
+            await self.kube.request("POST", path, body=self._lease(None, self.identity))
             return True
         version = lease["metadata"]["resourceVersion"]
         if version != self._observed[0]:
@@ -86,7 +87,8 @@ class LeaderElector:
             except (ApiError, aiohttp.ClientError, TimeoutError) as error:
                 # A conflict means another replica won this round; any other error: a leader
                 # that cannot renew within the Lease's duration steps down.
-                logger.debug("leader election round failed: %s", error)
+                if not isinstance(error, ApiError) or error.status != 409:
+                    logger.warning("leader election round failed: %s", error)
                 leading = self.leading and time.monotonic() - self._renewed < self.duration
             if leading != self.leading:
                 self.leading = leading

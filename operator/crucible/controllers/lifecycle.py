@@ -120,7 +120,7 @@ async def dependency(ctx: Context, kind: Kind, name: str, field_path: str) -> di
     status = kind.status.model_validate(found.get("status") or {})
     assert isinstance(status, RunStatus)
     if status.phase == Phase.FAILED:
-        ready = ready_condition(status)
+        ready = status.ready()
         why = f": {ready.message}" if ready is not None and ready.message else ""
         raise FailedError(
             Reason.DEPENDENCY_FAILED, f"{field_path}: {kind.kind} {name!r} failed{why}"
@@ -241,10 +241,6 @@ class RunController(ABC, Generic[SpecT, InputsT]):
 
 
 # -- the flow ----------------------------------------------------------------------------------
-
-
-def ready_condition(status: RunStatus) -> Any:
-    return next((c for c in status.conditions or [] if c.type == "Ready"), None)
 
 
 def timestamp(value: str | None) -> datetime | None:

@@ -39,8 +39,9 @@ RECONCILE_SECONDS = Histogram(
 )
 KUBE_REQUESTS = Counter(
     "crucible_kube_requests_total",
-    "Requests the reconcilers sent to the Kubernetes API (watches excluded), by verb.",
-    ("verb",),
+    "Requests the reconcilers sent to the Kubernetes API (watches excluded), by verb and "
+    "HTTP status code.",
+    ("verb", "code"),
 )
 QUEUE_DEPTH = Gauge(
     "crucible_reconcile_queue_depth", "Resources waiting in the work queue for a reconcile."
