@@ -149,6 +149,45 @@ def test_inputs_created_late_are_picked_up(
         wait_phase(cluster, namespace, "ri", "docs", "Succeeded")
 
 
+def test_a_pod_that_cannot_mount_its_volumes_is_explained(
+    cluster: LocalCluster, namespace: str, model_store: str, operator: OperatorFactory
+) -> None:
+    with operator():
+        cluster.kubectl_apply([merge(**HELD)], "-n", namespace)
+        pod = running_pod(cluster, namespace, "merged-merge")
+        set_pod_status(cluster, namespace, pod, pod_status(pod, "Pending", {"waiting": {}}))
+        # The kubelet says why only in an Event.
+        message = 'MountVolume.SetUp failed for volume "model-store" : claim not bound'
+        cluster.kubectl_apply(
+            [
+                {
+                    "apiVersion": "v1",
+                    "kind": "Event",
+                    "metadata": {"name": f"{pod['metadata']['name']}.mount"},
+                    "involvedObject": {
+                        "kind": "Pod",
+                        "namespace": namespace,
+                        "name": pod["metadata"]["name"],
+                        "uid": pod["metadata"]["uid"],
+                    },
+                    "reason": "FailedMount",
+                    "type": "Warning",
+                    "message": message,
+                    "source": {"component": "kubelet"},
+                }
+            ],
+            "-n",
+            namespace,
+        )
+        waiting = ready_condition(wait_phase(cluster, namespace, "mm", "merged", "Waiting"))
+        assert waiting["reason"] == "InputNotFound"
+        assert f"cannot mount its volumes (FailedMount): {message}" in waiting["message"]
+        # Mounted at last: the container starts and the run is Running again.
+        running = {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
+        set_pod_status(cluster, namespace, pod, pod_status(pod, "Running", running))
+        wait_phase(cluster, namespace, "mm", "merged", "Running")
+
+
 def test_a_synthetic_dataset_shows_progress_while_it_runs(
     cluster: LocalCluster, namespace: str, model_store: str, operator: OperatorFactory
 ) -> None:

@@ -77,7 +77,8 @@ app.kubernetes.io/component: operator
   verbs: [get, create, delete]
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  # create: Events on the runs; list/watch: the kubelet's FailedMount events on their pods.
+  verbs: [create, list, watch]
 {{- end -}}
 
 {{/* Cluster-scoped reads kopf needs in either mode: it follows the namespaces it serves and

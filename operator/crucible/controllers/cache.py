@@ -54,9 +54,11 @@ def slim(body: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Children:
-    """The children of one run, as last seen."""
+    """The children of one run, as last seen, and what the kubelet said of its pods' volumes
+    (FailedMount events, by pod name)."""
 
     objects: dict[ObjectKey, dict[str, Any]]
+    mount_failures: dict[str, str]
 
     def get(self, kind: str, name: str) -> dict[str, Any] | None:
         return self.objects.get((kind, name))
@@ -72,6 +74,9 @@ class ChildCache:
     def __init__(self) -> None:
         # (namespace, crucible.dev/name label) → (kind, name) → body
         self._by_run: dict[tuple[str, str], dict[ObjectKey, dict[str, Any]]] = {}
+        # (namespace, pod) → its labels, and the kubelet's latest FailedMount message.
+        self._pods: dict[tuple[str, str], dict[str, str]] = {}
+        self._mount_failures: dict[tuple[str, str], str] = {}
 
     def __len__(self) -> int:
         return sum(len(objects) for objects in self._by_run.values())
@@ -93,6 +98,8 @@ class ChildCache:
         known = objects.get(key)
         if newer(body, known):
             objects[key] = slim(body)
+        if body["kind"] == "Pod":
+            self._pods[(run[0], key[1])] = body["metadata"]["labels"]
 
     def remove(self, body: dict[str, Any]) -> None:
         run = self.run_of(body)
@@ -103,6 +110,23 @@ class ChildCache:
             objects.pop((body["kind"], body["metadata"]["name"]), None)
             if not objects:
                 del self._by_run[run]
+        if body["kind"] == "Pod":
+            self._pods.pop((run[0], body["metadata"]["name"]), None)
+            self._mount_failures.pop((run[0], body["metadata"]["name"]), None)
+
+    def mount_failed(self, namespace: str, pod: str, message: str) -> dict[str, str] | None:
+        """Note a FailedMount of one of the runs' pods; that pod's labels (None when it is
+        none of theirs)."""
+        labels = self._pods.get((namespace, pod))
+        if labels is not None:
+            self._mount_failures[(namespace, pod)] = message
+        return labels
 
     def children(self, namespace: str, label: str) -> Children:
-        return Children(dict(self._by_run.get((namespace, label), {})))
+        objects = dict(self._by_run.get((namespace, label), {}))
+        failures = {
+            name: self._mount_failures[(namespace, name)]
+            for kind, name in objects
+            if kind == "Pod" and (namespace, name) in self._mount_failures
+        }
+        return Children(objects, failures)

@@ -164,11 +164,14 @@ class Engine:
         else:
             self.children.store(body)
         meta = body["metadata"]
-        labels = meta.get("labels") or {}
+        self._queue_owner(meta["namespace"], meta.get("labels") or {})
+
+    def _queue_owner(self, namespace: str, labels: Mapping[str, str]) -> None:
+        """Queue the run a child's labels name."""
         kind, label = labels.get(LABEL_KIND) or "", labels.get(LABEL_NAME)
         if labels.get(MANAGED_BY_LABEL) == MANAGED_BY and kind in self.controllers and label:
-            name = self.names.get((meta["namespace"], kind, label), label)
-            self.queue.add((kind, meta["namespace"], name))
+            name = self.names.get((namespace, kind, label), label)
+            self.queue.add((kind, namespace, name))
 
     def config_map_changed(self, event_type: str | None, body: dict[str, Any]) -> None:
         """Any ConfigMap: a run's report, or one a spec names."""
@@ -178,6 +181,16 @@ class Engine:
         self._wake_dependents(
             (body["metadata"]["namespace"], "ConfigMap", body["metadata"]["name"])
         )
+
+    def pod_event(self, event: dict[str, Any]) -> None:
+        """A core Event the kubelet posted about a pod (only FailedMount ones are watched)."""
+        involved = event.get("involvedObject") or {}
+        if involved.get("kind") != "Pod":
+            return
+        namespace, pod = involved.get("namespace") or "", involved.get("name") or ""
+        labels = self.children.mount_failed(namespace, pod, event.get("message") or "")
+        if labels is not None:
+            self._queue_owner(namespace, labels)
 
     def _wake_dependents(self, target: Key) -> None:
         for dependent in self.dependents.get(target, ()):

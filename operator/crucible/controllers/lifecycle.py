@@ -389,7 +389,8 @@ async def run_workload(
         or fields.get("start_time")
         or timestamp(job["metadata"].get("creationTimestamp"))
     )
-    outcome = job_outcome(job, list(ctx.children.of_kind("Pod", **{"job-name": job_name})))
+    pods = list(ctx.children.of_kind("Pod", **{"job-name": job_name}))
+    outcome = job_outcome(job, pods, ctx.children.mount_failures)
     if outcome.phase == Phase.FAILED:
         # A Job that cannot pull its image would hold its GPUs forever: remove it.
         if outcome.reason == Reason.IMAGE_PULL_FAILED:

@@ -51,6 +51,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # Children are watched through a server-side label selector: only Crucible's own travel.
     for plural in CHILDREN:
         settings.watching.label_selectors[plural] = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
+    settings.watching.field_selectors["", "events"] = "reason=FailedMount"
     memo.kube = kube = Kube(client_configuration())
     memo.engine = engine = Engine(kube, config, CONTROLLERS)
     engine.start()

@@ -40,3 +40,12 @@ async def child_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
 async def config_map_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
     engine: Engine = memo.engine
     engine.config_map_changed(event["type"], dict(event["object"]))
+
+
+# The kubelet says why a pod cannot mount its volumes only in an Event (FailedMount), filtered
+# by the API server to those (settings.configure).
+@kopf.on.event("", "v1", "events", id="failed-mount-events")
+async def failed_mount_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+    if event["type"] in ("ADDED", "MODIFIED", None):
+        engine: Engine = memo.engine
+        engine.pod_event(dict(event["object"]))

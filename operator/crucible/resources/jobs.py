@@ -1,10 +1,12 @@
 """Reading a Job and its pods the way a user would want it explained: a phase, a reason and
 a message that says why (OOMKilled, exit code and termination message, image pull failure,
-deadline exceeded, a Secret or ConfigMap key the pod waits for)."""
+deadline exceeded, a Secret, ConfigMap or volume the pod waits for)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from crucible.api.common import Phase, Reason
@@ -13,6 +15,7 @@ IMAGE_PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "E
 # The kubelet cannot create the container until something the pod names exists (a Secret or
 # ConfigMap key of its environment): the run waits, and goes on once it is created.
 CONFIG_WAIT_REASONS = ("CreateContainerConfigError", "CreateContainerError")
+NONE: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -73,11 +76,20 @@ def pod_failure(pods: list[dict[str, Any]]) -> Outcome | None:
     return None
 
 
-def pod_blocked(pods: list[dict[str, Any]]) -> Outcome | None:
-    """A pending pod that cannot start yet, with the scheduler's or the kubelet's words."""
+def pod_blocked(pods: list[dict[str, Any]], mount_failures: Mapping[str, str]) -> Outcome | None:
+    """A pending pod that cannot start yet, with the scheduler's or the kubelet's words
+    (`mount_failures`: the kubelet's FailedMount events, by pod name)."""
     for pod in _newest_first(pods):
         if (pod.get("status") or {}).get("phase") != "Pending":
             continue
+        name = pod["metadata"]["name"]
+        if name in mount_failures:
+            return Outcome(
+                Phase.WAITING,
+                Reason.INPUT_NOT_FOUND,
+                f"pod {name} cannot mount its volumes (FailedMount): {mount_failures[name]}; "
+                "create what it names and the run goes on",
+            )
         for condition in (pod.get("status") or {}).get("conditions") or []:
             if condition.get("type") == "PodScheduled" and condition.get("reason") == (
                 "Unschedulable"
@@ -101,7 +113,9 @@ def pod_blocked(pods: list[dict[str, Any]]) -> Outcome | None:
     return None
 
 
-def job_outcome(job: dict[str, Any], pods: list[dict[str, Any]]) -> Outcome:
+def job_outcome(
+    job: dict[str, Any], pods: list[dict[str, Any]], mount_failures: Mapping[str, str] = NONE
+) -> Outcome:
     name = job["metadata"]["name"]
     if _condition(job, "Complete"):
         return Outcome(Phase.SUCCEEDED, Reason.SUCCEEDED, f"Job {name} completed")
@@ -121,7 +135,7 @@ def job_outcome(job: dict[str, Any], pods: list[dict[str, Any]]) -> Outcome:
     pulling = pod_failure(pending)
     if pulling is not None:  # a pod that cannot pull its image never starts: say so now
         return pulling
-    blocked = pod_blocked(pods)
+    blocked = pod_blocked(pods, mount_failures)
     if blocked is not None:
         return blocked
     retry = pod_failure(pods)
