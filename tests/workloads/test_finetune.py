@@ -177,6 +177,11 @@ def test_nitro_qa_pairs_load_as_chat(tmp_path: Path) -> None:
         ),
         ('{"text": "Q?"}\n', "a chat row needs 'messages', or 'question' and 'answer'"),
         ("not json\n", "row 1: not valid JSON"),
+        # Blank lines are skipped, not renumbered: the error names the line in the file.
+        (
+            '{"question": "Q?", "answer": "A."}\n\n\n{"question": "Q2?"}\n',
+            "row 4, column 'answer': column 'answer' is missing",
+        ),
     ],
 )
 def test_bad_data_is_named(tmp_path: Path, content: str, message: str) -> None:

@@ -39,15 +39,17 @@ class Examples:
         self.skipped[reason] += 1
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a .jsonl/.json (one object per line) or .csv file (cells may span lines)."""
+def read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """Rows of a .jsonl/.json (one object per line) or .csv file (cells may span lines), each
+    with the number an error names it by: its line in a JSONL file (blank lines skipped but
+    counted), its record in a CSV file (the header being row 1)."""
     if not path.exists():
         raise WorkloadError(f"dataset {path}: no such file")
     text = path.read_text(encoding="utf-8")
     if not text.strip():
         raise WorkloadError(f"dataset {path}: the file is empty")
     if path.suffix.lower() == ".csv":
-        return list(csv.DictReader(text.splitlines(keepends=True)))
+        return list(enumerate(csv.DictReader(text.splitlines(keepends=True)), start=2))
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -60,7 +62,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
             ) from None
         if not isinstance(row, dict):
             raise WorkloadError(f"dataset {path}, row {number}: expected a JSON object")
-        rows.append(row)
+        rows.append((number, row))
     return rows
 
 
@@ -119,8 +121,7 @@ def load_examples(
     path: Path, fmt: DatasetFormat, system_prompt: str | None, policy: InvalidRowPolicy
 ) -> Examples:
     examples = Examples(rows=[])
-    header_rows = 1 if path.suffix.lower() == ".csv" else 0
-    for number, row in enumerate(read_rows(path), start=1 + header_rows):
+    for number, row in read_rows(path):
         try:
             examples.rows.append(to_example(row, DatasetFormat(fmt), system_prompt))
             examples.numbers.append(number)
