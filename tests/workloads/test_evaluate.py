@@ -91,6 +91,47 @@ def test_bradley_terry_recovers_known_strengths() -> None:
     assert all(r.ci95_low <= r.rating <= r.ci95_high for r in ratings)
 
 
+def test_bradley_terry_is_the_exact_mle_when_it_exists_and_says_when_it_is_not() -> None:
+    from scipy.optimize import minimize
+
+    rng = random.Random(3)
+    strengths = {"a": 2.0, "b": 1.0, "c": 0.5}
+    judgements = []
+    for x, y in itertools.combinations(strengths, 2):
+        p = strengths[x] / (strengths[x] + strengths[y])
+        judgements += [(x, y, 1.0 if rng.random() < p else 0.0) for _ in range(1000)]
+    models = sorted(strengths)
+
+    def negative_log_likelihood(log_s: list[float]) -> float:
+        s = dict(zip(models, log_s, strict=True))
+        return -sum(
+            score * (s[i] - math.log(math.exp(s[i]) + math.exp(s[j])))
+            + (1 - score) * (s[j] - math.log(math.exp(s[i]) + math.exp(s[j])))
+            for i, j, score in judgements
+        )
+
+    fitted = bradley_terry(judgements)
+    strength = {m: 10 ** ((fitted[m] - 1000) / 400) for m in models}
+    # The MLE solves the score equations: each model's expected wins equal its wins.
+    for m in models:
+        won = sum(score if i == m else 1 - score for i, j, score in judgements if m in (i, j))
+        expected = sum(
+            strength[m] / (strength[i] + strength[j]) for i, j, _ in judgements if m in (i, j)
+        )
+        assert expected == pytest.approx(won, abs=1e-6)
+    # ... and agrees with a general-purpose optimizer (to that optimizer's precision).
+    exact = minimize(negative_log_likelihood, [0.0] * 3, method="BFGS").x
+    exact -= exact.mean()
+    for model, log_strength in zip(models, exact, strict=True):
+        assert math.log(strength[model]) == pytest.approx(log_strength, abs=1e-4)
+    assert not any(r.regularized for r in rate(judgements, bootstrap=10))
+    # A model that never lost has no finite MLE: a weak prior, and the ratings say so.
+    unbeaten = [*judgements, *[("d", m, 1.0) for m in models for _ in range(5)]]
+    ratings = rate(unbeaten, bootstrap=10)
+    assert all(r.regularized for r in ratings) and ratings[0].model == "d"
+    assert all(math.isfinite(r.rating) for r in ratings)
+
+
 def write_mcq(path: Path, count: int) -> Path:
     rows = ["question,a,b,c,d,correct"]
     for i in range(count):

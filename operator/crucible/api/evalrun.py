@@ -137,6 +137,12 @@ class JudgeRating(ApiModel):
     rating: float = Field(description="Bradley-Terry strength on the Elo-like scale.")
     ci95_low: float = Field(description="Lower bound of the bootstrap 95% interval.")
     ci95_high: float = Field(description="Upper bound of the bootstrap 95% interval.")
+    regularized: bool = Field(
+        default=False,
+        description="True when no maximum-likelihood estimate exists (some group of models "
+        "never beat the others, e.g. a model never won or never lost): the ratings were then "
+        "fitted with a weak prior. Otherwise they are the exact maximum-likelihood estimate.",
+    )
 
 
 class EvalRunStatus(RunStatus):

@@ -308,7 +308,13 @@ def evaluate(task: EvalTask, retriever: Retriever | None = None) -> list[ModelRe
     results = summaries(answers, len(questions))
     ratings = (
         [
-            JudgeRating(model=r.model, rating=r.rating, ci95_low=r.ci95_low, ci95_high=r.ci95_high)
+            JudgeRating(
+                model=r.model,
+                rating=r.rating,
+                ci95_low=r.ci95_low,
+                ci95_high=r.ci95_high,
+                regularized=r.regularized,
+            )
             for r in rate(verdicts, task.bootstrap_samples, task.seed)
         ]
         if verdicts

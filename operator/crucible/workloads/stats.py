@@ -66,10 +66,45 @@ def welch_t_test(a: Sequence[float], b: Sequence[float]) -> Welch:
 Judgement = tuple[str, str, float]
 
 
+def mle_exists(judgements: Sequence[Judgement]) -> bool:
+    """Whether the Bradley-Terry maximum-likelihood estimate exists (Zermelo; Ford 1957):
+    however the models are split in two, each side has won (or tied) against the other at
+    least once, i.e. the "has beaten" graph is strongly connected. It fails, for instance,
+    when some model never wins or never loses."""
+    beaten: dict[str, set[str]] = {}
+    beaten_by: dict[str, set[str]] = {}
+    for i, j, score in judgements:
+        for winner, loser, won in ((i, j, score > 0), (j, i, score < 1)):
+            beaten.setdefault(winner, set())
+            beaten_by.setdefault(loser, set())
+            if won:
+                beaten[winner].add(loser)
+                beaten_by[loser].add(winner)
+    models = set(beaten) | set(beaten_by)
+
+    def reach(edges: dict[str, set[str]]) -> set[str]:
+        start = next(iter(models))
+        seen, frontier = {start}, [start]
+        while frontier:
+            for other in edges.get(frontier.pop(), ()):
+                if other not in seen:
+                    seen.add(other)
+                    frontier.append(other)
+        return seen
+
+    return not models or (reach(beaten) == models and reach(beaten_by) == models)
+
+
+# Where no maximum-likelihood estimate exists, this weak prior (a fraction of a win against a
+# virtual average opponent) keeps every rating finite.
+PRIOR = 0.01
+
+
 def bradley_terry(
-    judgements: Sequence[Judgement], iterations: int = 1000, tolerance: float = 1e-10
+    judgements: Sequence[Judgement], iterations: int = 10000, tolerance: float = 1e-12
 ) -> dict[str, float]:
-    """Maximum-likelihood strengths by Hunter's MM algorithm (ties count half a win each).
+    """Strengths by Hunter's MM algorithm (ties count half a win each): the exact maximum-
+    likelihood estimate whenever it exists (`mle_exists`), else with the weak PRIOR.
     Returns Elo-like ratings: 400·log10(strength), centred on 1000."""
     models = sorted({m for i, j, _ in judgements for m in (i, j)})
     wins = dict.fromkeys(models, 0.0)
@@ -79,8 +114,7 @@ def bradley_terry(
         wins[j] += 1 - score
         key = (min(i, j), max(i, j))
         games[key] = games.get(key, 0.0) + 1
-    # A model that never wins has MLE strength 0: a tiny prior keeps every rating finite.
-    prior = 0.01
+    prior = 0.0 if mle_exists(judgements) else PRIOR
     strength = dict.fromkeys(models, 1.0)
     for _ in range(iterations):
         updated = {}
@@ -104,11 +138,13 @@ class Rating:
     rating: float
     ci95_low: float
     ci95_high: float
+    regularized: bool  # no maximum-likelihood estimate exists: fitted with the weak prior
 
 
 def rate(judgements: Sequence[Judgement], bootstrap: int, seed: int = 0) -> list[Rating]:
     """Ratings, best first, each with a percentile bootstrap 95% interval."""
     point = bradley_terry(judgements)
+    regularized = not mle_exists(judgements)
     rng = random.Random(seed)
     samples: dict[str, list[float]] = {m: [] for m in point}
     for _ in range(bootstrap):
@@ -121,5 +157,5 @@ def rate(judgements: Sequence[Judgement], bootstrap: int, seed: int = 0) -> list
         values = sorted(samples[m]) or [value]
         low = values[int(0.025 * (len(values) - 1))]
         high = values[math.ceil(0.975 * (len(values) - 1))]
-        ratings.append(Rating(m, value, low, high))
+        ratings.append(Rating(m, value, low, high, regularized))
     return sorted(ratings, key=lambda r: r.rating, reverse=True)
