@@ -44,6 +44,17 @@ def find_nitro_data() -> Path:
 
 
 NITRO = find_nitro_data()
+QUICKSTART = EXAMPLES / "quickstart"
+
+# For tests of the Nitro data itself; what they exercise otherwise is covered with the
+# quickstart's data, which this repository owns.
+requires_nitro = pytest.mark.skipif(
+    not NITRO.is_dir(),
+    reason=f"needs the Nitro benchmark data, not found at {NITRO}: it is AGPL-3.0 and not part "
+    "of this repository (upstream: janhq/open-foundry rag-is-not-enough and janhq/nitro's docs, "
+    "see examples/nitro/README.md); set CRUCIBLE_NITRO_DATA to a folder holding docs/, "
+    "mcq_nitro.csv and training_qa_pairs.csv",
+)
 
 
 @pytest.fixture(scope="session")

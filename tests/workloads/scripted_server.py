@@ -25,8 +25,10 @@ class ScriptedServer:
         failures: dict[str, list[int]] | None = None,
         *,
         refused_parameters: tuple[str, ...] = (),
+        delay: float = 0.002,
     ) -> None:
         self.script = script
+        self.delay = delay  # seconds each answer takes
         # answer 400 to requests with these body keys, as servers without the feature do
         self.refused_parameters = refused_parameters
         # per model, the statuses to answer its first requests with before succeeding
@@ -45,7 +47,7 @@ class ScriptedServer:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            await asyncio.sleep(0.002)
+            await asyncio.sleep(self.delay)
             refused = [k for k in self.refused_parameters if k in body]
             if refused:
                 return web.Response(status=400, text=f"{refused[0]} is not supported")

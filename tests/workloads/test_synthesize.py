@@ -18,7 +18,7 @@ from crucible.api.syntheticdataset import DEFAULT_PROMPT, Filters
 from crucible.workloads.common import WorkloadError
 from crucible.workloads.datasets import load_examples
 from crucible.workloads.synthesize import grounding, parse_pairs, synthesize
-from tests.conftest import NITRO
+from tests.conftest import NITRO, requires_nitro
 from tests.workloads.scripted_server import ScriptedServer, serving
 
 NITRO_DOCS = NITRO / "docs"
@@ -275,6 +275,7 @@ def test_no_usable_pair_fails_and_writes_nothing(tmp_path: Path, report_file: Pa
     assert not (tmp_path / "store" / "notes").exists()
 
 
+@requires_nitro
 def test_nitro_docs_in_300_token_chunks_become_a_chat_dataset(
     tmp_path: Path, report_file: Path, tokenizer_dir: Path
 ) -> None:

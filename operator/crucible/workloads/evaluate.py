@@ -6,6 +6,7 @@ answer written as JSONL so each figure can be recomputed."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import json
 import os
@@ -14,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import aiohttp
 
@@ -27,6 +28,7 @@ from crucible.workloads.common import (
     log,
     resolve_uri,
     run_main,
+    sha256_of,
     write_json,
 )
 from crucible.workloads.mcq import (
@@ -60,6 +62,66 @@ class Answer:
     parsed: str | None
     correct: bool
     attempts: int
+
+
+AnswerKey = tuple[str, bool, int, int]  # model, rag, round, question
+
+
+def key_of(answer: Answer) -> AnswerKey:
+    return (answer.model, answer.rag, answer.round, answer.question)
+
+
+class AnswerJournal:
+    """Every answer appended as it arrives, beside the output: a restarted eval pod asks only
+    what is missing, and no question counts twice. Its first line fingerprints the task and
+    the question set; a journal written for other settings is started afresh."""
+
+    def __init__(self, output: Path, fingerprint: str) -> None:
+        self.path = output.parent / f".{output.name}.answers.jsonl"
+        self.fingerprint = fingerprint
+        self._stream: IO[str]
+
+    def load(self) -> dict[AnswerKey, Answer]:
+        """The answers already given; a line cut short by a kill is dropped."""
+        if not self.path.exists():
+            return {}
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        if not lines or lines[0] != json.dumps({"fingerprint": self.fingerprint}):
+            return {}
+        answers: dict[AnswerKey, Answer] = {}
+        for line in lines[1:]:
+            try:
+                answer = Answer(**json.loads(line))
+            except (json.JSONDecodeError, TypeError):
+                continue
+            answers.setdefault(key_of(answer), answer)
+        return answers
+
+    def open(self, kept: dict[AnswerKey, Answer]) -> None:
+        """Rewrite the journal with what is kept (dropping any cut line), then append."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._stream = self.path.open("w", encoding="utf-8")
+        self._stream.write(json.dumps({"fingerprint": self.fingerprint}) + "\n")
+        for answer in kept.values():
+            self.record(answer)
+
+    def record(self, answer: Answer) -> None:
+        self._stream.write(json.dumps(asdict(answer)) + "\n")
+        self._stream.flush()  # a killed pod loses at most the answers in flight
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def fingerprint(task: EvalTask, dataset: Path) -> str:
+    """What decides the answers: every setting but the concurrency, and the questions."""
+    settings = {k: v for k, v in task.to_api().items() if k != "concurrency"}
+    return hashlib.sha256(
+        (json.dumps(settings, sort_keys=True) + sha256_of(dataset)).encode()
+    ).hexdigest()
 
 
 class RequestRejectedError(WorkloadError):
@@ -151,9 +213,17 @@ def messages_for(
 
 
 async def run_rounds(
-    client: Client, task: EvalTask, questions: Sequence[Question], contexts: dict[int, str] | None
+    client: Client,
+    task: EvalTask,
+    questions: Sequence[Question],
+    contexts: dict[int, str] | None,
+    *,
+    given: dict[AnswerKey, Answer] | None = None,
+    record: Callable[[Answer], None] = lambda _: None,
 ) -> list[Answer]:
-    """Every endpoint, RAG setting, round and question, each asked exactly once."""
+    """Every endpoint, RAG setting, round and question, each asked exactly once: those
+    `given` already are not asked again; each new answer is `record`ed as it arrives."""
+    given = given or {}
     system_prompt = task.system_prompt or DEFAULT_SYSTEM_PROMPT
     settings = (
         [False]
@@ -179,7 +249,7 @@ async def run_rounds(
             optional=choice,
         )
         parsed = parse_answer(text)
-        return Answer(
+        answer = Answer(
             endpoint.name,
             rag,
             round_,
@@ -190,13 +260,20 @@ async def run_rounds(
             parsed == question.correct,
             attempts,
         )
+        record(answer)
+        return answer
+
+    async def known(answer: Answer) -> Answer:
+        return answer
 
     jobs = []
     for round_ in range(task.repeats):
         order = list(questions)
         random.Random(task.seed + round_).shuffle(order)  # the same order for every model
         for endpoint, rag in itertools.product(task.endpoints, settings):
-            jobs += [one(endpoint, rag, round_, position, q) for position, q in enumerate(order)]
+            for position, q in enumerate(order):
+                done = given.get((endpoint.name, rag, round_, q.number))
+                jobs.append(known(done) if done else one(endpoint, rag, round_, position, q))
     return list(await asyncio.gather(*jobs))
 
 
@@ -297,14 +374,25 @@ def evaluate(task: EvalTask, retriever: Retriever | None = None) -> list[ModelRe
         retriever = retriever or make_retriever(task)
         contexts = {q.number: retriever(q.text) for q in questions}
 
+    journal = AnswerJournal(output, fingerprint(task, dataset))
+    given = journal.load()
+    if given:
+        log.info("resuming: %d answers already given", len(given))
+    journal.open(given)
+
     async def run() -> tuple[list[Answer], list[tuple[str, str, float]]]:
         async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
             client = Client(session, task.concurrency)
-            answers = await run_rounds(client, task, questions, contexts)
+            answers = await run_rounds(
+                client, task, questions, contexts, given=given, record=journal.record
+            )
             verdicts = await judge_round(client, task, questions, answers) if task.judge else []
             return answers, verdicts
 
-    answers, verdicts = asyncio.run(run())
+    try:
+        answers, verdicts = asyncio.run(run())
+    finally:
+        journal.close()
     results = summaries(answers, len(questions))
     ratings = (
         [
@@ -340,6 +428,7 @@ def evaluate(task: EvalTask, retriever: Retriever | None = None) -> list[ModelRe
                 "seconds": round(time.monotonic() - started, 3),
             },
         )
+    journal.remove()  # the results are in place: nothing left to resume
     reporter.update(
         results=results,
         judge_ratings=ratings or None,
