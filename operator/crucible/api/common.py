@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -23,6 +23,35 @@ MAX_NAME = 253
 MAX_URI = 2048
 MAX_TEXT = 65536
 MAX_LIST = 64
+
+
+def object_key_rule(kind: str) -> dict[str, Any]:
+    """A key no Secret or ConfigMap can hold is refused (their keys are [-._a-zA-Z0-9]+)."""
+    return cel(
+        "self.matches('^[-._a-zA-Z0-9]+$')",
+        f"a {kind} key holds only letters, digits, '-', '_' and '.', e.g. uri or qa.csv",
+    )
+
+
+def cel_string(text: str) -> str:
+    """`text` as a CEL string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def resource_name_rule(kind: str) -> dict[str, Any]:
+    """The name of another object in the namespace, said in words rather than a pattern."""
+    return cel(
+        f"self.matches({cel_string(DNS_SUBDOMAIN)})",
+        f"must be the name of a {kind}: lowercase letters, digits, '-' and '.', starting and "
+        "ending with a letter or digit, e.g. nitro-docs",
+    )
+
+
+# No '..' segment: a URI on a volume stays inside it.
+STAYS_INSIDE = cel(
+    "!self.split('/').exists(p, p == '..')",
+    "a URI must stay inside its volume or bucket: remove '..' segments",
+)
 
 
 class ModelRefKind(StrEnum):
@@ -62,6 +91,7 @@ class ModelSource(ApiModel):
         description=f"Location of the model weights: {MODEL_URI_HELP}.",
         max_length=MAX_URI,
         pattern=MODEL_URI,
+        json_schema_extra={"x-kubernetes-validations": [STAYS_INSIDE]},
     )
     model_ref: ModelRef | None = Field(
         default=None,
@@ -76,7 +106,12 @@ class SecretKeyRef(ApiModel):
     name: str = Field(
         description="Name of the Secret.", min_length=1, max_length=MAX_NAME, pattern=DNS_SUBDOMAIN
     )
-    key: str = Field(description="Key within the Secret.", min_length=1, max_length=MAX_NAME)
+    key: str = Field(
+        description="Key within the Secret.",
+        min_length=1,
+        max_length=MAX_NAME,
+        json_schema_extra={"x-kubernetes-validations": [object_key_rule("Secret")]},
+    )
 
 
 class ConfigMapKeyRef(ApiModel):
@@ -88,7 +123,12 @@ class ConfigMapKeyRef(ApiModel):
         max_length=MAX_NAME,
         pattern=DNS_SUBDOMAIN,
     )
-    key: str = Field(description="Key within the ConfigMap.", min_length=1, max_length=MAX_NAME)
+    key: str = Field(
+        description="Key within the ConfigMap.",
+        min_length=1,
+        max_length=MAX_NAME,
+        json_schema_extra={"x-kubernetes-validations": [object_key_rule("ConfigMap")]},
+    )
 
 
 class PvcPath(ApiModel):
@@ -138,6 +178,7 @@ class DataSource(ApiModel):
         "hf://datasets/org/name.",
         max_length=MAX_URI,
         pattern=r"^(s3|https?|hf)://\S+$",
+        json_schema_extra={"x-kubernetes-validations": [STAYS_INSIDE]},
     )
 
 
@@ -235,6 +276,7 @@ class InferenceTarget(ApiModel):
         description=f"A stored model the operator serves with vLLM: {MODEL_URI_HELP}.",
         max_length=MAX_URI,
         pattern=MODEL_URI,
+        json_schema_extra={"x-kubernetes-validations": [STAYS_INSIDE]},
     )
     model_ref: ModelRef | None = Field(
         default=None,

@@ -15,6 +15,7 @@ from crucible.api.common import (
     Resources,
     RunStatus,
     Serving,
+    resource_name_rule,
 )
 
 
@@ -56,6 +57,7 @@ class Rag(ApiModel):
         description="Name of a RagIndex in this namespace; the run waits until it is indexed.",
         min_length=1,
         max_length=MAX_NAME,
+        json_schema_extra={"x-kubernetes-validations": [resource_name_rule("RagIndex")]},
     )
     top_k: int = Field(default=3, ge=1, le=100, description="Chunks retrieved per question.")
     compare_without_rag: bool = Field(
