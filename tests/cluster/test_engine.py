@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from crucible.controllers.kube import Kube
 from crucible.devcluster import processes
@@ -186,6 +187,42 @@ def test_a_pod_that_cannot_mount_its_volumes_is_explained(
         running = {"running": {"startedAt": "2026-01-01T00:00:00Z"}}
         set_pod_status(cluster, namespace, pod, pod_status(pod, "Running", running))
         wait_phase(cluster, namespace, "mm", "merged", "Running")
+
+
+def patches_sent() -> float:
+    return sum(
+        REGISTRY.get_sample_value("crucible_kube_requests_total", {"verb": "PATCH", "code": code})
+        or 0.0
+        for code in ("200", "201")
+    )
+
+
+def test_a_run_that_waits_again_keeps_its_progress_and_goes_quiet(
+    cluster: LocalCluster, namespace: str, model_store: str, operator: OperatorFactory
+) -> None:
+    cluster.kubectl_apply(inputs(), "-n", namespace)
+    with operator():
+        tuned = finetune(base="m", resources={"gpus": 0, "image": HOLD_IMAGE})
+        tuned["spec"]["baseModel"] = {"uri": "hf://org/base"}
+        cluster.kubectl_apply([tuned], "-n", namespace)
+        pod = running_pod(cluster, namespace, "tuned-train")
+        progress = {"step": 3, "totalSteps": 10, "loss": 1.5}
+        write_report(cluster, namespace, "tuned", {"progress": progress})
+        wait_for(
+            lambda: status_of(cluster, namespace, "ftj", "tuned").get("progress") == progress,
+            what="the progress",
+        )
+        # Its pod cannot start again until a Secret exists: the run waits, its progress stays.
+        reason = {"reason": "CreateContainerConfigError", "message": 'secret "hf" not found'}
+        set_pod_status(cluster, namespace, pod, pod_status(pod, "Pending", {"waiting": reason}))
+        waiting = wait_phase(cluster, namespace, "ftj", "tuned", "Waiting")
+        assert waiting["progress"] == progress
+        # A change to a child that changes nothing in the status writes nothing.
+        time.sleep(1)
+        before = patches_sent()
+        cluster.kubectl("annotate", "pod", pod["metadata"]["name"], "-n", namespace, "seen=1")
+        time.sleep(3)
+        assert patches_sent() == before
 
 
 def test_a_synthetic_dataset_shows_progress_while_it_runs(

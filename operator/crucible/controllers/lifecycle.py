@@ -406,24 +406,25 @@ async def run_workload(
 
 
 async def reconcile(ctl: RunController[Any, Any], ctx: Context) -> Result:
-    """One reconcile of one run: the status it should have now."""
+    """One reconcile of one run: the status it should have now. Status is written as a merge
+    patch, which never removes a field: what this reconcile does not derive (a fine-tune's last
+    progress while its pod is re-queued) is kept as it is, so an unchanged run compares equal
+    and is not written again."""
+    kept = ctx.current.model_dump(exclude_none=True, exclude={"phase", "conditions"})
     try:
         spec = ctl.kind.spec.model_validate(ctx.body.get("spec") or {})
     except ValidationError as error:
-        return Result(
-            status_of(ctx, Phase.FAILED, Reason.INVALID_SPEC, describe_validation_error(error), {})
-        )
+        message = describe_validation_error(error)
+        return Result(status_of(ctx, Phase.FAILED, Reason.INVALID_SPEC, message, kept))
     try:
         phase, reason, message, fields, requeue = await run_workload(ctl, ctx, spec)
     except WaitingError as waiting:
-        # Keep what was already recorded (a run waiting on a pod's Secret has started).
-        kept = ctx.current.model_dump(exclude_none=True, exclude={"phase", "conditions"})
+        # A run waiting on a pod's Secret has started: what it recorded stays.
         return Result(status_of(ctx, Phase.WAITING, waiting.reason, waiting.message, kept))
     except FailedError as failed:
         phase, reason, message, requeue = Phase.FAILED, failed.reason, failed.message, None
-        fields = ctx.current.model_dump(exclude_none=True, exclude={"phase", "conditions"})
-        if names := ctl.server_names(ctx, spec):
-            fields["servers"] = names
+        fields = {"servers": ctl.server_names(ctx, spec) or None}
+    fields = {**kept, **{k: v for k, v in fields.items() if v is not None}}
     if phase in (Phase.SUCCEEDED, Phase.FAILED):
         # Before the terminal status is written: a crash in between leaves no server behind.
         await remove_servers(ctx, fields.get("servers") or [])
