@@ -78,9 +78,6 @@ class ChildCache:
         self._pods: dict[tuple[str, str], dict[str, str]] = {}
         self._mount_failures: dict[tuple[str, str], str] = {}
 
-    def __len__(self) -> int:
-        return sum(len(objects) for objects in self._by_run.values())
-
     @staticmethod
     def run_of(body: dict[str, Any]) -> tuple[str, str] | None:
         meta = body.get("metadata") or {}

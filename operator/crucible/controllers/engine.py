@@ -77,7 +77,10 @@ class WorkQueue:
             return
         self._dirty.add(key)
         if key not in self._processing:
-            self._queue.put_nowait(key)
+            self._put(key)
+
+    def _put(self, key: Key) -> None:
+        self._queue.put_nowait(key)
         QUEUE_DEPTH.set(self._queue.qsize())
 
     def add_after(self, key: Key, delay: float) -> None:
@@ -104,7 +107,7 @@ class WorkQueue:
     def done(self, key: Key) -> None:
         self._processing.discard(key)
         if key in self._dirty:
-            self._queue.put_nowait(key)
+            self._put(key)
 
     def forget(self, key: Key) -> None:
         timer = self._timers.pop(key, None)
