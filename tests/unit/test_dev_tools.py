@@ -99,20 +99,48 @@ def test_status_table_shows_phase_reason_and_progress() -> None:
 
 
 def test_leaderboard_lists_each_model_and_rag_setting_best_first() -> None:
+    scored_once = {
+        **result("tuned", True, 0.5),
+        "scoring": "LogLikelihood",
+        "n": 1,
+        "accuracyStddev": None,
+        "accuracyNorm": 0.6,
+        "rounds": [0.5],
+        "unparsed": 0,
+    }
     evalrun = resource(
         "EvalRun",
         "bench",
-        {"results": [result("merged", True, 0.3), result("tuned", True, 0.5),
-                     result("tuned", False, 0.4)]},
+        {
+            "results": [result("merged", True, 0.3), scored_once, result("tuned", False, 0.4)],
+            "pairedTests": [
+                {"a": "tuned", "aRag": True, "b": "tuned", "bRag": False, "difference": 0.1,
+                 "ci95Low": -0.05, "ci95High": 0.25, "test": "McNemar", "pValue": 0.29},
+                {"a": "tuned", "aRag": True, "b": "merged", "bRag": True, "difference": 0.2,
+                 "ci95Low": 0.05, "ci95High": 0.35, "test": "McNemar", "pValue": 0.0123},
+            ],
+        },
     )  # fmt: skip
-    rows = leaderboard_table([evalrun, resource("RagIndex", "docs", {})]).splitlines()
+    table = leaderboard_table([evalrun, resource("RagIndex", "docs", {})])
+    rows = table.splitlines()
     assert rows[0].split() == [
-        "EVALRUN", "MODEL", "RAG", "ACCURACY", "CI95", "N", "QUESTIONS", "UNPARSED",
+        "EVALRUN", "MODEL", "RAG", "SCORING", "ACCURACY", "CI95", "(QUESTIONS)", "SD",
+        "(ROUNDS)", "ACC_NORM", "ROUNDS", "QUESTIONS", "UNPARSED",
     ]  # fmt: skip
-    assert [r.split()[:3] for r in rows[1:]] == [
-        ["bench", "tuned", "yes"],
-        ["bench", "tuned", "no"],
-        ["bench", "merged", "yes"],
+    assert [r.split()[:4] for r in rows[1:4]] == [
+        ["bench", "tuned", "yes", "LogLikelihood"],
+        ["bench", "tuned", "no", "Generation"],
+        ["bench", "merged", "yes", "Generation"],
     ]
-    assert rows[1].split()[3:] == ["0.500", "±", "0.045", "[0.445,", "0.555]", "5", "10", "3"]
+    # Scored once: no stddev between rounds is claimed, the interval over questions is.
+    assert rows[1].split()[4:] == ["0.500", "[0.445,", "0.555]", "-", "0.600", "1", "10", "0"]
+    assert rows[2].split()[4:] == ["0.400", "[0.345,", "0.455]", "0.045", "-", "5", "10", "3"]
+    # The paired tests follow, the most significant first.
+    pairs = table.split("Paired tests over questions")[1].splitlines()[1:]
+    assert pairs[0].split() == ["EVALRUN", "A", "B", "DIFFERENCE", "CI95", "TEST", "P"]
+    assert pairs[1].split() == [
+        "bench", "tuned", "+RAG", "merged", "+RAG", "+0.200", "[+0.050,", "+0.350]", "McNemar",
+        "0.0123",
+    ]  # fmt: skip
+    assert pairs[2].split()[:4] == ["bench", "tuned", "+RAG", "tuned"]
     assert leaderboard_table([]) == "no EvalRun has results yet"

@@ -38,22 +38,43 @@ def scrape(registry: CollectorRegistry) -> str:
 def test_eval_results_become_gauges_with_the_documented_labels() -> None:
     registry = CollectorRegistry()
     runs = register_collector(registry)
+    scored_once = {
+        **RESULT,
+        "model": "base",
+        "scoring": "LogLikelihood",
+        "n": 1,
+        "accuracyStddev": None,
+        "accuracyNorm": 0.61,
+        "rounds": [0.5],
+    }
     body, status = evalrun(
         "bench",
-        [RESULT],
+        [RESULT, scored_once],
         judgeRatings=[{"model": "tuned", "rating": 1012.5, "ci95Low": 990.0, "ci95High": 1030.0}],
-    )
+        pairedTests=[
+            {"a": "tuned", "aRag": True, "b": "base", "bRag": True, "difference": 0.078,
+             "ci95Low": 0.01, "ci95High": 0.15, "test": "McNemar", "pValue": 0.031},
+        ],
+    )  # fmt: skip
     runs.observe("EvalRun", body, status)
     text = scrape(registry)
-    labels = (
-        'dataset="configmap/mcq/nitro.csv",evalrun="bench",model="tuned",'
-        'namespace="team",rag="true"'
-    )
+    run = 'dataset="configmap/mcq/nitro.csv",evalrun="bench"'
+    labels = f'{run},model="tuned",namespace="team",rag="true",scoring="Generation"'
     assert f"crucible_eval_accuracy{{{labels}}} 0.578" in text
     assert f"crucible_eval_accuracy_stddev{{{labels}}} 0.021" in text
     assert f"crucible_eval_accuracy_ci95_lower{{{labels}}} 0.526" in text
     assert f"crucible_eval_rounds{{{labels}}} 3.0" in text
-    assert f'crucible_eval_round_accuracy{{{labels},round="3"}} 0.594' in text
+    assert f"crucible_eval_questions{{{labels}}} 50.0" in text
+    per_round = f'{run},model="tuned",namespace="team",rag="true",round="3",scoring="Generation"'
+    assert f"crucible_eval_round_accuracy{{{per_round}}} 0.594" in text
+    # Scored once: no stddev between rounds, the interval over questions and acc_norm instead.
+    once = f'{run},model="base",namespace="team",rag="true",scoring="LogLikelihood"'
+    assert f"crucible_eval_accuracy_ci95_upper{{{once}}} 0.63" in text
+    assert f"crucible_eval_accuracy_norm{{{once}}} 0.61" in text
+    assert "crucible_eval_accuracy_stddev{" + once not in text
+    pair = f'a="tuned",a_rag="true",b="base",b_rag="true",{run},namespace="team",test="McNemar"'
+    assert f"crucible_eval_paired_p_value{{{pair}}} 0.031" in text
+    assert f"crucible_eval_paired_difference{{{pair}}} 0.078" in text
     assert (
         'crucible_eval_judge_rating{dataset="configmap/mcq/nitro.csv",evalrun="bench",'
         'model="tuned",namespace="team"} 1012.5'

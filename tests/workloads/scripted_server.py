@@ -16,6 +16,9 @@ from crucible.devcluster.cluster import free_port
 
 # (model, user message) -> reply text
 Script = Callable[[str, str, list[dict[str, str]]], str]
+# (model, text before the answer, the answer) -> log-probability of each of the answer's
+# characters (each character is a token here)
+Likelihood = Callable[[str, str, str], float]
 
 
 class ScriptedServer:
@@ -26,8 +29,10 @@ class ScriptedServer:
         *,
         refused_parameters: tuple[str, ...] = (),
         delay: float = 0.002,
+        likelihood: Likelihood | None = None,
     ) -> None:
         self.script = script
+        self.likelihood = likelihood  # None: no completions endpoint, as with hosted chat
         self.delay = delay  # seconds each answer takes
         # answer 400 to requests with these body keys, as servers without the feature do
         self.refused_parameters = refused_parameters
@@ -80,6 +85,37 @@ class ScriptedServer:
         finally:
             self.in_flight -= 1
 
+    async def completions(self, request: web.Request) -> web.Response:
+        """Prompt log-probabilities with echo: one token per character; the text after the
+        last "Answer:" is scored by the likelihood script, everything before it at 0."""
+        body = await request.json()
+        model = body["model"]
+        self.requests[f"{model} completions"] += 1
+        await asyncio.sleep(self.delay)
+        if self.likelihood is None or not body.get("echo") or body.get("max_tokens") != 0:
+            return web.Response(status=404, text="not found")
+        self.bodies.append(body)
+        choices = []
+        for index, text in enumerate(body["prompt"]):
+            head, marker, answer = text.rpartition("Answer:")
+            head += marker
+            per_character = self.likelihood(model, head, answer) if marker else 0.0
+            values = [0.0] * len(head) + [per_character] * len(answer)
+            choices.append(
+                {
+                    "index": index,
+                    "text": text,
+                    "logprobs": {
+                        "tokens": list(text),
+                        "token_logprobs": [None, *values[1:]],
+                        "text_offset": list(range(len(text))),
+                    },
+                    "finish_reason": "length",
+                }
+            )
+        self.served[f"{model} completions"] += 1
+        return web.json_response({"id": "x", "object": "text_completion", "choices": choices})
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
@@ -90,6 +126,7 @@ def serving(server: ScriptedServer) -> Iterator[ScriptedServer]:
     loop = asyncio.new_event_loop()
     app = web.Application()
     app.router.add_post("/v1/chat/completions", server.chat)
+    app.router.add_post("/v1/completions", server.completions)
     runner = web.AppRunner(app)
     loop.run_until_complete(runner.setup())
     loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", server.port).start())

@@ -17,9 +17,17 @@ from typing import Any
 import pytest
 
 from crucible.api.contract import ChatEndpoint, DataFile, EvalTask
+from crucible.workloads.common import WorkloadError
 from crucible.workloads.evaluate import Answer, AnswerJournal, evaluate
 from crucible.workloads.mcq import load_questions, parse_answer
-from crucible.workloads.stats import bradley_terry, rate, summarize, welch_t_test
+from crucible.workloads.stats import (
+    bootstrap_interval,
+    bradley_terry,
+    paired_test,
+    rate,
+    summarize,
+    welch_t_test,
+)
 from tests.conftest import NITRO, requires_nitro, wait_for
 from tests.workloads.scripted_server import ScriptedServer, serving
 
@@ -77,6 +85,29 @@ def test_welch_matches_hand_computation() -> None:
     assert test.t == pytest.approx(0.15 / math.sqrt(se2))
     assert test.df == pytest.approx(se2**2 / ((0.01 / 3) ** 2 / 2 + (0.0025 / 3) ** 2 / 2))
     assert 0.05 < test.p_value < 0.15
+
+
+def test_interval_over_questions_is_the_binomial_one_and_reproducible() -> None:
+    """20 of 40 right: the bootstrap interval over questions is close to the normal
+    approximation, 0.5 ± 1.96·sqrt(0.25/40) = ±0.155, and the seed fixes it."""
+    scores = [1.0, 0.0] * 20
+    low, high = bootstrap_interval(scores, seed=3)
+    assert low == pytest.approx(0.5 - 0.155, abs=0.02) and high == pytest.approx(0.655, abs=0.02)
+    assert bootstrap_interval(scores, seed=3) == (low, high)
+
+
+def test_paired_tests_match_hand_computation() -> None:
+    # McNemar: of 9 discordant questions a alone got 8 right: p = 2·P(X ≤ 1 | 9, ½) = 20/512.
+    a = [1.0] * 8 + [0.0] + [1.0] * 5 + [0.0] * 6
+    b = [0.0] * 8 + [1.0] + [1.0] * 5 + [0.0] * 6
+    mcnemar = paired_test(a, b, seed=0)
+    assert (mcnemar.test, mcnemar.difference) == ("McNemar", pytest.approx(7 / 20))
+    assert mcnemar.p_value == pytest.approx(20 / 512)
+    assert mcnemar.ci95_low < 7 / 20 < mcnemar.ci95_high
+    # Scores averaged over rounds: differences .5, 0, .5, 0 → t = .25 / (sd/2) = √3, 3 df.
+    t = paired_test([1.0, 0.5, 0.5, 0.0], [0.5, 0.5, 0.0, 0.0], seed=0)
+    assert t.test == "PairedT" and t.p_value == pytest.approx(0.18169, abs=1e-4)
+    assert paired_test(a, a, seed=0).p_value == 1.0
 
 
 def test_bradley_terry_recovers_known_strengths() -> None:
@@ -212,7 +243,13 @@ def test_scores_are_exact_and_every_answer_is_recorded(tmp_path: Path) -> None:
     }
     assert order[("oracle", 0)] == order[("half", 0)] != order[("oracle", 1)]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["seed"] == 11 and summary["welch"][0]["a"] == "half"
+    # Rounds that never vary leave Welch's test nothing to test; the paired test over
+    # questions sees the 10 questions only the oracle gets right: McNemar, p = 2 / 2**10.
+    assert summary["seed"] == 11 and summary["welch"] == []
+    (paired,) = summary["pairedTests"]
+    assert (paired["a"], paired["b"], paired["test"]) == ("half", "oracle", "McNemar")
+    assert paired["difference"] == -0.5 and paired["pValue"] == pytest.approx(2 / 2**10)
+    assert by_model["half"].scoring == "Generation" and by_model["half"].accuracy_norm is None
 
 
 def test_retries_never_lose_or_double_count(tmp_path: Path) -> None:
@@ -337,3 +374,132 @@ def test_a_journal_of_other_settings_is_not_reused(
         results = evaluate(first)
         assert server.served["oracle"] == 60  # nothing taken from the stale journal
     assert results[0].rounds == [1.0, 1.0, 1.0]
+
+
+# -- log-likelihood scoring ------------------------------------------------------------------
+
+
+def likelihood(model: str, head: str, answer: str) -> float:
+    """Per-character log-probability of an option: "knows" likes the right option (named
+    after the question's right letter by write_mcq: "a3" for A); "verbose" likes long
+    options per character but pays for their length; "confused" likes none."""
+    letter = answer.strip()[:1].upper()
+    right = letter == correct_letter(head) if "Question: Q" in head else "right" in answer
+    if model == "knows":
+        return -0.1 if right else -1.0
+    if model == "verbose":
+        return -0.3 if right else -0.4
+    return -1.0
+
+
+def test_log_likelihood_scores_each_option_once_and_reports_acc_and_acc_norm(
+    tmp_path: Path,
+) -> None:
+    with serving(ScriptedServer(script, likelihood=likelihood)) as server:
+        results = evaluate(task(tmp_path, server, ["knows"], scoring="LogLikelihood"))
+        # One request per question (the options batched), none of them a chat.
+        assert server.served["knows completions"] == 20 and server.served["knows"] == 0
+        assert all(len(b["prompt"]) == 5 for b in server.bodies)
+    (result,) = results
+    # Deterministic: scored once, whatever `repeats` (3) says, and no stddev between rounds.
+    assert (result.scoring, result.n, result.rounds) == ("LogLikelihood", 1, [1.0])
+    assert result.accuracy_stddev is None and result.accuracy_norm == 1.0
+    assert (result.ci95_low, result.ci95_high) == (1.0, 1.0)
+    answers = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    second = next(a for a in answers if a["question"] == 2)  # Q1, right answer B: " b1"
+    assert second["loglikelihoods"] == [-3.0, -0.3, -3.0, -3.0]
+    assert second["parsed"] == second["parsed_norm"] == "B" and second["correct_norm"]
+
+
+def test_acc_norm_divides_by_the_options_length(tmp_path: Path) -> None:
+    """The right option is long: its total log-probability is the lowest (acc 0) but per
+    byte it is the highest (acc_norm 1), as lm-evaluation-harness's acc_norm would say."""
+    rows = ["question,a,b,c,d,correct"]
+    for i in range(8):
+        rows.append(f"Which one {i}?,the right and long answer,no,nah,nope,A")
+    mcq = tmp_path / "long.csv"
+    mcq.write_text("\n".join(rows) + "\n")
+    with serving(ScriptedServer(script, likelihood=likelihood)) as server:
+        (result,) = evaluate(
+            task(tmp_path, server, ["verbose"], scoring="LogLikelihood", dataset=DataFile(
+                path=str(mcq)))
+        )  # fmt: skip
+    assert result.accuracy_mean == 0.0 and result.accuracy_norm == 1.0
+
+
+def test_auto_scores_by_likelihood_where_it_can_and_says_which(tmp_path: Path) -> None:
+    """A completions endpoint with log-probabilities is scored by likelihood; a chat-only
+    endpoint (a hosted model) is asked for a letter in rounds. Each row says which."""
+    with (
+        serving(ScriptedServer(script, likelihood=likelihood)) as served,
+        serving(ScriptedServer(script)) as hosted,
+    ):
+        endpoints = [
+            ChatEndpoint(name="knows", base_url=served.url, model="knows"),
+            ChatEndpoint(name="oracle", base_url=hosted.url, model="oracle"),
+        ]
+        results = evaluate(task(tmp_path, served, [], endpoints=endpoints, scoring="Auto"))
+        assert served.served["knows completions"] == 20 and served.served["knows"] == 0
+        assert hosted.requests["oracle completions"] == 1  # asked once whether it can
+        assert hosted.served["oracle"] == 60
+    by_model = {r.model: r for r in results}
+    assert by_model["knows"].scoring == "LogLikelihood" and by_model["knows"].n == 1
+    assert by_model["oracle"].scoring == "Generation" and by_model["oracle"].n == 3
+    assert by_model["oracle"].accuracy_stddev == 0.0
+
+
+def test_log_likelihood_from_an_endpoint_that_cannot_names_the_field(tmp_path: Path) -> None:
+    with (
+        serving(ScriptedServer(script)) as server,
+        pytest.raises(WorkloadError, match=r"spec.scoring is LogLikelihood, but .*oracle"),
+    ):
+        evaluate(task(tmp_path, server, ["oracle"], scoring="LogLikelihood"))
+
+
+def test_an_empty_option_is_no_candidate_and_an_empty_answer_is_refused(tmp_path: Path) -> None:
+    """The Nitro set has a question whose option A is empty: it has no text to score, so it
+    cannot be chosen (an empty continuation would otherwise be the likeliest). An empty
+    correct option makes the question unanswerable: refused, naming the row and column."""
+    mcq = tmp_path / "empty.csv"
+    mcq.write_text("question,a,b,c,d,correct\nQ0: which?,,b0,c0,d0,A\n")
+    with pytest.raises(WorkloadError, match=r"question 1, column 'a': the correct option is empty"):
+        load_questions(mcq)
+    mcq.write_text("question,a,b,c,d,correct\nQ1: which?,A. ,b1,c1,d1,B\n")
+    with serving(ScriptedServer(script, likelihood=likelihood)) as server:
+        (result,) = evaluate(
+            task(tmp_path, server, ["confused"], scoring="LogLikelihood", dataset=DataFile(
+                path=str(mcq)))
+        )  # fmt: skip
+        assert len(server.bodies[0]["prompt"]) == 4  # the context and three options
+    (answer,) = [
+        json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()
+    ]
+    # Every option alike: the first candidate, B, wins — not the empty A.
+    assert answer["loglikelihoods"] == [None, -3.0, -3.0, -3.0] and answer["parsed"] == "B"
+    assert result.accuracy_mean == 1.0
+
+
+def test_retrieval_lift_is_a_paired_test_over_the_same_questions(tmp_path: Path) -> None:
+    """With the context "knows" is right; without it, it is confused: the same model with
+    and without RAG are compared question by question."""
+    from crucible.api.contract import EvalRag
+    from crucible.api.ragindex import Embedding
+
+    def helped(model: str, head: str, answer: str) -> float:
+        return likelihood(model if "CONTEXT" in head else "confused", head, answer)
+
+    rag = EvalRag(table="docs", top_k=3, compare_without_rag=True, embedding=Embedding())
+    with serving(ScriptedServer(script, likelihood=helped)) as server:
+        evaluate(
+            task(tmp_path, server, ["knows"], rag=rag, scoring="LogLikelihood"),
+            retriever=lambda question: f"CONTEXT for {question}",
+        )
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    with_rag, without = summary["results"]
+    assert (with_rag["rag"], with_rag["accuracyMean"]) == (True, 1.0)
+    # Confused: every option alike, the first (A) wins — right on 5 of 20.
+    assert (without["rag"], without["accuracyMean"]) == (False, 0.25)
+    (paired,) = summary["pairedTests"]
+    assert (paired["aRag"], paired["bRag"], paired["test"]) == (True, False, "McNemar")
+    assert paired["difference"] == 0.75 and paired["pValue"] == pytest.approx(2 / 2**15)
+    assert 0.5 < paired["ci95Low"] < 0.75 < paired["ci95High"] <= 1.0

@@ -20,6 +20,7 @@ from crucible.api.evalrun import ModelResult
 from crucible.devcluster.cluster import free_port
 from crucible.workloads.common import WorkloadError
 from crucible.workloads.evaluate import evaluate
+from crucible.workloads.mcq import cloze, load_questions
 from crucible.workloads.synthesize import synthesize
 from tests.conftest import ROOT, wait_for
 from tests.workloads.conftest import ModelFactory
@@ -150,6 +151,43 @@ def test_constrained_answers_are_always_one_letter(vllm_server: str, tmp_path: P
     assert result.unparsed == 0
     assert {a["text"].strip() for a in answers} <= {"A", "B", "C", "D"}
     assert successes(vllm_server) - before == 24
+
+
+def test_log_likelihood_scores_are_the_models_own(
+    vllm_server: str, tmp_path: Path, make_model: ModelFactory
+) -> None:
+    """One request per question (vLLM counts its five prompts, the context and each option,
+    as five); the option log-likelihoods vLLM returns equal the model's, computed directly
+    with transformers on the same tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    before = successes(vllm_server)
+    result, answers = evaluate_tiny(
+        vllm_server, tmp_path, repeats=3, max_tokens=8, scoring="LogLikelihood"
+    )
+    assert successes(vllm_server) - before == 12 * 5
+    assert (result.scoring, result.n, result.accuracy_stddev) == ("LogLikelihood", 1, None)
+    assert len(answers) == 12 and all(a["scoring"] == "LogLikelihood" for a in answers)
+    assert result.ci95_low <= result.accuracy_mean <= result.ci95_high
+    assert result.accuracy_norm is not None
+
+    folder = make_model(1, max_position_embeddings=2048)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    questions = {q.number: q for q in load_questions(tmp_path / "mcq.csv")}
+    for answer in answers[:3]:
+        context, continuations = cloze(questions[answer["question"]])
+        shared = len(tokenizer(context).input_ids)
+        expected = []
+        for continuation in continuations.values():
+            ids = tokenizer(context + continuation, return_tensors="pt").input_ids
+            with torch.no_grad():
+                logprobs = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
+            expected.append(
+                sum(float(logprobs[t - 1, ids[0, t]]) for t in range(shared, ids.shape[1]))
+            )
+        assert answer["loglikelihoods"] == pytest.approx(expected, abs=2e-3)
 
 
 def test_synthesize_asks_the_teacher_once_per_chunk_and_pass(

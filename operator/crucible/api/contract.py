@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from crucible.api.base import ApiModel
-from crucible.api.evalrun import JudgeRating, ModelResult
+from crucible.api.evalrun import JudgeRating, ModelResult, PairedTest, Scoring
 from crucible.api.finetunejob import (
     DatasetFormat,
     Hyperparameters,
@@ -109,6 +109,7 @@ class EvalTask(TaskBase):
     endpoints: list[ChatEndpoint]
     dataset: DataFile = Field(description="Multiple-choice CSV: question, a, b, c, d, correct.")
     rag: EvalRag | None = None
+    scoring: Scoring = Scoring.GENERATION
     repeats: int
     seed: int
     temperature: float
@@ -156,6 +157,7 @@ class WorkloadReport(ApiModel):
     chunks: int | None = Field(default=None, ge=0)
     content_hash: str | None = None
     results: list[ModelResult] | None = Field(default=None, max_length=64)
+    paired_tests: list[PairedTest] | None = Field(default=None, max_length=512)
     judge_ratings: list[JudgeRating] | None = Field(default=None, max_length=16)
     results_uri: str | None = None
     pairs: PairCounts | None = None

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+from typing import Literal
+
 from pydantic import Field
 
-from crucible.api.base import ApiModel, api_config, defaulted
+from crucible.api.base import ApiModel, api_config, cel, defaulted
 from crucible.api.common import (
     DNS_LABEL,
     EXACTLY_ONE_TARGET,
@@ -17,6 +20,14 @@ from crucible.api.common import (
     Serving,
     resource_name_rule,
 )
+
+
+class Scoring(StrEnum):
+    """How an answer to a multiple-choice question is obtained."""
+
+    AUTO = "Auto"
+    LOG_LIKELIHOOD = "LogLikelihood"
+    GENERATION = "Generation"
 
 
 class EvalModel(InferenceTarget):
@@ -69,6 +80,17 @@ class Rag(ApiModel):
 class EvalRunSpec(ApiModel):
     """What to benchmark, on which questions, how often."""
 
+    model_config = api_config(
+        cel(
+            "!(self.scoring == 'LogLikelihood' && self.constrainAnswers)",
+            "spec.constrainAnswers constrains generated answers, and spec.scoring "
+            "LogLikelihood generates none: remove constrainAnswers, or set scoring to Auto or "
+            "Generation",
+            field_path=".constrainAnswers",
+            reason="FieldValueForbidden",
+        ),
+    )
+
     models: list[EvalModel] = Field(
         min_length=1,
         max_length=16,
@@ -79,12 +101,24 @@ class EvalRunSpec(ApiModel):
         description="Multiple-choice questions as CSV with columns question, a, b, c, d, correct."
     )
     rag: Rag | None = Field(default=None, description="Retrieval from a RagIndex.")
+    scoring: Scoring = Field(
+        default=Scoring.AUTO,
+        description="LogLikelihood scores each option's text by the model's log-probability "
+        "of it as the continuation of the question (and the retrieved context), as "
+        "lm-evaluation-harness scores multiple choice: the prediction is the most likely "
+        "option; it needs prompt log-probabilities (vLLM's completions API with echo), and "
+        "being deterministic it is scored once whatever `repeats` says. Generation asks for "
+        "the letter of the answer, `repeats` times. Auto (the default) scores each model by "
+        "log-likelihood where its endpoint returns prompt log-probabilities (every model "
+        "Crucible serves does) and by generation where it does not (e.g. a hosted chat "
+        "model); each result says which scoring produced it.",
+    )
     repeats: int = Field(
         default=5,
         ge=1,
         le=200,
-        description="Rounds over the whole set; accuracy is reported "
-        "as mean and sample standard deviation over rounds.",
+        description="Rounds over the whole set for generation scoring; their accuracies are "
+        "reported as mean and sample standard deviation over rounds.",
     )
     seed: int = Field(default=0, ge=0, description="Seed of the per-round question shuffles.")
     temperature: float = Field(
@@ -115,21 +149,63 @@ class EvalRunSpec(ApiModel):
     )
 
 
+ScoringUsed = Literal["LogLikelihood", "Generation"]
+
+
 class ModelResult(ApiModel):
     """Accuracy of one model, with or without RAG, over all rounds."""
 
     model: str = Field(description="Name of the model (spec.models[].name).")
     rag: bool = Field(description="Whether retrieved context was given.")
-    n: int = Field(ge=0, description="Rounds completed.")
+    scoring: ScoringUsed = Field(
+        default="Generation", description="The scoring that produced this result."
+    )
+    n: int = Field(
+        ge=0, description="Rounds scored (1 for log-likelihood scoring, which is deterministic)."
+    )
     questions: int = Field(ge=0, description="Questions per round.")
     accuracy_mean: float = Field(description="Mean accuracy over rounds, in [0, 1].")
-    accuracy_stddev: float = Field(description="Sample standard deviation over rounds.")
-    ci95_low: float = Field(description="Lower bound of the 95% confidence interval of the mean.")
-    ci95_high: float = Field(description="Upper bound of the 95% confidence interval of the mean.")
+    accuracy_stddev: float | None = Field(
+        default=None,
+        description="Sample standard deviation of the accuracy between rounds (how much "
+        "sampling changes the score); absent with a single round, where it is not defined.",
+    )
+    ci95_low: float = Field(
+        description="Lower bound of the 95% confidence interval of the accuracy over "
+        "questions: percentile bootstrap over questions (each question's score is its mean "
+        "over rounds), 10,000 resamples seeded by spec.seed. This is the uncertainty that "
+        "comes from having only these questions."
+    )
+    ci95_high: float = Field(description="Upper bound of that interval.")
+    accuracy_norm: float | None = Field(
+        default=None,
+        description="Log-likelihood scoring only: accuracy when each option's log-likelihood "
+        "is divided by its length in bytes (lm-evaluation-harness's acc_norm).",
+    )
     rounds: list[float] = Field(
         max_length=200, description="Accuracy of each round, in round order."
     )
     unparsed: int = Field(default=0, ge=0, description="Answers with no single clear letter.")
+
+
+class PairedTest(ApiModel):
+    """Whether two results on the same questions differ for real: a paired test over
+    questions."""
+
+    a: str = Field(description="Model of the first result.")
+    a_rag: bool = Field(description="Whether the first result had retrieved context.")
+    b: str = Field(description="Model of the second result.")
+    b_rag: bool = Field(description="Whether the second result had retrieved context.")
+    difference: float = Field(description="Accuracy of the first minus the second.")
+    ci95_low: float = Field(
+        description="Lower bound of the paired bootstrap 95% interval of the difference."
+    )
+    ci95_high: float = Field(description="Upper bound of that interval.")
+    test: Literal["McNemar", "PairedT"] = Field(
+        description="McNemar's exact test where each question is scored once (right or "
+        "wrong), else a paired t-test over the questions' mean scores."
+    )
+    p_value: float = Field(description="Two-sided p-value of 'no difference'.")
 
 
 class JudgeRating(ApiModel):
@@ -152,6 +228,11 @@ class EvalRunStatus(RunStatus):
 
     results: list[ModelResult] | None = Field(
         default=None, max_length=64, description="Accuracy per model and RAG setting."
+    )
+    paired_tests: list[PairedTest] | None = Field(
+        default=None,
+        max_length=512,
+        description="Paired tests between results of the same RAG setting or the same model.",
     )
     judge_ratings: list[JudgeRating] | None = Field(
         default=None, max_length=16, description="Judge ratings, best first."

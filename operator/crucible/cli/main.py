@@ -121,7 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, func, what in (
         ("status", _status, "each resource's phase and progress"),
-        ("leaderboard", _leaderboard, "accuracy per model: mean ± stddev, CI95, n, RAG or not"),
+        (
+            "leaderboard",
+            _leaderboard,
+            "accuracy per model (CI95 over questions, stddev over rounds, scoring), paired tests",
+        ),
     ):
         command = commands.add_parser(name, help=what)
         command.add_argument("-n", "--namespace", default="crucible-demo", help="namespace")

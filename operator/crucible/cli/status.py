@@ -91,27 +91,60 @@ def status_table(items: list[dict[str, Any]]) -> str:
 
 
 def leaderboard_table(items: list[dict[str, Any]]) -> str:
-    """Per EvalRun and model: mean accuracy ± sample stddev, CI95, rounds, with/without RAG;
-    best first."""
-    rows = []
+    """Per EvalRun and model, best first: mean accuracy with its 95% interval over questions,
+    the stddev between rounds (where there are several), how it was scored; then, per EvalRun,
+    the paired tests that say whether two results differ for real."""
+    rows, pairs = [], []
     for item in items:
         status = typed_status(item)
         if not isinstance(status, EvalRunStatus):
             continue
+        name = item["metadata"]["name"]
         for r in sorted(status.results or [], key=lambda r: -r.accuracy_mean):
             rows.append(
                 [
-                    item["metadata"]["name"],
+                    name,
                     r.model,
                     "yes" if r.rag else "no",
-                    f"{r.accuracy_mean:.3f} ± {r.accuracy_stddev:.3f}",
+                    r.scoring,
+                    f"{r.accuracy_mean:.3f}",
                     f"[{r.ci95_low:.3f}, {r.ci95_high:.3f}]",
+                    "-" if r.accuracy_stddev is None else f"{r.accuracy_stddev:.3f}",
+                    "-" if r.accuracy_norm is None else f"{r.accuracy_norm:.3f}",
                     str(r.n),
                     str(r.questions),
                     str(r.unparsed),
                 ]
             )
+        for t in sorted(status.paired_tests or [], key=lambda t: t.p_value):
+            pairs.append(
+                [
+                    name,
+                    f"{t.a}{' +RAG' if t.a_rag else ''}",
+                    f"{t.b}{' +RAG' if t.b_rag else ''}",
+                    f"{t.difference:+.3f}",
+                    f"[{t.ci95_low:+.3f}, {t.ci95_high:+.3f}]",
+                    t.test,
+                    f"{t.p_value:.3g}",
+                ]
+            )
     if not rows:
         return "no EvalRun has results yet"
-    header = ["EVALRUN", "MODEL", "RAG", "ACCURACY", "CI95", "N", "QUESTIONS", "UNPARSED"]
-    return _table(header, rows)
+    header = [
+        "EVALRUN",
+        "MODEL",
+        "RAG",
+        "SCORING",
+        "ACCURACY",
+        "CI95 (QUESTIONS)",
+        "SD (ROUNDS)",
+        "ACC_NORM",
+        "ROUNDS",
+        "QUESTIONS",
+        "UNPARSED",
+    ]
+    table = _table(header, rows)
+    if pairs:
+        table += "\n\nPaired tests over questions (a minus b; small p: a real difference)\n"
+        table += _table(["EVALRUN", "A", "B", "DIFFERENCE", "CI95", "TEST", "P"], pairs)
+    return table

@@ -84,6 +84,7 @@ class EvalRunController(ServingController[EvalRunSpec, EvalInputs]):
         best = max(report.results, key=lambda r: r.accuracy_mean)
         return {
             "results": report.results,
+            "paired_tests": report.paired_tests or None,
             "judge_ratings": report.judge_ratings or None,
             "best_model": best.model + (" (RAG)" if best.rag else ""),
             "best_accuracy": round(best.accuracy_mean, 4),

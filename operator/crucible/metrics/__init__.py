@@ -21,7 +21,7 @@ from crucible.api.common import Phase, RunStatus
 from crucible.api.evalrun import EvalRunStatus, ModelResult
 from crucible.api.kinds import KINDS, KINDS_BY_NAME
 
-EVAL_LABELS = ("namespace", "evalrun", "model", "dataset", "rag")
+EVAL_LABELS = ("namespace", "evalrun", "model", "dataset", "rag", "scoring")
 
 RECONCILES = Counter(
     "crucible_reconcile_total", "Reconcile steps, by kind and result.", ("kind", "result")
@@ -122,11 +122,36 @@ class RunStatusCollector(Collector):
             return GaugeMetricFamily(name, text, labels=(*EVAL_LABELS, *extra))
 
         accuracy = family("crucible_eval_accuracy", "Mean accuracy over rounds, in [0, 1].")
-        stddev = family("crucible_eval_accuracy_stddev", "Sample standard deviation over rounds.")
-        low = family("crucible_eval_accuracy_ci95_lower", "Lower 95% bound of the mean accuracy.")
-        high = family("crucible_eval_accuracy_ci95_upper", "Upper 95% bound of the mean accuracy.")
+        stddev = family(
+            "crucible_eval_accuracy_stddev",
+            "Sample standard deviation between rounds (absent with a single round).",
+        )
+        low = family(
+            "crucible_eval_accuracy_ci95_lower",
+            "Lower bound of the bootstrap 95% interval of the accuracy over questions.",
+        )
+        high = family(
+            "crucible_eval_accuracy_ci95_upper",
+            "Upper bound of the bootstrap 95% interval of the accuracy over questions.",
+        )
+        norm = family(
+            "crucible_eval_accuracy_norm",
+            "Length-normalised accuracy (log-likelihood scoring only).",
+        )
         rounds = family("crucible_eval_rounds", "Rounds the accuracy is computed over (n).")
+        questions = family("crucible_eval_questions", "Questions per round.")
         per_round = family("crucible_eval_round_accuracy", "Accuracy of one round.", ("round",))
+        pair_labels = ("namespace", "evalrun", "dataset", "a", "a_rag", "b", "b_rag", "test")
+        difference = GaugeMetricFamily(
+            "crucible_eval_paired_difference",
+            "Accuracy of result a minus result b on the same questions.",
+            labels=pair_labels,
+        )
+        p_value = GaugeMetricFamily(
+            "crucible_eval_paired_p_value",
+            "Two-sided p-value of the paired test over questions between results a and b.",
+            labels=pair_labels,
+        )
         rating = GaugeMetricFamily(
             "crucible_eval_judge_rating",
             "Bradley-Terry rating from the LLM judge.",
@@ -135,17 +160,35 @@ class RunStatusCollector(Collector):
         for (namespace, name), (spec, status) in sorted(evals.items()):
             dataset = dataset_label(spec)
             for result in status.results or []:
-                labels = [namespace, name, result.model, dataset, "true" if result.rag else "false"]
+                labels = [namespace, name, result.model, dataset, _flag(result.rag), result.scoring]
                 accuracy.add_metric(labels, result.accuracy_mean)
-                stddev.add_metric(labels, result.accuracy_stddev)
+                if result.accuracy_stddev is not None:
+                    stddev.add_metric(labels, result.accuracy_stddev)
                 low.add_metric(labels, result.ci95_low)
                 high.add_metric(labels, result.ci95_high)
+                if result.accuracy_norm is not None:
+                    norm.add_metric(labels, result.accuracy_norm)
                 rounds.add_metric(labels, result.n)
+                questions.add_metric(labels, result.questions)
                 for i, score in enumerate(result.rounds):
                     per_round.add_metric([*labels, str(i + 1)], score)
+            for pair in status.paired_tests or []:
+                pair_values = [
+                    namespace,
+                    name,
+                    dataset,
+                    pair.a,
+                    _flag(pair.a_rag),
+                    pair.b,
+                    _flag(pair.b_rag),
+                    pair.test,
+                ]
+                difference.add_metric(pair_values, pair.difference)
+                p_value.add_metric(pair_values, pair.p_value)
             for judged in status.judge_ratings or []:
                 rating.add_metric([namespace, name, judged.model, dataset], judged.rating)
-        yield from (accuracy, stddev, low, high, rounds, per_round, rating)
+        yield from (accuracy, stddev, low, high, norm, rounds, questions, per_round)
+        yield from (difference, p_value, rating)
 
     @staticmethod
     def _trend_families(
@@ -157,12 +200,7 @@ class RunStatusCollector(Collector):
             if status.completion_time is None:
                 continue
             for result in status.results or []:
-                key = (
-                    namespace,
-                    result.model,
-                    dataset_label(spec),
-                    "true" if result.rag else "false",
-                )
+                key = (namespace, result.model, dataset_label(spec), _flag(result.rag))
                 history.setdefault(key, []).append((status.completion_time, result))
         labels = ("namespace", "model", "dataset", "rag")
         delta = GaugeMetricFamily(
@@ -181,8 +219,13 @@ class RunStatusCollector(Collector):
             entries.sort(key=lambda entry: entry[0])
             (_, before), (_, latest) = entries[-2], entries[-1]
             delta.add_metric(list(key), latest.accuracy_mean - before.accuracy_mean)
-            previous_stddev.add_metric(list(key), before.accuracy_stddev)
+            if before.accuracy_stddev is not None:
+                previous_stddev.add_metric(list(key), before.accuracy_stddev)
         yield from (delta, previous_stddev)
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
 
 
 def register_collector(registry: CollectorRegistry = REGISTRY) -> RunStatusCollector:

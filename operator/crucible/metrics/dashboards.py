@@ -131,11 +131,14 @@ def _board(uid: str, title: str, description: str) -> dashboard.Dashboard:
 
 def leaderboard() -> dashboard.Dashboard:
     acc = f"crucible_eval_accuracy{{{SELECTOR}}}"
+    row = "max by (evalrun, model, rag, dataset, scoring)"
+    pair = "max by (evalrun, a, a_rag, b, b_rag, test)"
     return (
         _board(
             "crucible-leaderboard",
             "Crucible / Eval leaderboard",
-            "Accuracy ± sample standard deviation per model, with and without RAG.",
+            "Accuracy per model, with and without RAG: its 95% interval over questions, the "
+            "standard deviation between rounds where rounds vary, and paired tests.",
         )
         .with_panel(
             bar(
@@ -148,11 +151,13 @@ def leaderboard() -> dashboard.Dashboard:
         )
         .with_panel(
             bar(
-                "Standard deviation over rounds",
-                "crucible_eval_accuracy_stddev: how much rounds disagree.",
+                "95% interval over questions (width)",
+                "crucible_eval_accuracy_ci95_upper minus _lower: the uncertainty of having only "
+                "these questions, which deterministic scoring does not remove.",
                 [
                     Query(
-                        f"max by (model, rag) (crucible_eval_accuracy_stddev{{{SELECTOR}}})",
+                        f"max by (model, rag) (crucible_eval_accuracy_ci95_upper{{{SELECTOR}}} "
+                        f"- crucible_eval_accuracy_ci95_lower{{{SELECTOR}}})",
                         "{{model}} rag={{rag}}",
                         instant=True,
                     )
@@ -163,29 +168,34 @@ def leaderboard() -> dashboard.Dashboard:
         .with_panel(
             grid(
                 "Leaderboard",
-                "Mean, stddev, 95% CI and rounds of every result.",
+                "Mean, 95% interval over questions, stddev between rounds (absent when scored "
+                "once), length-normalised accuracy (log-likelihood scoring), rounds and "
+                "questions of every result; the scoring label says how it was scored.",
                 [
-                    Query(f"max by (evalrun, model, rag, dataset) ({acc})", instant=True),
-                    Query(
-                        "max by (evalrun, model, rag, dataset) "
-                        f"(crucible_eval_accuracy_stddev{{{SELECTOR}}})",
-                        instant=True,
+                    Query(f"{row} ({acc})", instant=True),
+                    *(
+                        Query(f"{row} ({metric}{{{SELECTOR}}})", instant=True)
+                        for metric in (
+                            "crucible_eval_accuracy_ci95_lower",
+                            "crucible_eval_accuracy_ci95_upper",
+                            "crucible_eval_accuracy_stddev",
+                            "crucible_eval_accuracy_norm",
+                            "crucible_eval_rounds",
+                            "crucible_eval_questions",
+                        )
                     ),
-                    Query(
-                        "max by (evalrun, model, rag, dataset) "
-                        f"(crucible_eval_accuracy_ci95_lower{{{SELECTOR}}})",
-                        instant=True,
-                    ),
-                    Query(
-                        "max by (evalrun, model, rag, dataset) "
-                        f"(crucible_eval_accuracy_ci95_upper{{{SELECTOR}}})",
-                        instant=True,
-                    ),
-                    Query(
-                        "max by (evalrun, model, rag, dataset) "
-                        f"(crucible_eval_rounds{{{SELECTOR}}})",
-                        instant=True,
-                    ),
+                ],
+            )
+        )
+        .with_panel(
+            grid(
+                "Paired tests over questions",
+                "Accuracy of a minus b on the same questions and the p-value of McNemar's "
+                "test (or a paired t-test where rounds are averaged): a small p-value says the "
+                "difference is real.",
+                [
+                    Query(f"{pair} (crucible_eval_paired_difference{{{SELECTOR}}})", instant=True),
+                    Query(f"{pair} (crucible_eval_paired_p_value{{{SELECTOR}}})", instant=True),
                 ],
             )
         )
@@ -231,18 +241,16 @@ def accuracy_over_time() -> dashboard.Dashboard:
         )
         .with_panel(
             series(
-                "Accuracy ± stddev band",
-                "Mean plus and minus one stddev.",
+                "Accuracy with its 95% interval over questions",
+                "The bounds of the bootstrap interval over questions, per model and RAG setting.",
                 [
                     Query(
-                        f"max by (model) (crucible_eval_accuracy{{{SELECTOR}}} + "
-                        f"crucible_eval_accuracy_stddev{{{SELECTOR}}})",
-                        "{{model}} + stddev",
+                        f"max by (model, rag) (crucible_eval_accuracy_ci95_upper{{{SELECTOR}}})",
+                        "{{model}} rag={{rag}} upper",
                     ),
                     Query(
-                        f"max by (model) (crucible_eval_accuracy{{{SELECTOR}}} - "
-                        f"crucible_eval_accuracy_stddev{{{SELECTOR}}})",
-                        "{{model}} - stddev",
+                        f"max by (model, rag) (crucible_eval_accuracy_ci95_lower{{{SELECTOR}}})",
+                        "{{model}} rag={{rag}} lower",
                     ),
                 ],
                 "percentunit",

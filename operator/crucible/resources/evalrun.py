@@ -98,6 +98,7 @@ def eval_job(
         endpoints=endpoints,
         dataset=DataFile(path=data.path, uri=data.uri),
         rag=eval_rag,
+        scoring=spec.scoring,
         repeats=spec.repeats,
         seed=spec.seed,
         temperature=spec.temperature,

@@ -1,7 +1,10 @@
-"""The eval workload: R rounds of the multiple-choice set against every endpoint, with and
-without retrieved context, questions shuffled per round with a recorded seed; summary per
-model (mean, sample stddev, 95% CI, n), Welch's t-tests, optional LLM-as-judge ratings; every
-answer written as JSONL so each figure can be recomputed."""
+"""The eval workload: the multiple-choice set against every endpoint, with and without
+retrieved context. Each option is scored by its log-likelihood where the endpoint returns
+prompt log-probabilities (once: it is deterministic), else the model is asked for a letter in
+R rounds, questions shuffled per round with a recorded seed. Summary per model: mean, the
+between-round sample stddev, a bootstrap interval over questions; Welch's t-tests where
+rounds vary, paired tests over questions; optional LLM-as-judge ratings. Every answer is
+written as JSONL so each figure can be recomputed."""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from typing import IO, Any
 import aiohttp
 
 from crucible.api.contract import ChatEndpoint, EvalTask
-from crucible.api.evalrun import JudgeRating, ModelResult
+from crucible.api.evalrun import JudgeRating, ModelResult, PairedTest, Scoring
 from crucible.workloads.common import (
     Reporter,
     WorkloadError,
@@ -35,11 +38,18 @@ from crucible.workloads.mcq import (
     DEFAULT_SYSTEM_PROMPT,
     LETTERS,
     Question,
+    cloze,
     load_questions,
     parse_answer,
     prompt,
 )
-from crucible.workloads.stats import rate, summarize, welch_t_test
+from crucible.workloads.stats import (
+    bootstrap_interval,
+    paired_test,
+    rate,
+    summarize,
+    welch_t_test,
+)
 
 RETRIED_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504}
 MAX_ATTEMPTS = 8
@@ -62,6 +72,13 @@ class Answer:
     parsed: str | None
     correct: bool
     attempts: int
+    scoring: str = Scoring.GENERATION.value
+    # Log-likelihood scoring: each option's summed log-probability, A to D (None for an empty
+    # option, which is no candidate), and the choice when each is divided by the option's
+    # length in bytes (acc_norm).
+    loglikelihoods: list[float | None] | None = None
+    parsed_norm: str | None = None
+    correct_norm: bool | None = None
 
 
 AnswerKey = tuple[str, bool, int, int]  # model, rag, round, question
@@ -133,6 +150,10 @@ class RequestRejectedError(WorkloadError):
         self.status = status
 
 
+class LikelihoodUnavailableError(WorkloadError):
+    """The endpoint does not return prompt log-probabilities."""
+
+
 class Client:
     """OpenAI-compatible chat completions with bounded concurrency and retries that never
     lose or double-count a question: each call returns exactly one answer or raises.
@@ -164,7 +185,7 @@ class Client:
         }
         if optional and endpoint.name not in self.refused:
             try:
-                return await self._post(endpoint, {**body, **optional})
+                return await self._chat(endpoint, {**body, **optional})
             except RequestRejectedError as error:
                 if error.status not in (400, 422):
                     raise
@@ -173,21 +194,70 @@ class Client:
                         "%s refuses %s (%s); asking without", endpoint.name, optional, error
                     )
                 self.refused.add(endpoint.name)
-        return await self._post(endpoint, body)
+        return await self._chat(endpoint, body)
 
-    async def _post(self, endpoint: ChatEndpoint, body: dict[str, Any]) -> tuple[str, int]:
+    async def _chat(self, endpoint: ChatEndpoint, body: dict[str, Any]) -> tuple[str, int]:
+        answer, attempts = await self._post(endpoint, "/chat/completions", body)
+        return answer["choices"][0]["message"]["content"] or "", attempts
+
+    async def loglikelihoods(
+        self, endpoint: ChatEndpoint, context: str, continuations: Sequence[str]
+    ) -> tuple[list[float], int]:
+        """Each continuation's log-probability given the context, in one completions request
+        with echo (the prompt's own log-probabilities, nothing generated). The context is sent
+        alone too: the tokens the two share are the context's, the rest the continuation's."""
+        prompts = [context, *(context + c for c in continuations)]
+        body = {
+            "model": endpoint.model,
+            "prompt": prompts,
+            "max_tokens": 0,
+            "echo": True,
+            "logprobs": 0,
+            "temperature": 0.0,
+        }
+        try:
+            response, attempts = await self._post(endpoint, "/completions", body)
+        except RequestRejectedError as error:
+            raise LikelihoodUnavailableError(str(error)) from error
+        choices = sorted(response.get("choices") or [], key=lambda c: c.get("index", 0))
+        logprobs = [c.get("logprobs") or {} for c in choices]
+        if len(choices) != len(prompts) or not all(
+            lp.get("tokens") and lp.get("token_logprobs") for lp in logprobs
+        ):
+            raise LikelihoodUnavailableError(
+                f"{endpoint.name}: {endpoint.base_url} returned no prompt log-probabilities"
+            )
+        context_tokens = logprobs[0]["tokens"]
+        sums = []
+        for lp in logprobs[1:]:
+            shared = 0
+            for mine, theirs in zip(lp["tokens"], context_tokens, strict=False):
+                if mine != theirs:
+                    break
+                shared += 1
+            tail = lp["token_logprobs"][shared:]
+            if not tail or any(value is None for value in tail):
+                raise LikelihoodUnavailableError(
+                    f"{endpoint.name}: {endpoint.base_url} returned no log-probability for an "
+                    "option's tokens"
+                )
+            sums.append(float(sum(tail)))
+        return sums, attempts
+
+    async def _post(
+        self, endpoint: ChatEndpoint, path: str, body: dict[str, Any]
+    ) -> tuple[dict[str, Any], int]:
         headers = {}
         if endpoint.api_key_env:
             headers["Authorization"] = f"Bearer {os.environ.get(endpoint.api_key_env, '')}"
-        url = endpoint.base_url.rstrip("/") + "/chat/completions"
+        url = endpoint.base_url.rstrip("/") + path
         for attempt in range(1, MAX_ATTEMPTS + 1):
             delay = min(0.25 * 2 ** (attempt - 1), 10.0)
             async with self.slots:
                 try:
                     async with self.session.post(url, json=body, headers=headers) as response:
                         if response.status == 200:
-                            answer = await response.json()
-                            return answer["choices"][0]["message"]["content"] or "", attempt
+                            return await response.json(), attempt
                         text = await response.text()
                         if response.status not in RETRIED_STATUSES:
                             raise RequestRejectedError(
@@ -222,25 +292,33 @@ async def run_rounds(
     record: Callable[[Answer], None] = lambda _: None,
 ) -> list[Answer]:
     """Every endpoint, RAG setting, round and question, each asked exactly once: those
-    `given` already are not asked again; each new answer is `record`ed as it arrives."""
-    given = given or {}
+    `given` already are not asked again; each new answer is `record`ed as it arrives.
+    Log-likelihood scoring is deterministic, so it has one round."""
+    given = dict(given or {})
     system_prompt = task.system_prompt or DEFAULT_SYSTEM_PROMPT
     settings = (
         [False]
         if contexts is None
         else ([True, False] if task.rag and task.rag.compare_without_rag else [True])
     )
+    orders = []
+    for round_ in range(task.repeats):
+        order = list(questions)
+        random.Random(task.seed + round_).shuffle(order)  # the same order for every model
+        orders.append(order)
 
     # vLLM's structured outputs: the answer is one of the letters, nothing else.
     choice = {"structured_outputs": {"choice": list(LETTERS)}} if task.constrain_answers else None
 
-    async def one(
+    def context_of(rag: bool, question: Question) -> str | None:
+        return contexts.get(question.number) if rag and contexts else None
+
+    async def generated(
         endpoint: ChatEndpoint, rag: bool, round_: int, position: int, question: Question
     ) -> Answer:
-        context = contexts.get(question.number) if rag and contexts else None
         text, attempts = await client.chat(
             endpoint,
-            messages_for(question, system_prompt, context),
+            messages_for(question, system_prompt, context_of(rag, question)),
             task.temperature,
             task.max_tokens,
             # Its own seed per round and question (the same for every model): one seed per
@@ -263,38 +341,121 @@ async def run_rounds(
         record(answer)
         return answer
 
+    async def likelihood(
+        endpoint: ChatEndpoint, rag: bool, position: int, question: Question
+    ) -> Answer:
+        context, continuations = cloze(question, context_of(rag, question))
+        found, attempts = await client.loglikelihoods(
+            endpoint, context, list(continuations.values())
+        )
+        scores = dict(zip(continuations, found, strict=True))
+        best = max(scores, key=lambda letter: scores[letter])
+        best_norm = max(
+            scores, key=lambda letter: scores[letter] / len(continuations[letter].encode())
+        )
+        answer = Answer(
+            endpoint.name,
+            rag,
+            0,
+            position,
+            question.number,
+            "",
+            best,
+            best == question.correct,
+            attempts,
+            scoring=Scoring.LOG_LIKELIHOOD.value,
+            loglikelihoods=[
+                None if scores.get(letter) is None else round(scores[letter], 6)
+                for letter in LETTERS
+            ],
+            parsed_norm=best_norm,
+            correct_norm=best_norm == question.correct,
+        )
+        record(answer)
+        return answer
+
+    async def scoring_of(endpoint: ChatEndpoint) -> str:
+        if task.scoring != Scoring.AUTO:
+            return task.scoring
+        earlier = {a.scoring for a in given.values() if a.model == endpoint.name}
+        if earlier:
+            return earlier.pop()
+        # Auto: its first question, by log-likelihood, says whether the endpoint can; the
+        # answer counts when it comes back.
+        try:
+            answer = await likelihood(endpoint, settings[0], 0, orders[0][0])
+        except LikelihoodUnavailableError as error:
+            log.warning("%s: %s; scoring it by generation", endpoint.name, error)
+            return Scoring.GENERATION.value
+        given[key_of(answer)] = answer
+        return Scoring.LOG_LIKELIHOOD.value
+
+    scorings = await asyncio.gather(*(scoring_of(e) for e in task.endpoints))
+
     async def known(answer: Answer) -> Answer:
         return answer
 
     jobs = []
-    for round_ in range(task.repeats):
-        order = list(questions)
-        random.Random(task.seed + round_).shuffle(order)  # the same order for every model
-        for endpoint, rag in itertools.product(task.endpoints, settings):
-            for position, q in enumerate(order):
+    for endpoint, scoring in zip(task.endpoints, scorings, strict=True):
+        by_likelihood = scoring == Scoring.LOG_LIKELIHOOD
+        for rag, round_ in itertools.product(settings, range(1 if by_likelihood else task.repeats)):
+            for position, q in enumerate(orders[round_]):
                 done = given.get((endpoint.name, rag, round_, q.number))
-                jobs.append(known(done) if done else one(endpoint, rag, round_, position, q))
-    return list(await asyncio.gather(*jobs))
+                if done:
+                    jobs.append(known(done))
+                elif by_likelihood:
+                    jobs.append(likelihood(endpoint, rag, position, q))
+                else:
+                    jobs.append(generated(endpoint, rag, round_, position, q))
+    try:
+        return list(await asyncio.gather(*jobs))
+    except LikelihoodUnavailableError as error:
+        raise WorkloadError(
+            f"spec.scoring is LogLikelihood, but {error}: set spec.scoring to Auto (which "
+            "scores such a model by generation) or to Generation"
+        ) from error
 
 
-def summaries(answers: Sequence[Answer], questions: int) -> list[ModelResult]:
+def question_scores(mine: Sequence[Answer], questions: Sequence[Question]) -> list[float]:
+    """Each question's score (its mean over rounds), in question order."""
+    right: dict[int, list[bool]] = {q.number: [] for q in questions}
+    for answer in mine:
+        right[answer.question].append(answer.correct)
+    return [sum(r) / len(r) if r else 0.0 for r in right.values()]
+
+
+Row = tuple[str, bool]  # model, rag
+
+
+def rows_of(answers: Sequence[Answer]) -> dict[Row, list[Answer]]:
+    rows: dict[Row, list[Answer]] = {}
+    for answer in answers:
+        rows.setdefault((answer.model, answer.rag), []).append(answer)
+    return dict(sorted(rows.items(), key=lambda item: (item[0][0], not item[0][1])))
+
+
+def summaries(
+    answers: Sequence[Answer], questions: Sequence[Question], seed: int
+) -> list[ModelResult]:
     results = []
-    keys = sorted({(a.model, a.rag) for a in answers}, key=lambda k: (k[0], not k[1]))
-    for model, rag in keys:
-        mine = [a for a in answers if a.model == model and a.rag == rag]
+    for (model, rag), mine in rows_of(answers).items():
         rounds = sorted({a.round for a in mine})
-        accuracy = [sum(a.correct for a in mine if a.round == r) / questions for r in rounds]
+        accuracy = [sum(a.correct for a in mine if a.round == r) / len(questions) for r in rounds]
         summary = summarize(accuracy)
+        low, high = bootstrap_interval(question_scores(mine, questions), seed)
+        normalised = [a.correct_norm for a in mine if a.correct_norm is not None]
         results.append(
             ModelResult(
                 model=model,
                 rag=rag,
+                scoring=mine[0].scoring,
                 n=summary.n,
-                questions=questions,
+                questions=len(questions),
                 accuracy_mean=summary.mean,
-                accuracy_stddev=summary.stddev,
-                ci95_low=summary.ci95_low,
-                ci95_high=summary.ci95_high,
+                accuracy_stddev=summary.stddev if summary.n > 1 else None,
+                ci95_low=low,
+                ci95_high=high,
+                accuracy_norm=sum(normalised) / len(normalised) if normalised else None,
                 rounds=[round(a, 6) for a in accuracy][:200],
                 unparsed=sum(a.parsed is None for a in mine),
             )
@@ -302,11 +463,12 @@ def summaries(answers: Sequence[Answer], questions: int) -> list[ModelResult]:
     return results
 
 
-def comparisons(results: Sequence[ModelResult]) -> list[dict[str, Any]]:
-    """Welch's t-test between every two results of the same RAG setting."""
+def welch_tests(results: Sequence[ModelResult]) -> list[dict[str, Any]]:
+    """Welch's t-test between the rounds of two results of the same RAG setting, offered only
+    where rounds vary: deterministic scoring has nothing for it to test."""
     out = []
     for a, b in itertools.combinations(results, 2):
-        if a.rag != b.rag or a.n < 2 or b.n < 2:
+        if a.rag != b.rag or a.n < 2 or b.n < 2 or not (a.accuracy_stddev or b.accuracy_stddev):
             continue
         test = welch_t_test(a.rounds, b.rounds)
         out.append(
@@ -322,15 +484,59 @@ def comparisons(results: Sequence[ModelResult]) -> list[dict[str, Any]]:
     return out
 
 
+def paired_tests(
+    answers: Sequence[Answer], questions: Sequence[Question], seed: int
+) -> list[PairedTest]:
+    """A paired test over questions between every two results of the same RAG setting or of
+    the same model (what retrieval changes)."""
+    scores = {row: question_scores(mine, questions) for row, mine in rows_of(answers).items()}
+    out = []
+    for a, b in itertools.combinations(scores, 2):
+        if a[1] != b[1] and a[0] != b[0]:
+            continue
+        test = paired_test(scores[a], scores[b], seed)
+        out.append(
+            PairedTest(
+                a=a[0],
+                a_rag=a[1],
+                b=b[0],
+                b_rag=b[1],
+                difference=round(test.difference, 6),
+                ci95_low=round(test.ci95_low, 6),
+                ci95_high=round(test.ci95_high, 6),
+                test=test.test,
+                p_value=test.p_value,
+            )
+        )
+    return out
+
+
 async def judge_round(
     client: Client, task: EvalTask, questions: Sequence[Question], answers: Sequence[Answer]
 ) -> list[tuple[str, str, float]]:
-    """Each pair of models, each question, both presentation orders; ties allowed."""
+    """Each pair of models, each question, both presentation orders; ties allowed. The judge
+    reads generated answers: a model scored by log-likelihood is asked for one answer per
+    question for it."""
     judge = task.judge
     assert judge is not None
-    first = {(a.model, a.question): a.text for a in answers if a.round == 0 and not a.rag}
+    generated = [a for a in answers if a.round == 0 and a.scoring == Scoring.GENERATION]
+    first = {(a.model, a.question): a.text for a in generated if not a.rag}
     if not first:
-        first = {(a.model, a.question): a.text for a in answers if a.round == 0}
+        first = {(a.model, a.question): a.text for a in generated}
+    system_prompt = task.system_prompt or DEFAULT_SYSTEM_PROMPT
+
+    async def answer_for_judge(endpoint: ChatEndpoint, question: Question) -> None:
+        text, _ = await client.chat(
+            endpoint,
+            messages_for(question, system_prompt, None),
+            task.temperature,
+            task.max_tokens,
+            seed=task.seed + question.number,
+        )
+        first[(endpoint.name, question.number)] = text
+
+    unanswered = [e for e in task.endpoints if (e.name, questions[0].number) not in first]
+    await asyncio.gather(*(answer_for_judge(e, q) for e in unanswered for q in questions))
     models = sorted({m for m, _ in first})
     instructions = task.judge_prompt or DEFAULT_JUDGE_PROMPT
 
@@ -393,7 +599,8 @@ def evaluate(task: EvalTask, retriever: Retriever | None = None) -> list[ModelRe
         answers, verdicts = asyncio.run(run())
     finally:
         journal.close()
-    results = summaries(answers, len(questions))
+    results = summaries(answers, questions, task.seed)
+    paired = paired_tests(answers, questions, task.seed)
     ratings = (
         [
             JudgeRating(
@@ -423,7 +630,8 @@ def evaluate(task: EvalTask, retriever: Retriever | None = None) -> list[ModelRe
                 "repeats": task.repeats,
                 "questions": len(questions),
                 "results": [r.to_api() for r in results],
-                "welch": comparisons(results),
+                "welch": welch_tests(results),
+                "pairedTests": [t.to_api() for t in paired],
                 "judgeRatings": [r.to_api() for r in ratings],
                 "seconds": round(time.monotonic() - started, 3),
             },
@@ -431,6 +639,7 @@ def evaluate(task: EvalTask, retriever: Retriever | None = None) -> list[ModelRe
     journal.remove()  # the results are in place: nothing left to resume
     reporter.update(
         results=results,
+        paired_tests=paired or None,
         judge_ratings=ratings or None,
         results_uri=task.output_uri + "results.jsonl",
         message=f"{len(answers)} answers in {time.monotonic() - started:.1f} s",

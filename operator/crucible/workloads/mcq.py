@@ -47,6 +47,11 @@ def load_questions(path: Path) -> list[Question]:
                     f"{row['correct']!r} is not one of A, B, C, D"
                 )
             options = {letter: _option(letter, row[letter.lower()]) for letter in LETTERS}
+            if not options[correct]:
+                raise WorkloadError(
+                    f"questions {path}, question {number}, column {correct.lower()!r}: the "
+                    "correct option is empty; give it its text"
+                )
             questions.append(Question(number, row["question"].strip(), options, correct))
     if not questions:
         raise WorkloadError(f"questions {path}: no questions")
@@ -62,6 +67,17 @@ def prompt(question: Question, context: str | None = None) -> str:
     options = "\n".join(f"{letter}. {question.options[letter]}" for letter in LETTERS)
     preamble = RAG_PREAMBLE.format(context=context) if context else ""
     return f"{preamble}Question: {question.text}\n\n{options}\n\nAnswer:"
+
+
+def cloze(question: Question, context: str | None = None) -> tuple[str, dict[str, str]]:
+    """lm-evaluation-harness's multiple-choice form: the question as a text to continue, and
+    each option as a continuation of it, whose likelihood is scored. An empty option has no
+    text to score and is no candidate (the Nitro set has one)."""
+    preamble = RAG_PREAMBLE.format(context=context) if context else ""
+    return (
+        f"{preamble}Question: {question.text}\nAnswer:",
+        {letter: f" {text}" for letter, text in question.options.items() if text},
+    )
 
 
 # "Answer: C", "The answer is C", "option C" — an explicit statement wins over other letters.

@@ -1,7 +1,7 @@
-"""The statistics of an evaluation: per-round accuracy summarised as mean, sample standard
-deviation and a t-based 95% confidence interval; Welch's t-test between two models; and
-Bradley-Terry ratings from pairwise judgements, by maximum likelihood, with bootstrap
-intervals."""
+"""The statistics of an evaluation: per-round accuracy summarised as mean and sample
+standard deviation; a bootstrap interval over questions; Welch's t-test between rounds of two
+models, and paired tests over questions (McNemar's, or a paired t-test); Bradley-Terry ratings
+from pairwise judgements, by maximum likelihood, with bootstrap intervals."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from scipy import stats as scipy_stats
 
 ELO_SCALE = 400 / math.log(10)  # ratings on the familiar Elo-like scale, mean 1000
@@ -58,6 +59,55 @@ def welch_t_test(a: Sequence[float], b: Sequence[float]) -> Welch:
     t = (sa.mean - sb.mean) / math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va**2 / (sa.n - 1) + vb**2 / (sb.n - 1))
     return Welch(t, df, float(2 * scipy_stats.t.sf(abs(t), df)))
+
+
+QUESTION_RESAMPLES = 10000
+
+
+def bootstrap_interval(
+    scores: Sequence[float], seed: int, resamples: int = QUESTION_RESAMPLES
+) -> tuple[float, float]:
+    """Percentile bootstrap 95% interval of the mean of per-question scores: questions are
+    resampled with replacement, which is the uncertainty of having only these questions."""
+    values = np.asarray(scores, dtype=float)
+    if values.size == 0:
+        raise ValueError("no questions to resample")
+    picks = np.random.default_rng(seed).integers(0, values.size, (resamples, values.size))
+    low, high = np.percentile(values[picks].mean(axis=1), [2.5, 97.5])
+    return float(low), float(high)
+
+
+@dataclass(frozen=True)
+class Paired:
+    difference: float  # mean of a minus mean of b
+    ci95_low: float
+    ci95_high: float
+    test: str  # "McNemar" or "PairedT"
+    p_value: float
+
+
+def paired_test(a: Sequence[float], b: Sequence[float], seed: int) -> Paired:
+    """Two results on the same questions (per-question scores in [0, 1], in question order).
+    Right-or-wrong scores get McNemar's exact test: only the questions one got right and the
+    other wrong say anything, and under "no difference" either way is a fair coin. Scores
+    averaged over rounds get a paired t-test over questions. Either way, a paired bootstrap
+    interval of the difference."""
+    if len(a) != len(b) or not a:
+        raise ValueError("paired results need the same, non-empty, questions")
+    differences = [x - y for x, y in zip(a, b, strict=True)]
+    low, high = bootstrap_interval(differences, seed)
+    mean = sum(differences) / len(differences)
+    if all(x in (0.0, 1.0) for x in (*a, *b)):
+        only_a = sum(d > 0 for d in differences)
+        discordant = only_a + sum(d < 0 for d in differences)
+        p_value = (
+            float(scipy_stats.binomtest(only_a, discordant, 0.5).pvalue) if discordant else 1.0
+        )
+        return Paired(mean, low, high, "McNemar", p_value)
+    if all(d == differences[0] for d in differences):  # no spread: t is undefined
+        return Paired(mean, low, high, "PairedT", 1.0 if mean == 0 else 0.0)
+    p_value = float(scipy_stats.ttest_rel(a, b).pvalue)
+    return Paired(mean, low, high, "PairedT", p_value)
 
 
 # -- Bradley-Terry ---------------------------------------------------------------------------
