@@ -95,7 +95,7 @@ def variants(namespace: str, config: OperatorConfig) -> list[dict[str, Any]]:
         *ragindex.build(owner(RAG_INDEX), rag, config),
         *[
             m
-            for s in served
+            for s in serving.servers_for(served)
             for m in serving.server(owner(EVAL_RUN), s, evaluation.serving, config)
         ],
         *evalrun.eval_job(owner(EVAL_RUN), evaluation, served, rag_inputs, config),

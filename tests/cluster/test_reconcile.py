@@ -198,24 +198,24 @@ def test_the_chain_reaches_succeeded_with_lineage(  # noqa: PLR0915 (one story, 
         assert (docs["documents"], docs["chunks"], docs["table"]) == (1, 3, "docs")
         assert docs["contentHash"] == "sha256:abc" and docs["lastIndexedTime"]
 
-        # The EvalRun serves merged and tuned with vLLM, then runs its Job against them.
+        # The EvalRun serves merged with vLLM, tuned as an adapter on the same server, then
+        # runs its Job against them.
         pod = running_pod(cluster, namespace, "bench-eval")
         deployments = {
             d["metadata"]["name"]: d for d in objects(cluster, namespace, "deployment", "bench")
         }
-        assert set(deployments) == {"bench-vllm-merged", "bench-vllm-tuned"}
-        tuned_args = deployments["bench-vllm-tuned"]["spec"]["template"]["spec"]["containers"][0][
-            "args"
-        ]
+        assert set(deployments) == {"bench-vllm-merged"}
+        args = deployments["bench-vllm-merged"]["spec"]["template"]["spec"]["containers"][0]["args"]
         base_path = f"/models/{namespace}/modelmerges/merged"
-        assert tuned_args[:2] == ["--model", base_path]
-        assert f"tuned=/models/{namespace}/finetunejobs/tuned/adapter" in tuned_args
+        assert args[:2] == ["--model", base_path]
+        assert args[args.index("--served-model-name") + 1] == "merged"
+        assert f"tuned=/models/{namespace}/finetunejobs/tuned/adapter" in args
         assert {
             s["metadata"]["name"] for s in objects(cluster, namespace, "service", "bench")
         } == set(deployments)
         running = status_of(cluster, namespace, "er", "bench")
         assert running["phase"] == "Running"
-        assert running["servers"] == ["bench-vllm-merged", "bench-vllm-tuned"]
+        assert running["servers"] == ["bench-vllm-merged"]
 
         write_report(
             cluster,
@@ -241,7 +241,7 @@ def test_the_chain_reaches_succeeded_with_lineage(  # noqa: PLR0915 (one story, 
         metrics = generate_latest(REGISTRY).decode()
         assert (
             f'crucible_eval_accuracy{{dataset="configmap/mcq/mcq.csv",evalrun="bench",'
-            f'model="tuned",namespace="{namespace}",rag="true"}} '
+            f'model="tuned",namespace="{namespace}",rag="true",scoring="Generation"}} '
             f"{(0.56 + 0.58 + 0.59) / 3}"
         ) in metrics
         assert 'crucible_job_duration_seconds_count{kind="EvalRun",phase="Succeeded"}' in metrics

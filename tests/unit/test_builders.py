@@ -251,10 +251,15 @@ def eval_spec(**extra: Any) -> EvalRunSpec:
     )
 
 
+def one_server(*models: serving.ServedModel) -> serving.Server:
+    (server,) = serving.servers_for(models)
+    return server
+
+
 def test_vllm_server_for_a_hub_model() -> None:
     deployment, service = serving.server(
         owner(EVAL_RUN),
-        serving.ServedModel("merged", "hf://o/merged@v2"),
+        one_server(serving.ServedModel("merged", "hf://o/merged@v2")),
         eval_spec().serving,
         CONFIG,
     )
@@ -276,12 +281,65 @@ def test_vllm_serves_an_adapter_on_its_base_model() -> None:
         "pvc://crucible-models/team/modelmerges/m/",
         "pvc://crucible-models/team/finetunejobs/ft/adapter/",
     )
-    deployment, _ = serving.server(owner(EVAL_RUN), model, eval_spec().serving, CONFIG)
+    deployment, _ = serving.server(owner(EVAL_RUN), one_server(model), eval_spec().serving, CONFIG)
+    assert deployment["metadata"]["name"] == "run-vllm-tuned"
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[:2] == ["--model", "/models/team/modelmerges/m"]
+    assert args[args.index("--served-model-name") + 1] == "tuned-base"
     assert "--enable-lora" in args
     assert args[args.index("--lora-modules") + 1] == "tuned=/models/team/finetunejobs/ft/adapter"
     assert args[args.index("--max-lora-rank") + 1] == "64"
+
+
+def test_adapters_ride_on_their_base_models_server() -> None:
+    """A base model and two adapters of it make one server, which answers to all three
+    names; a model of other weights gets its own."""
+    merge = "pvc://crucible-models/team/modelmerges/m/"
+    models = [
+        serving.ServedModel("merged", merge),
+        serving.ServedModel("tuned", merge, "pvc://crucible-models/team/finetunejobs/a/adapter/"),
+        serving.ServedModel("base", "hf://o/base"),
+        serving.ServedModel("dpo", merge, "pvc://crucible-models/team/finetunejobs/b/adapter/"),
+    ]
+    shared, alone = serving.servers_for(models)
+    assert (shared.key, shared.names, [n for n, _ in shared.adapters]) == (
+        "merged",
+        ("merged",),
+        ["tuned", "dpo"],
+    )
+    assert (alone.key, alone.names, alone.adapters) == ("base", ("base",), ())
+    args = serving.vllm_args(shared, eval_spec().serving, {"crucible-models": "/models"})
+    assert args[args.index("--served-model-name") + 1 : args.index("--enable-lora")] == ["merged"]
+    modules = args[args.index("--lora-modules") + 1 : args.index("--max-loras")]
+    assert modules == [
+        "tuned=/models/team/finetunejobs/a/adapter",
+        "dpo=/models/team/finetunejobs/b/adapter",
+    ]
+    assert args[args.index("--max-loras") + 1] == "2"
+    assert serving.model_urls(owner(EVAL_RUN), models) == {
+        "merged": "http://run-vllm-merged.team.svc:8000/v1",
+        "tuned": "http://run-vllm-merged.team.svc:8000/v1",
+        "dpo": "http://run-vllm-merged.team.svc:8000/v1",
+        "base": "http://run-vllm-base.team.svc:8000/v1",
+    }
+
+
+def test_lora_applies_only_to_the_modules_the_adapters_adapt() -> None:
+    """vLLM wraps the output head for LoRA unless told otherwise, which breaks prompt
+    log-probabilities: a server restricts LoRA to its adapters' modules when all are known."""
+    base = "hf://o/base"
+    known = [
+        serving.ServedModel("a", base, "pvc://s/a/", ("q_proj", "v_proj")),
+        serving.ServedModel("b", base, "pvc://s/b/", ("o_proj", "q_proj")),
+    ]
+    (server,) = serving.servers_for(known)
+    args = serving.vllm_args(server, eval_spec().serving, {"s": "/s"})
+    assert args[args.index("--lora-target-modules") + 1 :][:3] == ["o_proj", "q_proj", "v_proj"]
+    (unknown,) = serving.servers_for([*known, serving.ServedModel("c", base, "pvc://s/c/")])
+    assert unknown.lora_modules == ()
+    assert "--lora-target-modules" not in serving.vllm_args(
+        unknown, eval_spec().serving, {"s": "/s"}
+    )
 
 
 def test_eval_job_targets_servers_and_endpoints() -> None:

@@ -414,3 +414,13 @@ class RunStatus(ApiModel):
     def ready(self) -> Condition | None:
         """The Ready condition, whose reason and message say why the run is in its phase."""
         return next((c for c in self.conditions or [] if c.type == "Ready"), None)
+
+
+class ServingStatus(RunStatus):
+    """Status of a kind that serves models with vLLM while its Job runs."""
+
+    servers: list[str] | None = Field(
+        default=None,
+        description="vLLM Deployments the run created, one per distinct full-weights model "
+        "(adapters are served on their base model's); removed when the run ends.",
+    )

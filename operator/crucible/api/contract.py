@@ -153,6 +153,9 @@ class WorkloadReport(ApiModel):
     """What a workload tells the operator; small, since it travels through a ConfigMap."""
 
     progress: TrainingProgress | None = None
+    adapter_modules: list[str] | None = Field(
+        default=None, max_length=256, description="Modules the adapter adapts, as peft resolved."
+    )
     documents: int | None = Field(default=None, ge=0)
     chunks: int | None = Field(default=None, ge=0)
     content_hash: str | None = None

@@ -16,8 +16,8 @@ from crucible.api.common import (
     DataSource,
     InferenceTarget,
     Resources,
-    RunStatus,
     Serving,
+    ServingStatus,
     resource_name_rule,
 )
 
@@ -223,7 +223,7 @@ class JudgeRating(ApiModel):
     )
 
 
-class EvalRunStatus(RunStatus):
+class EvalRunStatus(ServingStatus):
     """Observed state of an EvalRun."""
 
     results: list[ModelResult] | None = Field(
@@ -239,9 +239,6 @@ class EvalRunStatus(RunStatus):
     )
     best_model: str | None = Field(default=None, description="Model with the best mean accuracy.")
     best_accuracy: float | None = Field(default=None, description="Its mean accuracy.")
-    servers: list[str] | None = Field(
-        default=None, description="vLLM Deployments the run created (removed when done)."
-    )
     results_uri: str | None = Field(
         default=None, description="Where the per-question results (JSONL) were written."
     )

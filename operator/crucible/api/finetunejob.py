@@ -206,6 +206,13 @@ class FineTuneJobStatus(RunStatus):
 
     progress: TrainingProgress | None = Field(default=None, description="Training progress.")
     adapter_uri: str | None = Field(default=None, description="Where the adapter was written.")
+    adapter_target_modules: list[str] | None = Field(
+        default=None,
+        max_length=256,
+        description="The modules the adapter adapts, as peft resolved spec.lora.targetModules "
+        "(all-linear: the model's linear layers but its output head); a vLLM server of the "
+        "adapter applies LoRA to these alone.",
+    )
     base_model_uri: str | None = Field(
         default=None,
         description="The resolved base model the adapter applies to (needed to serve it).",

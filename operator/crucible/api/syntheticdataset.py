@@ -15,8 +15,8 @@ from crucible.api.common import (
     MODEL_URI_HELP,
     InferenceTarget,
     Resources,
-    RunStatus,
     Serving,
+    ServingStatus,
 )
 from crucible.api.ragindex import Chunking, DocumentSource
 
@@ -182,7 +182,7 @@ class PairCounts(ApiModel):
     dropped: DroppedPairs = Field(description="Pairs not kept, by reason.")
 
 
-class SyntheticDatasetStatus(RunStatus):
+class SyntheticDatasetStatus(ServingStatus):
     """Observed state of a SyntheticDataset."""
 
     documents: int | None = Field(default=None, ge=0, description="Documents read.")
@@ -195,7 +195,4 @@ class SyntheticDatasetStatus(RunStatus):
     )
     reused_from: str | None = Field(
         default=None, description="The earlier output reused, when nothing had changed."
-    )
-    servers: list[str] | None = Field(
-        default=None, description="vLLM Deployments the run created (removed when done)."
     )

@@ -8,7 +8,7 @@ from typing import Any
 
 from crucible.api.common import Phase, Reason
 from crucible.api.contract import WorkloadReport
-from crucible.api.evalrun import EvalRunSpec
+from crucible.api.evalrun import EvalRunSpec, Scoring
 from crucible.api.kinds import EVAL_RUN, RAG_INDEX
 from crucible.api.ragindex import RagIndexSpec
 from crucible.controllers.lifecycle import (
@@ -23,6 +23,9 @@ from crucible.controllers.serving import ServedInputs, ServingController
 from crucible.resources import evalrun
 from crucible.resources.common import report_name
 from crucible.resources.serving import ServedModel, ServedTarget
+
+# Output heads as peft names them (Llama-like models, GPT-NeoX): LoRA on them is scored wrong.
+OUTPUT_HEADS = frozenset({"lm_head", "embed_out"})
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,18 @@ class EvalRunController(ServingController[EvalRunSpec, EvalInputs]):
 
     async def resolve(self, ctx: Context, spec: EvalRunSpec) -> EvalInputs:
         served = await self.served(ctx, spec)
+        if spec.scoring != Scoring.GENERATION:
+            for target, model in zip(self.targets(spec), served, strict=True):
+                if heads := OUTPUT_HEADS.intersection(model.adapter_modules):
+                    raise FailedError(
+                        Reason.INVALID_REFERENCE,
+                        f"{target.field}.modelRef: the adapter of FineTuneJob "
+                        f"{target.target.model_ref.name if target.target.model_ref else ''!r} "
+                        f"adapts the output head ({', '.join(sorted(heads))}), whose change "
+                        "vLLM leaves out of prompt log-probabilities "
+                        "(vllm-project/vllm#51594): set spec.scoring: Generation, or set "
+                        "spec.mergeAdapter: true on the FineTuneJob to serve merged weights",
+                    )
         rag = await rag_inputs(ctx, spec)
         if spec.dataset.config_map is not None:
             ref = spec.dataset.config_map

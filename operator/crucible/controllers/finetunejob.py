@@ -93,6 +93,8 @@ class FineTuneJobController(RunController[FineTuneJobSpec, TrainingInputs]):
         if phase == Phase.SUCCEEDED:
             outputs = finetunejob.outputs(ctx.owner, spec, ctx.config)
             fields |= {"adapter_uri": outputs["adapterUri"], "output_uri": outputs["outputUri"]}
+            if report is not None and report.adapter_modules:
+                fields["adapter_target_modules"] = report.adapter_modules
         return fields
 
 

@@ -29,6 +29,7 @@ from crucible.api.common import (
     Reason,
     RunStatus,
     Serving,
+    ServingStatus,
 )
 from crucible.api.contract import REPORT_KEY, WorkloadReport
 from crucible.api.kinds import KINDS_BY_NAME
@@ -37,7 +38,14 @@ from crucible.controllers.cache import Children
 from crucible.controllers.kube import ChildConflictError, Kube
 from crucible.resources.common import LABEL_ROLE, Owner, child_name, report_name
 from crucible.resources.jobs import job_outcome, pod_failure
-from crucible.resources.serving import SERVER_LABEL, SERVER_ROLE, ServedModel, server
+from crucible.resources.serving import (
+    SERVER_LABEL,
+    SERVER_ROLE,
+    ServedModel,
+    server,
+    server_name,
+    servers_for,
+)
 from crucible.resources.status import describe_validation_error, phase_fields
 
 # What a run decided when its Job was made, kept on the Job: status fields (API spelling).
@@ -211,10 +219,6 @@ class RunController(ABC, Generic[SpecT, InputsT]):
         """Models to serve with vLLM while the Job runs (none by default)."""
         return []
 
-    def server_names(self, ctx: Context, spec: SpecT) -> list[str]:
-        """The names of those servers, from the spec alone (to remove them at the end)."""
-        return []
-
     def serving(self, spec: SpecT) -> Serving | None:
         return None
 
@@ -289,8 +293,8 @@ async def start_servers(
     }
     services = {s["metadata"]["name"] for s in ctx.children.of_kind("Service", **SERVER_SELECTOR)}
     pending = []
-    for model in served:
-        deployment, service = server(ctx.owner, model, serving, ctx.config)
+    for planned in servers_for(served):
+        deployment, service = server(ctx.owner, planned, serving, ctx.config)
         name = deployment["metadata"]["name"]
         if name not in deployments:
             deployments[name] = await create_one(ctx, deployment)
@@ -308,6 +312,15 @@ async def start_servers(
         pending.append(name)
     created = [timestamp(d["metadata"].get("creationTimestamp")) for d in deployments.values()]
     return pending, min((c for c in created if c), default=None)
+
+
+def server_children(ctx: Context) -> list[str]:
+    """The run's vLLM servers: those its status lists and those the watches have seen (a
+    crash may have come between creating one and writing the status)."""
+    seen = {d["metadata"]["name"] for d in ctx.children.of_kind("Deployment", **SERVER_SELECTOR)}
+    if isinstance(ctx.current, ServingStatus):
+        seen |= set(ctx.current.servers or [])
+    return sorted(seen)
 
 
 async def remove_servers(ctx: Context, names: list[str]) -> None:
@@ -340,8 +353,6 @@ async def run_workload(
     ns = ctx.owner.namespace
     job_name = child_name(ctx.owner.name, ctl.role)
     fields: dict[str, Any] = {**ctl.fixed(ctx, spec)}
-    if names := ctl.server_names(ctx, spec):
-        fields["servers"] = names
     job = ctx.children.get("Job", job_name)
     if job is None and ctx.current.job_name:
         # The watches' view may lag (just after a start): ask before calling it deleted.
@@ -356,6 +367,7 @@ async def run_workload(
         served = ctl.servers(ctx, spec, inputs)
         serving = ctl.serving(spec)
         if served and serving is not None:
+            fields["servers"] = [server_name(ctx.owner, s.key) for s in servers_for(served)]
             pending, first = await start_servers(ctx, served, serving)
             started = ctx.current.start_time or first or datetime.now(UTC)
             fields["start_time"] = started
@@ -423,9 +435,9 @@ async def reconcile(ctl: RunController[Any, Any], ctx: Context) -> Result:
         return Result(status_of(ctx, Phase.WAITING, waiting.reason, waiting.message, kept))
     except FailedError as failed:
         phase, reason, message, requeue = Phase.FAILED, failed.reason, failed.message, None
-        fields = {"servers": ctl.server_names(ctx, spec) or None}
+        fields = {"servers": server_children(ctx) or None}
     fields = {**kept, **{k: v for k, v in fields.items() if v is not None}}
     if phase in (Phase.SUCCEEDED, Phase.FAILED):
         # Before the terminal status is written: a crash in between leaves no server behind.
-        await remove_servers(ctx, fields.get("servers") or [])
+        await remove_servers(ctx, server_children(ctx))
     return Result(status_of(ctx, phase, reason, message, fields), requeue)

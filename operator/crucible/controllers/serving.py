@@ -17,7 +17,7 @@ from crucible.controllers.lifecycle import (
     resolve_model,
 )
 from crucible.controllers.modelmerge import model_references
-from crucible.resources.serving import ServedModel, ServedTarget, server_name
+from crucible.resources.serving import ServedModel, ServedTarget
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,12 @@ async def serve(ctx: Context, target: InferenceTarget, field: str, name: str) ->
                 f"{field}.modelRef: FineTuneJob {ref.name!r} reports no base model "
                 "to serve its adapter on",
             )
-        return ServedModel(name, status["baseModelUri"], adapter)
+        return ServedModel(
+            name,
+            status["baseModelUri"],
+            adapter,
+            tuple(status.get("adapterTargetModules") or ()),
+        )
     return ServedModel(name, status["outputUri"])
 
 
@@ -76,6 +81,3 @@ class ServingController(RunController[SpecT, InputsT]):
 
     def servers(self, ctx: Context, spec: SpecT, inputs: InputsT) -> list[ServedModel]:
         return inputs.served
-
-    def server_names(self, ctx: Context, spec: SpecT) -> list[str]:
-        return [server_name(ctx.owner, t.name) for t in self.targets(spec)]

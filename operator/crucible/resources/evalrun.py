@@ -25,8 +25,8 @@ from crucible.resources.serving import (
     ServedModel,
     ServedTarget,
     endpoint_of,
+    model_urls,
     served,
-    server_url,
 )
 
 ROLE = "eval"
@@ -60,25 +60,20 @@ def eval_job(
     config: OperatorConfig,
 ) -> list[dict[str, Any]]:
     """The eval Job's children; `served` are the models (and judge) the run serves itself."""
-    served_names = {m.name for m in served}
+    urls = model_urls(owner, served)
     env: list[dict[str, Any]] = []
-    endpoints = []
-    for model in spec.models:
-        if model.endpoint is not None:
-            endpoints.append(endpoint_of(model.name, model.endpoint, env))
-        else:
-            assert model.name in served_names, model.name
-            endpoints.append(
-                ChatEndpoint(
-                    name=model.name, base_url=server_url(owner, model.name), model=model.name
-                )
-            )
+    endpoints = [
+        endpoint_of(model.name, model.endpoint, env)
+        if model.endpoint is not None
+        else ChatEndpoint(name=model.name, base_url=urls[model.name], model=model.name)
+        for model in spec.models
+    ]
     judge = None
     if spec.judge is not None:
         judge = (
             endpoint_of(JUDGE, spec.judge.endpoint, env)
             if spec.judge.endpoint is not None
-            else ChatEndpoint(name=JUDGE, base_url=server_url(owner, JUDGE), model=JUDGE)
+            else ChatEndpoint(name=JUDGE, base_url=urls[JUDGE], model=JUDGE)
         )
     data = mount_data(spec.dataset, config)
     claims = data.claims + pvc_claims([rag.embedding.model] if rag else [])

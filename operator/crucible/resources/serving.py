@@ -1,8 +1,10 @@
 """vLLM servers the operator runs for the duration of a run (EvalRun's models and judge, a
-SyntheticDataset's teacher): one Deployment + Service each, on the upstream OpenAI image."""
+SyntheticDataset's teacher): one Deployment + Service per distinct full-weights model, on the
+upstream OpenAI image, with the LoRA adapters of the run's other models loaded on it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +36,8 @@ class ServedModel:
     name: str
     model_uri: str
     adapter_uri: str | None = None
+    # The modules the adapter adapts; empty when not known.
+    adapter_modules: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,57 @@ class ServedTarget:
     name: str
     field: str  # where the spec names it, for error messages
     target: InferenceTarget
+
+
+@dataclass(frozen=True)
+class Server:
+    """One vLLM server of a run: a model's full weights, answering under the names of the
+    run's models that are those weights, with the adapters of those that ride on them."""
+
+    key: str  # the first of its models: names its Deployment and Service
+    model_uri: str
+    names: tuple[str, ...]  # models served as the full weights themselves
+    adapters: tuple[tuple[str, str], ...]  # (model name, adapter URI)
+    # Where LoRA applies: every module its adapters adapt; empty when one of them is unknown.
+    lora_modules: tuple[str, ...] = ()
+
+    @property
+    def base_names(self) -> tuple[str, ...]:
+        """What the full weights answer to; `<key>-base` when no model of the run is them."""
+        return self.names or (f"{self.key}-base",)
+
+
+def servers_for(models: Sequence[ServedModel]) -> list[Server]:
+    """One server per distinct full-weights model, in the order the models come: an adapter
+    is served on its base model's server, beside the base itself and other adapters of it."""
+    groups: dict[str, list[ServedModel]] = {}
+    for model in models:
+        groups.setdefault(model.model_uri, []).append(model)
+    servers = []
+    for uri, group in groups.items():
+        adapters = [m for m in group if m.adapter_uri is not None]
+        known = all(m.adapter_modules for m in adapters)
+        servers.append(
+            Server(
+                key=group[0].name,
+                model_uri=uri,
+                names=tuple(m.name for m in group if m.adapter_uri is None),
+                adapters=tuple((m.name, m.adapter_uri) for m in adapters if m.adapter_uri),
+                lora_modules=tuple(sorted({n for m in adapters for n in m.adapter_modules}))
+                if known
+                else (),
+            )
+        )
+    return servers
+
+
+def model_urls(owner: Owner, models: Sequence[ServedModel]) -> dict[str, str]:
+    """The base URL each served model answers at: the server it rides on."""
+    return {
+        name: server_url(owner, server.key)
+        for server in servers_for(models)
+        for name in (*server.names, *(adapter for adapter, _ in server.adapters))
+    }
 
 
 def served(targets: list[tuple[str, str, InferenceTarget | None]]) -> list[ServedTarget]:
@@ -73,8 +128,8 @@ def _model_location(uri: str, mounts: dict[str, str]) -> tuple[str, list[str]]:
     return uri, ["--load-format", "runai_streamer"]  # s3://
 
 
-def vllm_args(model: ServedModel, serving: Serving, mounts: dict[str, str]) -> list[str]:
-    location, extra = _model_location(model.model_uri, mounts)
+def vllm_args(served: Server, serving: Serving, mounts: dict[str, str]) -> list[str]:
+    location, extra = _model_location(served.model_uri, mounts)
     args = [
         "--model",
         location,
@@ -89,29 +144,33 @@ def vllm_args(model: ServedModel, serving: Serving, mounts: dict[str, str]) -> l
         str(serving.dtype),
         "--gpu-memory-utilization",
         str(serving.gpu_memory_utilization),
+        "--served-model-name",
+        *served.base_names,
     ]
-    if model.adapter_uri:
-        adapter, _ = _model_location(model.adapter_uri, mounts)
+    if served.adapters:
         args += [
-            "--served-model-name",
-            f"{model.name}-base",
             "--enable-lora",
             "--lora-modules",
-            f"{model.name}={adapter}",
+            *(f"{name}={_model_location(uri, mounts)[0]}" for name, uri in served.adapters),
+            # Every adapter of the run active at once: none waits for another to be swapped out.
+            "--max-loras",
+            str(len(served.adapters)),
             "--max-lora-rank",
             str(serving.max_lora_rank),
         ]
-    else:
-        args += ["--served-model-name", model.name]
+        if served.lora_modules:
+            # LoRA on the adapters' own modules alone: an output head wrapped for LoRA breaks
+            # prompt log-probabilities (vLLM drops its delta there on GPU, fails on CPU).
+            args += ["--lora-target-modules", *served.lora_modules]
     return [*args, *serving.extra_args]
 
 
 def server(
-    owner: Owner, model: ServedModel, serving: Serving, config: OperatorConfig
+    owner: Owner, served: Server, serving: Serving, config: OperatorConfig
 ) -> list[dict[str, Any]]:
     """The Deployment and Service of one vLLM server (upstream OpenAI-compatible image)."""
-    name = server_name(owner, model.name)
-    uris = [model.model_uri, *([model.adapter_uri] if model.adapter_uri else [])]
+    name = server_name(owner, served.key)
+    uris = [served.model_uri, *(uri for _, uri in served.adapters)]
     volumes, mounts, claim_paths = pvc_volumes(config, pvc_claims(uris))
     selector = {SERVER_LABEL: name}
     pod_labels = {**labels(owner, SERVER_ROLE), **selector}
@@ -120,7 +179,7 @@ def server(
         "name": "vllm",
         "image": serving.resources.image or config.vllm_image,
         "imagePullPolicy": config.image_pull_policy,
-        "args": vllm_args(model, serving, claim_paths),
+        "args": vllm_args(served, serving, claim_paths),
         "ports": [{"name": "http", "containerPort": VLLM_PORT}],
         "env": [{"name": "HF_HOME", "value": f"{config.model_store_mount}/.cache/huggingface"}],
         "volumeMounts": [*mounts, {"name": "dshm", "mountPath": "/dev/shm"}],

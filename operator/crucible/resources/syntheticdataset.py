@@ -24,8 +24,8 @@ from crucible.resources.serving import (
     ServedModel,
     ServedTarget,
     endpoint_of,
+    model_urls,
     served,
-    server_url,
 )
 
 ROLE = "synth"
@@ -77,12 +77,13 @@ def build(
     config: OperatorConfig,
 ) -> list[dict[str, Any]]:
     by_role = {m.name: m for m in served}
+    urls = model_urls(owner, served)
     env: list[dict[str, Any]] = []
 
     def endpoint(target: InferenceTarget, role: str) -> ChatEndpoint:
         if target.endpoint is not None:
             return endpoint_of(role, target.endpoint, env)
-        return ChatEndpoint(name=role, base_url=server_url(owner, role), model=role)
+        return ChatEndpoint(name=role, base_url=urls[role], model=role)
 
     tokenizer = spec.tokenizer or (by_role[TEACHER].model_uri if TEACHER in by_role else None)
     documents = mount_documents(spec.source, config)

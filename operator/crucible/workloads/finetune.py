@@ -260,6 +260,7 @@ def save_outputs(
             )
     final = result.losses[-1] if result.losses else None
     reporter.update(
+        adapter_modules=sorted(trainer.model.peft_config["default"].target_modules),
         progress=TrainingProgress(
             step=result.global_step,
             total_steps=result.global_step,
