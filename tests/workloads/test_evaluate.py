@@ -397,9 +397,9 @@ def test_log_likelihood_scores_each_option_once_and_reports_acc_and_acc_norm(
 ) -> None:
     with serving(ScriptedServer(script, likelihood=likelihood)) as server:
         results = evaluate(task(tmp_path, server, ["knows"], scoring="LogLikelihood"))
-        # One request per question (the options batched), none of them a chat.
+        # One request per question, a prompt per option, none of them a chat.
         assert server.served["knows completions"] == 20 and server.served["knows"] == 0
-        assert all(len(b["prompt"]) == 5 for b in server.bodies)
+        assert all(len(b["prompt"]) == 4 for b in server.bodies)
     (result,) = results
     # Deterministic: scored once, whatever `repeats` (3) says, and no stddev between rounds.
     assert (result.scoring, result.n, result.rounds) == ("LogLikelihood", 1, [1.0])
@@ -470,7 +470,7 @@ def test_an_empty_option_is_no_candidate_and_an_empty_answer_is_refused(tmp_path
             task(tmp_path, server, ["confused"], scoring="LogLikelihood", dataset=DataFile(
                 path=str(mcq)))
         )  # fmt: skip
-        assert len(server.bodies[0]["prompt"]) == 4  # the context and three options
+        assert len(server.bodies[0]["prompt"]) == 3  # the three options with text
     (answer,) = [
         json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()
     ]

@@ -156,9 +156,9 @@ def test_constrained_answers_are_always_one_letter(vllm_server: str, tmp_path: P
 def test_log_likelihood_scores_are_the_models_own(
     vllm_server: str, tmp_path: Path, make_model: ModelFactory
 ) -> None:
-    """One request per question (vLLM counts its five prompts, the context and each option,
-    as five); the option log-likelihoods vLLM returns equal the model's, computed directly
-    with transformers on the same tokens."""
+    """One request per question (vLLM counts its four prompts, one per option, as four); the
+    option log-likelihoods vLLM returns equal the model's, computed directly with
+    transformers on the same tokens."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -166,7 +166,7 @@ def test_log_likelihood_scores_are_the_models_own(
     result, answers = evaluate_tiny(
         vllm_server, tmp_path, repeats=3, max_tokens=8, scoring="LogLikelihood"
     )
-    assert successes(vllm_server) - before == 12 * 5
+    assert successes(vllm_server) - before == 12 * 4
     assert (result.scoring, result.n, result.accuracy_stddev) == ("LogLikelihood", 1, None)
     assert len(answers) == 12 and all(a["scoring"] == "LogLikelihood" for a in answers)
     assert result.ci95_low <= result.accuracy_mean <= result.ci95_high

@@ -204,12 +204,12 @@ class Client:
         self, endpoint: ChatEndpoint, context: str, continuations: Sequence[str]
     ) -> tuple[list[float], int]:
         """Each continuation's log-probability given the context, in one completions request
-        with echo (the prompt's own log-probabilities, nothing generated). The context is sent
-        alone too: the tokens the two share are the context's, the rest the continuation's."""
-        prompts = [context, *(context + c for c in continuations)]
+        with echo (the prompt's own log-probabilities, nothing generated): one prompt per
+        continuation, whose tokens are those ending past the context (by `text_offset`; a
+        token spanning the boundary counts as the continuation's, as a shared prefix would)."""
         body = {
             "model": endpoint.model,
-            "prompt": prompts,
+            "prompt": [context + c for c in continuations],
             "max_tokens": 0,
             "echo": True,
             "logprobs": 0,
@@ -221,21 +221,20 @@ class Client:
             raise LikelihoodUnavailableError(str(error)) from error
         choices = sorted(response.get("choices") or [], key=lambda c: c.get("index", 0))
         logprobs = [c.get("logprobs") or {} for c in choices]
-        if len(choices) != len(prompts) or not all(
-            lp.get("tokens") and lp.get("token_logprobs") for lp in logprobs
+        if len(choices) != len(continuations) or not all(
+            lp.get("token_logprobs") and lp.get("text_offset") for lp in logprobs
         ):
             raise LikelihoodUnavailableError(
                 f"{endpoint.name}: {endpoint.base_url} returned no prompt log-probabilities"
             )
-        context_tokens = logprobs[0]["tokens"]
         sums = []
-        for lp in logprobs[1:]:
-            shared = 0
-            for mine, theirs in zip(lp["tokens"], context_tokens, strict=False):
-                if mine != theirs:
-                    break
-                shared += 1
-            tail = lp["token_logprobs"][shared:]
+        for lp, continuation in zip(logprobs, continuations, strict=True):
+            ends = [*lp["text_offset"][1:], len(context) + len(continuation)]
+            tail = [
+                value
+                for value, end in zip(lp["token_logprobs"], ends, strict=True)
+                if end > len(context)
+            ]
             if not tail or any(value is None for value in tail):
                 raise LikelihoodUnavailableError(
                     f"{endpoint.name}: {endpoint.base_url} returned no log-probability for an "
