@@ -378,6 +378,32 @@ def test_eval_job_targets_servers_and_endpoints() -> None:
     assert env["CRUCIBLE_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "pg", "key": "uri"}
 
 
+def test_eval_job_mounts_questions_and_prompts_side_by_side() -> None:
+    spec = EvalRunSpec.model_validate(
+        {
+            "models": [{"name": "a", "uri": "hf://o/a"}, {"name": "b", "uri": "hf://o/b"}],
+            "dataset": {"configMap": {"name": "mcq", "key": "mcq.csv"}},
+            "prompts": {"configMap": {"name": "open", "key": "prompts.jsonl"}},
+            "judge": {"uri": "hf://o/a"},
+        }
+    )
+    served = [
+        serving.ServedModel("a", "hf://o/a"),
+        serving.ServedModel("b", "hf://o/b"),
+        serving.ServedModel("judge", "hf://o/a"),
+    ]
+    children = evalrun.eval_job(owner(EVAL_RUN), spec, served, None, CONFIG)
+    task = json.loads(by_kind(children, "ConfigMap")[1]["data"]["task.json"])
+    assert task["dataset"] == {"path": "/data/dataset/mcq.csv"}
+    assert task["prompts"] == {"path": "/data/prompts/prompts.jsonl"}
+    # The judge is the same weights as model a: it is asked on a's server.
+    assert task["judge"]["baseUrl"] == task["endpoints"][0]["baseUrl"]
+    pod = by_kind(children, "Job")[0]["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["prompts"]["configMap"]["name"] == "open"
+    assert volumes["dataset"]["configMap"]["name"] == "mcq"
+
+
 def synth_spec(**extra: Any) -> SyntheticDatasetSpec:
     return SyntheticDatasetSpec.model_validate(
         {

@@ -20,9 +20,11 @@ from crucible.api.contract import ChatEndpoint, DataFile, EvalTask
 from crucible.workloads.common import WorkloadError
 from crucible.workloads.evaluate import Answer, AnswerJournal, evaluate
 from crucible.workloads.mcq import load_questions, parse_answer
+from crucible.workloads.prompts import load_prompts
 from crucible.workloads.stats import (
     bootstrap_interval,
     bradley_terry,
+    lead,
     paired_test,
     rate,
     summarize,
@@ -124,6 +126,20 @@ def test_bradley_terry_recovers_known_strengths() -> None:
     ratings = rate(judgements, bootstrap=100)
     assert [r.model for r in ratings] == ["a", "b", "c", "d"]
     assert all(r.ci95_low <= r.rating <= r.ci95_high for r in ratings)
+
+
+def test_a_lead_has_an_interval_of_its_own() -> None:
+    """The leader's rating minus the other's, with the bootstrap interval of that difference:
+    clear of zero for a real lead, straddling it for an even match."""
+    rng = random.Random(3)
+    clear = [("a", "b", 1.0 if rng.random() < 0.75 else 0.0) for _ in range(300)]
+    found = lead(clear, "a", "b", bootstrap=100, seed=5)
+    fitted = bradley_terry(clear)
+    assert found.difference == pytest.approx(fitted["a"] - fitted["b"])
+    assert 0 < found.ci95_low <= found.difference <= found.ci95_high
+    even = [("a", "b", float(i % 2)) for i in range(40)]
+    tie = lead(even, "a", "b", bootstrap=100)
+    assert tie.difference == pytest.approx(0, abs=1e-6) and tie.ci95_low < 0 < tie.ci95_high
 
 
 def test_bradley_terry_is_the_exact_mle_when_it_exists_and_says_when_it_is_not() -> None:
@@ -313,6 +329,87 @@ def test_judge_ratings_rank_the_better_model(tmp_path: Path) -> None:
     ratings = summary["judgeRatings"]
     assert [r["model"] for r in ratings] == ["oracle", "half"]
     assert ratings[0]["ci95Low"] > ratings[1]["ci95High"]
+
+
+def open_script(model: str, user: str, messages: list[dict[str, str]]) -> str:
+    """Open prompts "P<n>: …": "expert" answers them, "novice" does not; the judge prefers
+    an answer that names the prompt's number."""
+    if model == "judge":
+        number = re.search(r"P(\d+):", user).group(1)  # type: ignore[union-attr]
+        first = user.split("First answer (A):")[1].split("Second answer (B):", maxsplit=1)[0]
+        second = user.split("Second answer (B):")[1]
+        good = lambda t: f"about {number}" in t  # noqa: E731
+        return "A" if good(first) and not good(second) else ("B" if good(second) else "TIE")
+    number = re.search(r"P(\d+):", user).group(1)  # type: ignore[union-attr]
+    return f"An answer about {number}." if model == "expert" else "I do not know."
+
+
+def test_the_judge_compares_answers_to_open_prompts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without multiple-choice questions: each model answers each prompt once, the judge
+    compares every two answers in both orders, and every verdict is kept with its prompt."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"P{n}: explain"}) + "\n" for n in range(6)))
+    report = tmp_path / "report.json"
+    monkeypatch.setenv("CRUCIBLE_REPORT_FILE", str(report))
+    with serving(ScriptedServer(open_script)) as server:
+        judge = ChatEndpoint(name="judge", base_url=server.url, model="judge")
+        results = evaluate(
+            task(
+                tmp_path,
+                server,
+                ["expert", "novice"],
+                dataset=None,
+                prompts=DataFile(path=str(prompts)),
+                judge=judge,
+                bootstrap_samples=50,
+            )
+        )
+        assert (server.served["expert"], server.served["novice"], server.served["judge"]) == (
+            6,
+            6,
+            2 * 6,
+        )
+    assert results == []
+    verdicts = [
+        json.loads(x) for x in (tmp_path / "out" / "judgements.jsonl").read_text().splitlines()
+    ]
+    assert sorted((v["a"], v["item"]) for v in verdicts) == sorted(
+        (m, n) for m in ("expert", "novice") for n in range(1, 7)
+    )
+    assert all(v["scoreA"] == (1.0 if v["a"] == "expert" else 0.0) for v in verdicts)
+    sent = json.loads(report.read_text())
+    assert sent["judgeComparisons"] == 12 and "results" not in sent
+    assert [r["model"] for r in sent["judgeRatings"]] == ["expert", "novice"]
+
+
+def test_a_prompt_set_without_prompts_names_the_line(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "P1: fine"}\n\n{"question": "P2: no prompt field"}\n')
+    with pytest.raises(WorkloadError, match=r"prompts .*prompts.jsonl, line 3: no prompt"):
+        load_prompts(prompts)
+
+
+def test_a_judge_that_never_answers_a_or_b_fails_clearly(tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "P1: explain"}) + "\n")
+
+    def mumbling(model: str, user: str, messages: list[dict[str, str]]) -> str:
+        return "Both are nice." if model == "judge" else open_script(model, user, messages)
+
+    with serving(ScriptedServer(mumbling)) as server:
+        judge = ChatEndpoint(name="judge", base_url=server.url, model="judge")
+        job = task(
+            tmp_path,
+            server,
+            ["expert", "novice"],
+            dataset=None,
+            prompts=DataFile(path=str(prompts)),
+            judge=judge,
+        )
+        with pytest.raises(WorkloadError, match="no readable verdict in 2 comparisons"):
+            evaluate(job)
 
 
 def test_report_carries_the_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

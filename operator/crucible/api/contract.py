@@ -107,7 +107,12 @@ class EvalRag(ApiModel):
 class EvalTask(TaskBase):
     workload: Literal["eval"] = "eval"
     endpoints: list[ChatEndpoint]
-    dataset: DataFile = Field(description="Multiple-choice CSV: question, a, b, c, d, correct.")
+    dataset: DataFile | None = Field(
+        default=None, description="Multiple-choice CSV: question, a, b, c, d, correct."
+    )
+    prompts: DataFile | None = Field(
+        default=None, description="Open prompts for the judge: JSONL (prompt) or CSV (prompt)."
+    )
     rag: EvalRag | None = None
     scoring: Scoring = Scoring.GENERATION
     repeats: int
@@ -162,6 +167,7 @@ class WorkloadReport(ApiModel):
     results: list[ModelResult] | None = Field(default=None, max_length=64)
     paired_tests: list[PairedTest] | None = Field(default=None, max_length=512)
     judge_ratings: list[JudgeRating] | None = Field(default=None, max_length=16)
+    judge_comparisons: int | None = Field(default=None, ge=0)
     results_uri: str | None = None
     pairs: PairCounts | None = None
     reused_from: str | None = None

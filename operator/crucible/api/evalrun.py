@@ -82,6 +82,19 @@ class EvalRunSpec(ApiModel):
 
     model_config = api_config(
         cel(
+            "has(self.dataset) || has(self.prompts)",
+            "set spec.dataset (multiple-choice questions), spec.prompts (open prompts for the "
+            "judge), or both",
+            reason="FieldValueRequired",
+        ),
+        cel(
+            "!has(self.prompts) || has(self.judge)",
+            "spec.prompts are answered for the judge to compare: set spec.judge, or remove "
+            "spec.prompts",
+            field_path=".prompts",
+            reason="FieldValueRequired",
+        ),
+        cel(
             "!(self.scoring == 'LogLikelihood' && self.constrainAnswers)",
             "spec.constrainAnswers constrains generated answers, and spec.scoring "
             "LogLikelihood generates none: remove constrainAnswers, or set scoring to Auto or "
@@ -97,8 +110,16 @@ class EvalRunSpec(ApiModel):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
         description="Models under test; names must be unique.",
     )
-    dataset: DataSource = Field(
-        description="Multiple-choice questions as CSV with columns question, a, b, c, d, correct."
+    dataset: DataSource | None = Field(
+        default=None,
+        description="Multiple-choice questions as CSV with columns question, a, b, c, d, correct.",
+    )
+    prompts: DataSource | None = Field(
+        default=None,
+        description="Open prompts for the judge: JSONL with a prompt field per line, or CSV "
+        "with a prompt column. Every model answers each (generation at spec.temperature) and "
+        "spec.judge compares the answers of every two models in both orders; without prompts "
+        "the judge compares answers to the multiple-choice questions.",
     )
     rag: Rag | None = Field(default=None, description="Retrieval from a RagIndex.")
     scoring: Scoring = Field(
@@ -236,6 +257,12 @@ class EvalRunStatus(ServingStatus):
     )
     judge_ratings: list[JudgeRating] | None = Field(
         default=None, max_length=16, description="Judge ratings, best first."
+    )
+    judge_comparisons: int | None = Field(
+        default=None,
+        ge=0,
+        description="Readable verdicts of the judge the ratings are fitted to (judgements.jsonl "
+        "beside the results holds each).",
     )
     best_model: str | None = Field(default=None, description="Model with the best mean accuracy.")
     best_accuracy: float | None = Field(default=None, description="Its mean accuracy.")

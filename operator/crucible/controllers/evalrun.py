@@ -56,8 +56,11 @@ class EvalRunController(ServingController[EvalRunSpec, EvalInputs]):
         refs = super().references(spec)
         if spec.rag is not None:
             refs.append(Reference(RAG_INDEX.kind, spec.rag.index_name))
-        if spec.dataset.config_map is not None:
-            refs.append(Reference("ConfigMap", spec.dataset.config_map.name))
+        refs += [
+            Reference("ConfigMap", source.config_map.name)
+            for source in (spec.dataset, spec.prompts)
+            if source is not None and source.config_map is not None
+        ]
         return refs
 
     async def resolve(self, ctx: Context, spec: EvalRunSpec) -> EvalInputs:
@@ -75,9 +78,10 @@ class EvalRunController(ServingController[EvalRunSpec, EvalInputs]):
                         "spec.mergeAdapter: true on the FineTuneJob to serve merged weights",
                     )
         rag = await rag_inputs(ctx, spec)
-        if spec.dataset.config_map is not None:
-            ref = spec.dataset.config_map
-            await config_map_key(ctx, ref.name, ref.key, "spec.dataset.configMap")
+        for field, source in (("spec.dataset", spec.dataset), ("spec.prompts", spec.prompts)):
+            if source is not None and source.config_map is not None:
+                ref = source.config_map
+                await config_map_key(ctx, ref.name, ref.key, f"{field}.configMap")
         return EvalInputs(served, rag)
 
     def build(
@@ -90,22 +94,30 @@ class EvalRunController(ServingController[EvalRunSpec, EvalInputs]):
     ) -> dict[str, Any]:
         if phase != Phase.SUCCEEDED:
             return {}
-        if report is None or not report.results:
+        wanted = [
+            ("results", spec.dataset is not None and not (report and report.results)),
+            ("judge ratings", spec.prompts is not None and not (report and report.judge_ratings)),
+        ]
+        if report is None or any(missing for _, missing in wanted):
+            what = " and ".join(name for name, missing in wanted if missing) or "report"
             raise FailedError(
                 Reason.MISSING_REPORT,
-                "the eval Job succeeded but wrote no results to ConfigMap "
+                f"the eval Job succeeded but wrote no {what} to ConfigMap "
                 + report_name(ctx.owner),
             )
-        best = max(report.results, key=lambda r: r.accuracy_mean)
-        return {
-            "results": report.results,
+        fields: dict[str, Any] = {
+            "results": report.results or None,
             "paired_tests": report.paired_tests or None,
             "judge_ratings": report.judge_ratings or None,
-            "best_model": best.model + (" (RAG)" if best.rag else ""),
-            "best_accuracy": round(best.accuracy_mean, 4),
+            "judge_comparisons": report.judge_comparisons,
             "results_uri": report.results_uri,
             "output_uri": report.results_uri,
         }
+        if report.results:
+            best = max(report.results, key=lambda r: r.accuracy_mean)
+            fields["best_model"] = best.model + (" (RAG)" if best.rag else "")
+            fields["best_accuracy"] = round(best.accuracy_mean, 4)
+        return fields
 
 
 register(EvalRunController())

@@ -60,8 +60,9 @@ for _kind in KINDS:
 
 
 def dataset_label(spec: Mapping[str, Any]) -> str:
-    """A short, stable name for an EvalRun's question set."""
-    dataset = spec.get("dataset") or {}
+    """A short, stable name for an EvalRun's question set (its prompt set where it has no
+    multiple-choice questions)."""
+    dataset = spec.get("dataset") or spec.get("prompts") or {}
     if "configMap" in dataset:
         return f"configmap/{dataset['configMap']['name']}/{dataset['configMap']['key']}"
     if "pvc" in dataset:

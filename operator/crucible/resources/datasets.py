@@ -11,7 +11,6 @@ from crucible.api.ragindex import DocumentSource
 from crucible.config import OperatorConfig
 from crucible.resources.common import pvc_mount_path
 
-DATASET_DIR = "/data/dataset"
 DOCS_DIR = "/data/documents"
 
 
@@ -30,22 +29,24 @@ def on_claim(pvc: PvcPath, config: OperatorConfig) -> MountedData:
     return MountedData(path=f"{base}/{pvc.path}".rstrip("/"), uri=None, claims=[pvc.claim_name])
 
 
-def mount_data(source: DataSource, config: OperatorConfig) -> MountedData:
+def mount_data(source: DataSource, config: OperatorConfig, name: str = "dataset") -> MountedData:
+    """A data file; a ConfigMap key is mounted under /data/<name> (a volume of that name)."""
     if source.config_map is not None:
         key = source.config_map.key
+        folder = f"/data/{name}"
         return MountedData(
-            path=f"{DATASET_DIR}/{key}",
+            path=f"{folder}/{key}",
             uri=None,
             volumes=[
                 {
-                    "name": "dataset",
+                    "name": name,
                     "configMap": {
                         "name": source.config_map.name,
                         "items": [{"key": key, "path": key}],
                     },
                 }
             ],
-            mounts=[{"name": "dataset", "mountPath": DATASET_DIR, "readOnly": True}],
+            mounts=[{"name": name, "mountPath": folder, "readOnly": True}],
         )
     if source.pvc is not None:
         return on_claim(source.pvc, config)

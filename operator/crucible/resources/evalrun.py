@@ -75,8 +75,12 @@ def eval_job(
             if spec.judge.endpoint is not None
             else ChatEndpoint(name=JUDGE, base_url=urls[JUDGE], model=JUDGE)
         )
-    data = mount_data(spec.dataset, config)
-    claims = data.claims + pvc_claims([rag.embedding.model] if rag else [])
+    data = mount_data(spec.dataset, config) if spec.dataset is not None else None
+    prompts = mount_data(spec.prompts, config, "prompts") if spec.prompts is not None else None
+    inputs = [mounted for mounted in (data, prompts) if mounted is not None]
+    claims = [c for i in inputs for c in i.claims] + pvc_claims(
+        [rag.embedding.model] if rag else []
+    )
     eval_rag = None
     if rag is not None and spec.rag is not None:
         eval_rag = EvalRag(
@@ -91,7 +95,8 @@ def eval_job(
     task = EvalTask(
         **task_fields(owner, config, claims),
         endpoints=endpoints,
-        dataset=DataFile(path=data.path, uri=data.uri),
+        dataset=DataFile(path=data.path, uri=data.uri) if data else None,
+        prompts=DataFile(path=prompts.path, uri=prompts.uri) if prompts else None,
         rag=eval_rag,
         scoring=spec.scoring,
         repeats=spec.repeats,
@@ -115,8 +120,8 @@ def eval_job(
             command=workload_command("evaluate"),
             claims=claims,
             env=env,
-            extra_volumes=data.volumes,
-            extra_mounts=data.mounts,
+            extra_volumes=[v for i in inputs for v in i.volumes],
+            extra_mounts=[m for i in inputs for m in i.mounts],
         ),
         task,
     )

@@ -43,6 +43,7 @@ from crucible.workloads.mcq import (
     parse_answer,
     prompt,
 )
+from crucible.workloads.prompts import load_prompts
 from crucible.workloads.stats import (
     bootstrap_interval,
     paired_test,
@@ -51,6 +52,7 @@ from crucible.workloads.stats import (
     welch_t_test,
 )
 
+JUDGEMENTS_FILE = "judgements.jsonl"
 RETRIED_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504}
 MAX_ATTEMPTS = 8
 TIMEOUT = aiohttp.ClientTimeout(total=300, connect=30)
@@ -133,11 +135,11 @@ class AnswerJournal:
         self.path.unlink(missing_ok=True)
 
 
-def fingerprint(task: EvalTask, dataset: Path) -> str:
-    """What decides the answers: every setting but the concurrency, and the questions."""
+def fingerprint(task: EvalTask, inputs: Sequence[Path]) -> str:
+    """What decides the answers: every setting but the concurrency, and the input files."""
     settings = {k: v for k, v in task.to_api().items() if k != "concurrency"}
     return hashlib.sha256(
-        (json.dumps(settings, sort_keys=True) + sha256_of(dataset)).encode()
+        (json.dumps(settings, sort_keys=True) + "".join(sha256_of(p) for p in inputs)).encode()
     ).hexdigest()
 
 
@@ -510,39 +512,73 @@ def paired_tests(
     return out
 
 
+@dataclass(frozen=True)
+class Judged:
+    """What the judge compares two answers to: a multiple-choice question or an open prompt."""
+
+    number: int
+    text: str  # as the judge reads it
+    messages: list[dict[str, str]]  # as a model is asked it
+
+
+Verdict = tuple[str, str, float, int]  # model A, model B, A's score (1, 0.5, 0), item number
+
+
+def judged_items(
+    task: EvalTask, questions: Sequence[Question], prompts: Sequence[str]
+) -> list[Judged]:
+    """The open prompts when there are any, else the multiple-choice questions."""
+    if prompts:
+        system = [{"role": "system", "content": task.system_prompt}] if task.system_prompt else []
+        return [
+            Judged(number, text, [*system, {"role": "user", "content": text}])
+            for number, text in enumerate(prompts, start=1)
+        ]
+    system_prompt = task.system_prompt or DEFAULT_SYSTEM_PROMPT
+    return [Judged(q.number, prompt(q), messages_for(q, system_prompt, None)) for q in questions]
+
+
 async def judge_round(
-    client: Client, task: EvalTask, questions: Sequence[Question], answers: Sequence[Answer]
-) -> list[tuple[str, str, float]]:
-    """Each pair of models, each question, both presentation orders; ties allowed. The judge
-    reads generated answers: a model scored by log-likelihood is asked for one answer per
-    question for it."""
+    client: Client,
+    task: EvalTask,
+    items: Sequence[Judged],
+    answers: Sequence[Answer],
+    *,
+    open_prompts: bool,
+) -> list[Verdict]:
+    """Each pair of models, each item, both presentation orders; ties allowed. The judge
+    reads generated answers: a multiple-choice answer already generated (first round, without
+    retrieved context where there is one) is reused; any other is asked for."""
     judge = task.judge
     assert judge is not None
-    generated = [a for a in answers if a.round == 0 and a.scoring == Scoring.GENERATION]
-    first = {(a.model, a.question): a.text for a in generated if not a.rag}
-    if not first:
-        first = {(a.model, a.question): a.text for a in generated}
-    system_prompt = task.system_prompt or DEFAULT_SYSTEM_PROMPT
+    first: dict[tuple[str, int], str] = {}
+    if not open_prompts:
+        generated = [a for a in answers if a.round == 0 and a.scoring == Scoring.GENERATION]
+        first = {(a.model, a.question): a.text for a in generated if not a.rag} or {
+            (a.model, a.question): a.text for a in generated
+        }
 
-    async def answer_for_judge(endpoint: ChatEndpoint, question: Question) -> None:
+    async def answer_for_judge(endpoint: ChatEndpoint, item: Judged) -> None:
         text, _ = await client.chat(
-            endpoint,
-            messages_for(question, system_prompt, None),
-            task.temperature,
-            task.max_tokens,
-            seed=task.seed + question.number,
+            endpoint, item.messages, task.temperature, task.max_tokens, seed=task.seed + item.number
         )
-        first[(endpoint.name, question.number)] = text
+        first[(endpoint.name, item.number)] = text
 
-    unanswered = [e for e in task.endpoints if (e.name, questions[0].number) not in first]
-    await asyncio.gather(*(answer_for_judge(e, q) for e in unanswered for q in questions))
+    await asyncio.gather(
+        *(
+            answer_for_judge(e, item)
+            for e in task.endpoints
+            for item in items
+            if (e.name, item.number) not in first
+        )
+    )
     models = sorted({m for m, _ in first})
     instructions = task.judge_prompt or DEFAULT_JUDGE_PROMPT
 
-    async def verdict(x: str, y: str, question: Question) -> tuple[str, str, float] | None:
+    async def verdict(x: str, y: str, item: Judged) -> Verdict | None:
         content = (
-            f"{prompt(question)}\n\nFirst answer (A):\n{first[(x, question.number)]}\n\n"
-            f"Second answer (B):\n{first[(y, question.number)]}"
+            f"{item.text}\n\nFirst answer (A):\n{first[(x, item.number)]}\n\n"
+            f"Second answer (B):\n{first[(y, item.number)]}"
         )
         text, _ = await client.chat(
             judge,
@@ -553,53 +589,75 @@ async def judge_round(
         )
         word = text.strip().upper().split()[0].strip(".:") if text.strip() else ""
         score = {"A": 1.0, "B": 0.0, "TIE": 0.5}.get(word)
-        return None if score is None else (x, y, score)
+        return None if score is None else (x, y, score, item.number)
 
     jobs = [
-        verdict(x, y, q)
+        verdict(x, y, item)
         for a, b in itertools.combinations(models, 2)
-        for q in questions
+        for item in items
         for x, y in ((a, b), (b, a))
     ]
-    return [v for v in await asyncio.gather(*jobs) if v is not None]
+    verdicts = [v for v in await asyncio.gather(*jobs) if v is not None]
+    if jobs and not verdicts:
+        raise WorkloadError(
+            f"the judge gave no readable verdict in {len(jobs)} comparisons (it must reply A, "
+            "B or TIE): check spec.judge.prompt, or use a judge model that follows it"
+        )
+    return verdicts
 
 
 def evaluate(task: EvalTask, retriever: Retriever | None = None) -> list[ModelResult]:
     started = time.monotonic()
     reporter = Reporter(task)
     output = Path(task.output_path)
-    dataset = (
-        Path(task.dataset.path)
-        if task.dataset.path
-        else resolve_uri(task.dataset.uri or "", task.mounts, output.parent / ".cache")
-    )
-    questions = load_questions(dataset)
+    cache = output.parent / ".cache"
+    files = {
+        name: Path(data.path) if data.path else resolve_uri(data.uri or "", task.mounts, cache)
+        for name, data in (("dataset", task.dataset), ("prompts", task.prompts))
+        if data is not None
+    }
+    questions = load_questions(files["dataset"]) if "dataset" in files else []
+    prompts = load_prompts(files["prompts"]) if "prompts" in files else []
     contexts = None
-    if task.rag is not None:
+    if task.rag is not None and questions:
         retriever = retriever or make_retriever(task)
         contexts = {q.number: retriever(q.text) for q in questions}
 
-    journal = AnswerJournal(output, fingerprint(task, dataset))
+    journal = AnswerJournal(output, fingerprint(task, list(files.values())))
     given = journal.load()
     if given:
         log.info("resuming: %d answers already given", len(given))
     journal.open(given)
 
-    async def run() -> tuple[list[Answer], list[tuple[str, str, float]]]:
+    async def run() -> tuple[list[Answer], list[Verdict]]:
         async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
             client = Client(session, task.concurrency)
-            answers = await run_rounds(
-                client, task, questions, contexts, given=given, record=journal.record
+            answers = (
+                await run_rounds(
+                    client, task, questions, contexts, given=given, record=journal.record
+                )
+                if questions
+                else []
             )
-            verdicts = await judge_round(client, task, questions, answers) if task.judge else []
+            verdicts = (
+                await judge_round(
+                    client,
+                    task,
+                    judged_items(task, questions, prompts),
+                    answers,
+                    open_prompts=bool(prompts),
+                )
+                if task.judge
+                else []
+            )
             return answers, verdicts
 
     try:
         answers, verdicts = asyncio.run(run())
     finally:
         journal.close()
-    results = summaries(answers, questions, task.seed)
-    paired = paired_tests(answers, questions, task.seed)
+    results = summaries(answers, questions, task.seed) if questions else []
+    paired = paired_tests(answers, questions, task.seed) if questions else []
     ratings = (
         [
             JudgeRating(
@@ -609,7 +667,7 @@ def evaluate(task: EvalTask, retriever: Retriever | None = None) -> list[ModelRe
                 ci95_high=r.ci95_high,
                 regularized=r.regularized,
             )
-            for r in rate(verdicts, task.bootstrap_samples, task.seed)
+            for r in rate([v[:3] for v in verdicts], task.bootstrap_samples, task.seed)
         ]
         if verdicts
         else []
@@ -619,29 +677,33 @@ def evaluate(task: EvalTask, retriever: Retriever | None = None) -> list[ModelRe
             for answer in answers:
                 stream.write(json.dumps(asdict(answer)) + "\n")
         if verdicts:
-            with (staging / "judgements.jsonl").open("w") as stream:
-                for x, y, score in verdicts:
-                    stream.write(json.dumps({"a": x, "b": y, "scoreA": score}) + "\n")
+            with (staging / JUDGEMENTS_FILE).open("w") as stream:
+                for x, y, score, item in verdicts:
+                    stream.write(json.dumps({"a": x, "b": y, "scoreA": score, "item": item}) + "\n")
         write_json(
             staging / "summary.json",
             {
                 "seed": task.seed,
                 "repeats": task.repeats,
                 "questions": len(questions),
+                "prompts": len(prompts),
                 "results": [r.to_api() for r in results],
                 "welch": welch_tests(results),
                 "pairedTests": [t.to_api() for t in paired],
                 "judgeRatings": [r.to_api() for r in ratings],
+                "judgeComparisons": len(verdicts),
                 "seconds": round(time.monotonic() - started, 3),
             },
         )
     journal.remove()  # the results are in place: nothing left to resume
     reporter.update(
-        results=results,
+        results=results or None,
         paired_tests=paired or None,
         judge_ratings=ratings or None,
+        judge_comparisons=len(verdicts) if task.judge else None,
         results_uri=task.output_uri + "results.jsonl",
-        message=f"{len(answers)} answers in {time.monotonic() - started:.1f} s",
+        message=f"{len(answers)} answers and {len(verdicts)} verdicts in "
+        f"{time.monotonic() - started:.1f} s",
     )
     return results
 

@@ -191,21 +191,57 @@ class Rating:
     regularized: bool  # no maximum-likelihood estimate exists: fitted with the weak prior
 
 
+def _bootstrap_fits(
+    judgements: Sequence[Judgement], bootstrap: int, seed: int
+) -> list[dict[str, float]]:
+    """Ratings refitted to `bootstrap` resamples of the judgements (with replacement)."""
+    rng = random.Random(seed)
+    fits = []
+    for _ in range(bootstrap):
+        resampled = [judgements[rng.randrange(len(judgements))] for _ in judgements]
+        fits.append(bradley_terry(resampled, iterations=200, tolerance=1e-6))
+    return fits
+
+
+def _percentiles(values: list[float], point: float) -> tuple[float, float]:
+    """The percentile bootstrap 95% interval; the point itself without resamples."""
+    ordered = sorted(values) or [point]
+    return ordered[int(0.025 * (len(ordered) - 1))], ordered[math.ceil(0.975 * (len(ordered) - 1))]
+
+
 def rate(judgements: Sequence[Judgement], bootstrap: int, seed: int = 0) -> list[Rating]:
     """Ratings, best first, each with a percentile bootstrap 95% interval."""
     point = bradley_terry(judgements)
     regularized = not mle_exists(judgements)
-    rng = random.Random(seed)
-    samples: dict[str, list[float]] = {m: [] for m in point}
-    for _ in range(bootstrap):
-        resampled = [judgements[rng.randrange(len(judgements))] for _ in judgements]
-        fitted = bradley_terry(resampled, iterations=200, tolerance=1e-6)
-        for m in point:
-            samples[m].append(fitted.get(m, ELO_MEAN))
+    fits = _bootstrap_fits(judgements, bootstrap, seed)
     ratings = []
     for m, value in point.items():
-        values = sorted(samples[m]) or [value]
-        low = values[int(0.025 * (len(values) - 1))]
-        high = values[math.ceil(0.975 * (len(values) - 1))]
+        low, high = _percentiles([fit.get(m, ELO_MEAN) for fit in fits], value)
         ratings.append(Rating(m, value, low, high, regularized))
     return sorted(ratings, key=lambda r: r.rating, reverse=True)
+
+
+@dataclass(frozen=True)
+class Lead:
+    leader: str
+    other: str
+    difference: float  # leader's rating minus the other's
+    ci95_low: float
+    ci95_high: float
+
+
+def lead(
+    judgements: Sequence[Judgement], leader: str, other: str, bootstrap: int, seed: int = 0
+) -> Lead:
+    """How far `leader` rates above `other`, with a percentile bootstrap 95% interval of the
+    difference itself (the two ratings' own intervals overlap more than it does)."""
+    point = bradley_terry(judgements)
+    difference = point[leader] - point[other]
+    low, high = _percentiles(
+        [
+            fit.get(leader, ELO_MEAN) - fit.get(other, ELO_MEAN)
+            for fit in _bootstrap_fits(judgements, bootstrap, seed)
+        ],
+        difference,
+    )
+    return Lead(leader, other, difference, low, high)
