@@ -124,7 +124,8 @@ def test_quickstart_runs_end_to_end(tmp_path: Path) -> None:
     assert {a["scoring"] for a in answers} == {"LogLikelihood"}
 
     # The leaderboard shows the status, which /metrics exports; both add up the raw answers.
-    board = text[text.rindex("EVALRUN ") :].split("\n\n")[0].splitlines()[1:]
+    header = list(re.finditer(r"^EVALRUN +MODEL +RAG .*$", text, re.MULTILINE))[-1]
+    board = text[header.end() :].strip("\n").split("\n\n")[0].splitlines()
     shown = {(row.split()[1], row.split()[2]): row.split() for row in board}
     by_row = {(r["model"], "yes" if r["rag"] else "no"): r for r in status["results"]}
     assert shown.keys() == by_row.keys() and len(shown) == 6

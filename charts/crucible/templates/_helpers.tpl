@@ -40,8 +40,12 @@ app.kubernetes.io/component: operator
      No Secrets: workloads receive them through secretKeyRef, resolved by the kubelet. */}}
 {{- define "crucible.rules" -}}
 - apiGroups: [crucible.dev]
-  resources: [syntheticdatasets, modelmerges, finetunejobs, ragindexes, evalruns]
+  resources: [syntheticdatasets, modelmerges, ragindexes, experiments]
   verbs: [get, list, watch, patch]
+# An Experiment's children are FineTuneJobs and EvalRuns.
+- apiGroups: [crucible.dev]
+  resources: [finetunejobs, evalruns]
+  verbs: [get, list, watch, patch, create]
 - apiGroups: [crucible.dev]
   resources:
     - syntheticdatasets/status
@@ -49,6 +53,7 @@ app.kubernetes.io/component: operator
     - finetunejobs/status
     - ragindexes/status
     - evalruns/status
+    - experiments/status
   verbs: [get, patch]
 # Children are watched (list, watch): their changes, not polling, drive the reconciles.
 - apiGroups: [batch]

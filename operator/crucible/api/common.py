@@ -351,6 +351,10 @@ class Reason(StrEnum):
     STARTING_SERVERS = "StartingServers"  # vLLM servers of the run are not ready yet
     JOB_RUNNING = "JobRunning"
     RETRYING = "Retrying"  # a pod failed and the Job retries
+    # Running, an Experiment: the stage its children are at.
+    SEARCHING = "Searching"  # fine-tunes and evaluations of the search tasks
+    RANKING = "Ranking"  # the overall ranking Job
+    VALIDATING = "Validating"  # the top candidates on the held-out task, then the verdict
     # Succeeded.
     SUCCEEDED = "Succeeded"
     # Failed: what went wrong, and the message says what to change.
@@ -368,6 +372,8 @@ class Reason(StrEnum):
     SERVER_TIMEOUT = "ServerTimeout"
     INVALID_REPORT = "InvalidReport"
     MISSING_REPORT = "MissingReport"
+    CHILD_FAILED = "ChildFailed"  # a child the run cannot do without failed
+    NO_COMPARISONS = "NoComparisons"  # an Experiment had nothing the judge could compare
 
 
 class Condition(ApiModel):

@@ -13,6 +13,7 @@ from pydantic import Field
 
 from crucible.api.base import ApiModel
 from crucible.api.evalrun import JudgeRating, ModelResult, PairedTest, Scoring
+from crucible.api.experiment import HeldOutVerdict, RankedModel
 from crucible.api.finetunejob import (
     DatasetFormat,
     Hyperparameters,
@@ -151,7 +152,25 @@ class SynthTask(TaskBase, DocumentsInput):
     )
 
 
-Task = MergeTask | FineTuneTask | RagTask | EvalTask | SynthTask
+class JudgedTask(ApiModel):
+    name: str = Field(description="Name of the task (or of the held-out task).")
+    judgements_path: str = Field(description="Its EvalRun's judgements.jsonl.")
+
+
+class RankTask(TaskBase):
+    workload: Literal["rank"] = "rank"
+    tasks: list[JudgedTask] = Field(description="The comparisons to fit, a file per task.")
+    baselines: list[str] = Field(description="Models that are hosted baselines.")
+    winner: str | None = Field(
+        default=None,
+        description="The held-out stage: the search's winner, whose lead is checked; None for "
+        "the search's ranking.",
+    )
+    bootstrap_samples: int
+    seed: int
+
+
+Task = MergeTask | FineTuneTask | RagTask | EvalTask | SynthTask | RankTask
 
 
 class WorkloadReport(ApiModel):
@@ -171,4 +190,7 @@ class WorkloadReport(ApiModel):
     results_uri: str | None = None
     pairs: PairCounts | None = None
     reused_from: str | None = None
+    comparisons: int | None = Field(default=None, ge=0)
+    ranking: list[RankedModel] | None = Field(default=None, max_length=32)
+    held_out: HeldOutVerdict | None = None
     message: str | None = Field(default=None, max_length=4096)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from crucible.api.base import ApiModel
 from crucible.api.evalrun import EvalRunSpec, EvalRunStatus
+from crucible.api.experiment import ExperimentSpec, ExperimentStatus
 from crucible.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus
 from crucible.api.modelmerge import ModelMergeSpec, ModelMergeStatus
 from crucible.api.ragindex import RagIndexSpec, RagIndexStatus
@@ -108,11 +109,31 @@ SYNTHETIC_DATASET = Kind(
     ),
 )
 
+EXPERIMENT = Kind(
+    kind="Experiment",
+    plural="experiments",
+    short_names=("exp",),
+    description="Experiment searches for the best base model: every candidate fine-tuned on "
+    "every task, all ranked by an LLM judge (Bradley-Terry), the winner checked on a held-out "
+    "task.",
+    spec=ExperimentSpec,
+    status=ExperimentStatus,
+    headline_columns=(
+        PrinterColumn("Stage", "string", ".status.progress.stage", "Stage of the search."),
+        PrinterColumn("Leader", "string", ".status.ranking[0].model", "Best-ranked model."),
+        PrinterColumn(
+            "Holds", "boolean", ".status.heldOut.holds", "Whether the lead holds held out."
+        ),
+        PrinterColumn("Comparisons", "integer", ".status.comparisons", "Judge verdicts ranked.", 1),
+    ),
+)
+
 KINDS: tuple[Kind, ...] = (
     SYNTHETIC_DATASET,
     MODEL_MERGE,
     FINE_TUNE_JOB,
     RAG_INDEX,
     EVAL_RUN,
+    EXPERIMENT,
 )
 KINDS_BY_NAME = {k.kind: k for k in KINDS}

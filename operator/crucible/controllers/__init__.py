@@ -2,6 +2,7 @@
 
 from crucible.controllers import (
     evalrun,
+    experiment,
     finetunejob,
     modelmerge,
     ragindex,
@@ -12,6 +13,7 @@ from crucible.controllers import (
 
 __all__ = [
     "evalrun",
+    "experiment",
     "finetunejob",
     "modelmerge",
     "ragindex",

@@ -6,8 +6,9 @@ semantics: a run is queued at most once, never reconciled by two workers at once
 again when something changed while it was being reconciled. A run is queued when
 
 - the resource itself changes;
-- one of its children changes (Jobs, Pods, Deployments, Services, the report ConfigMap: all
-  carry the labels crucible.dev/kind and crucible.dev/name, which map them back to the run);
+- one of its children changes (Jobs, Pods, Deployments, Services, the report ConfigMap, and
+  the Crucible resources an Experiment makes: all carry the labels crucible.dev/kind and
+  crucible.dev/name, which map them back to the run);
 - something its spec names changes: another Crucible resource (a modelRef, datasetRef or
   rag.indexName target) or a ConfigMap (the engine keeps the reverse index);
 - a deadline it asked for passes (a vLLM server's start-up timeout), or it failed with an
@@ -33,7 +34,7 @@ from crucible.api.kinds import KINDS_BY_NAME
 from crucible.config import OperatorConfig
 from crucible.controllers.cache import ChildCache, newer
 from crucible.controllers.kube import Kube
-from crucible.controllers.lifecycle import Context, Reference, RunController, reconcile
+from crucible.controllers.lifecycle import Context, Controller, Reference
 from crucible.metrics import (
     JOB_SECONDS,
     QUEUE_DEPTH,
@@ -120,7 +121,7 @@ class Engine:
         self,
         kube: Kube,
         config: OperatorConfig,
-        controllers: Mapping[str, RunController[Any, Any]],
+        controllers: Mapping[str, Controller[Any]],
     ) -> None:
         self.kube = kube
         self.config = config
@@ -132,6 +133,8 @@ class Engine:
         self.references: dict[Key, set[Key]] = {}
         # (namespace, kind, crucible.dev/name label value) → the run's name.
         self.names: dict[Key, str] = {}
+        # (namespace, owner kind, owner's crucible.dev/name label) → the runs it made.
+        self.owned: dict[Key, set[Key]] = {}
         self.failures: dict[Key, int] = {}
         self.children = ChildCache()
         self.leading = asyncio.Event()
@@ -143,7 +146,10 @@ class Engine:
         """A Crucible resource was added, modified or deleted."""
         meta = body["metadata"]
         key = (kind, meta["namespace"], meta["name"])
+        owner = self._owner_of(meta["namespace"], meta.get("labels") or {})
         if event_type == "DELETED":
+            if owner is not None:
+                self.owned.get(owner, set()).discard(key)
             self.runs.pop(key, None)
             self._set_references(key, set())
             self.names.pop((meta["namespace"], kind, name_label(meta["name"])), None)
@@ -154,11 +160,15 @@ class Engine:
             if not newer(body, self.runs.get(key)):
                 return
             self.runs[key] = body
+            if owner is not None:
+                self.owned.setdefault(owner, set()).add(key)
             self.names[(meta["namespace"], kind, name_label(meta["name"]))] = meta["name"]
             self._set_references(key, self._referenced(kind, body))
             RUNS.observe(kind, body, body.get("status") or {})
             self.queue.add(key)
         self._wake_dependents((meta["namespace"], kind, meta["name"]))
+        # A run another run made (an Experiment's fine-tunes and evaluations) is its child too.
+        self._queue_owner(meta["namespace"], meta.get("labels") or {})
 
     def child_changed(self, event_type: str | None, body: dict[str, Any]) -> None:
         """A Job, Pod, Deployment, Service or ConfigMap of a run changed."""
@@ -169,12 +179,19 @@ class Engine:
         meta = body["metadata"]
         self._queue_owner(meta["namespace"], meta.get("labels") or {})
 
-    def _queue_owner(self, namespace: str, labels: Mapping[str, str]) -> None:
-        """Queue the run a child's labels name."""
+    def _owner_of(self, namespace: str, labels: Mapping[str, str]) -> Key | None:
+        """(namespace, kind, crucible.dev/name label) of the run a child's labels name."""
         kind, label = labels.get(LABEL_KIND) or "", labels.get(LABEL_NAME)
         if labels.get(MANAGED_BY_LABEL) == MANAGED_BY and kind in self.controllers and label:
-            name = self.names.get((namespace, kind, label), label)
-            self.queue.add((kind, namespace, name))
+            return (namespace, kind, label)
+        return None
+
+    def _queue_owner(self, namespace: str, labels: Mapping[str, str]) -> None:
+        """Queue the run a child's labels name."""
+        owner = self._owner_of(namespace, labels)
+        if owner is not None:
+            _, kind, label = owner
+            self.queue.add((kind, namespace, self.names.get(owner, label)))
 
     def config_map_changed(self, event_type: str | None, body: dict[str, Any]) -> None:
         """Any ConfigMap: a run's report, or one a spec names."""
@@ -252,9 +269,14 @@ class Engine:
             self.lookup_run,
             self.children.children(namespace, owner.label),
             self.children.store,
+            lambda: [
+                self.runs[k]
+                for k in self.owned.get((namespace, kind, owner.label), ())
+                if k in self.runs
+            ],
         )
         with RECONCILE_SECONDS.labels(kind).time():
-            result = await reconcile(self.controllers[kind], ctx)
+            result = await self.controllers[kind].reconcile(ctx)
         status = result.status
         RECONCILES.labels(kind, status.phase or Phase.PENDING).inc()
         if comparable(status) != comparable(current):

@@ -96,6 +96,8 @@ class Context:
     # The run's children as the watches last saw them, and where created ones are noted.
     children: Children
     created: Callable[[dict[str, Any]], None]
+    # The Crucible resources this run made (an Experiment's), as the watches last saw them.
+    owned_runs: Callable[[], list[dict[str, Any]]] = list
 
     @property
     def generation(self) -> int:
@@ -200,16 +202,29 @@ SpecT = TypeVar("SpecT", bound=ApiModel)
 InputsT = TypeVar("InputsT")
 
 
-class RunController(ABC, Generic[SpecT, InputsT]):
-    """What one kind adds to the shared flow. Subclasses say how to resolve the inputs, which
-    children to build from them and which status fields the workload's report gives."""
+class Controller(ABC, Generic[SpecT]):
+    """What the engine needs of a kind: what its spec names, and one reconcile."""
 
     kind: ClassVar[Kind]
-    role: ClassVar[str]  # the workload: names the Job, its ServiceAccount and its task
 
     def references(self, spec: SpecT) -> list[Reference]:
         """What the spec names; a change to any of them reconciles the run."""
         return []
+
+    @abstractmethod
+    async def reconcile(self, ctx: Context) -> Result:
+        """The status the run should have now; never waits."""
+
+
+class RunController(Controller[SpecT], Generic[SpecT, InputsT]):
+    """A kind of one workload Job, reconciled by the shared flow. Subclasses say how to
+    resolve the inputs, which children to build from them and which status fields the
+    workload's report gives."""
+
+    role: ClassVar[str]  # the workload: names the Job, its ServiceAccount and its task
+
+    async def reconcile(self, ctx: Context) -> Result:
+        return await reconcile(self, ctx)
 
     @abstractmethod
     async def resolve(self, ctx: Context, spec: SpecT) -> InputsT:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from crucible.controllers.lifecycle import RunController
+from crucible.controllers.lifecycle import Controller
 
-CONTROLLERS: dict[str, RunController[Any, Any]] = {}
+CONTROLLERS: dict[str, Controller[Any]] = {}
 
 
-def register(controller: RunController[Any, Any]) -> None:
+def register(controller: Controller[Any]) -> None:
     CONTROLLERS[controller.kind.kind] = controller

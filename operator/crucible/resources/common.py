@@ -152,10 +152,9 @@ def task_config_map(
     }
 
 
-def report_objects(owner: Owner, workload: str) -> list[dict[str, Any]]:
+def report_objects(owner: Owner, workload: str, report: str) -> list[dict[str, Any]]:
     """The report ConfigMap and the identity allowed to write it: a ServiceAccount whose Role
     can read and update that one ConfigMap and nothing else."""
-    report = child_name(owner.name, "report")
     account = child_name(owner.name, workload)
     return [
         {
@@ -193,8 +192,9 @@ def report_objects(owner: Owner, workload: str) -> list[dict[str, Any]]:
     ]
 
 
-def report_name(owner: Owner) -> str:
-    return child_name(owner.name, "report")
+def report_name(owner: Owner, job: str | None = None) -> str:
+    """The report ConfigMap of a run's Job; `job` tells apart the Jobs of a run with several."""
+    return child_name(owner.name, f"{job}-report" if job else "report")
 
 
 # -- pods ---------------------------------------------------------------------------------
@@ -325,17 +325,23 @@ def env_from_secret(name: str, secret: str, key: str) -> dict[str, Any]:
 
 
 def task_fields(
-    owner: Owner, config: OperatorConfig, claims: list[str], output_uri: str | None = None
+    owner: Owner,
+    config: OperatorConfig,
+    claims: list[str],
+    output_uri: str | None = None,
+    *,
+    job: str | None = None,
 ) -> dict[str, Any]:
-    """The TaskBase fields every workload's task has."""
+    """The TaskBase fields every workload's task has; a run with several Jobs names the `job`,
+    which gets a report and an output folder of its own."""
     _, _, mounts = pvc_volumes(config, claims)
     return {
         "namespace": owner.namespace,
         "name": owner.name,
-        "report_config_map": report_name(owner),
+        "report_config_map": report_name(owner, job),
         "mounts": mounts,
-        "output_uri": output_uri or store_uri(config, owner),
-        "output_path": store_path(config, owner),
+        "output_uri": output_uri or store_uri(config, owner, job or ""),
+        "output_path": store_path(config, owner, job or ""),
     }
 
 
@@ -349,7 +355,7 @@ def workload_children(
     """Every child of a workload run, in creation order: report ConfigMap and the identity
     that may write it, the task ConfigMap, the Job."""
     return [
-        *report_objects(w.owner, w.role),
+        *report_objects(w.owner, w.role, task.report_config_map),
         task_config_map(w.owner, w.name, w.role, task, extra_data),
         job(w.owner, w.name, w.role, workload_pod(w), w.config),
     ]
