@@ -1,0 +1,280 @@
+"""Experiment on the real control plane: the fan-out (names, owner references, labels), the
+bound on children at once, a failing child, a restart mid-way that duplicates nothing, the
+ranking and the held-out verdict, and deletion. The training and eval images are held: the
+test plays the workloads (their reports) and the kubelet (their pods ending)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from crucible.devcluster.cluster import LocalCluster
+from tests.cluster.conftest import (
+    HOLD_IMAGE,
+    OperatorFactory,
+    finish_pod,
+    running_pod,
+    status_of,
+    wait_phase,
+    write_report,
+)
+from tests.cluster.test_reconcile import objects
+from tests.conftest import wait_for
+
+API = "crucible.dev/v1alpha1"
+BOUND = 2
+
+
+def data(name: str) -> dict[str, Any]:
+    return {"configMap": {"name": name, "key": "data.jsonl"}}
+
+
+def task(name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "dataset": data(f"{name}-qa"),
+        "evaluation": {"prompts": data(f"{name}-p")},
+    }
+
+
+def experiment() -> dict[str, Any]:
+    none = {"gpus": 0}
+    return {
+        "apiVersion": API,
+        "kind": "Experiment",
+        "metadata": {"name": "search"},
+        "spec": {
+            "candidates": [
+                {"name": "a", "uri": "pvc://crucible-models/models/a"},
+                {"name": "b", "uri": "pvc://crucible-models/models/b"},
+            ],
+            "tasks": [task("docs"), task("ops")],
+            "heldOut": task("faq"),
+            "fineTune": {"resources": none},
+            "evaluation": {"resources": none, "serving": {"resources": none}},
+            "judge": {"uri": "pvc://crucible-models/models/judge", "bootstrapSamples": 10},
+            "baselines": [
+                {"name": "hosted", "endpoint": {"url": "http://hosted.example/v1", "model": "m"}}
+            ],
+            "validation": {"top": 1, "baseline": "a"},
+            "maxConcurrentJobs": BOUND,
+        },
+    }
+
+
+def inputs() -> list[dict[str, Any]]:
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": n},
+            "data": {"data.jsonl": ""},
+        }
+        for t in ("docs", "ops", "faq")
+        for n in (f"{t}-qa", f"{t}-p")
+    ]
+
+
+def children(cluster: LocalCluster, namespace: str) -> dict[str, dict[str, Any]]:
+    """The experiment's child runs and Jobs by name."""
+    found = {}
+    for kind in ("finetunejobs", "evalruns", "jobs"):
+        for item in objects(cluster, namespace, kind, "search"):
+            found[f"{item['kind']}/{item['metadata']['name']}"] = item
+    return found
+
+
+def active(found: dict[str, dict[str, Any]]) -> int:
+    """Children running: runs not finished, and ranking Jobs not complete."""
+    running = 0
+    for item in found.values():
+        if item["kind"] == "Job":
+            conditions = (item.get("status") or {}).get("conditions") or []
+            running += not any(c["type"] in ("Complete", "Failed") for c in conditions)
+        else:
+            running += (item.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+    return running
+
+
+def settle(cluster: LocalCluster, namespace: str, expected: set[str]) -> dict[str, dict[str, Any]]:
+    """Wait for exactly `expected` children, then make sure no more come and the bound holds."""
+    found = wait_for(
+        lambda: (f := children(cluster, namespace)) and set(f) >= expected and f,
+        what=f"children {sorted(expected)}",
+    )
+    time.sleep(1.0)  # room for a reconcile that would wrongly start more
+    found = children(cluster, namespace)
+    assert set(found) == expected, sorted(set(found) ^ expected)
+    assert active(found) <= BOUND, {
+        k: (v.get("status") or {}).get("phase") for k, v in found.items()
+    }
+    return found
+
+
+def finish_job(cluster: LocalCluster, namespace: str, job: str, exit_code: int = 0) -> None:
+    finish_pod(cluster, namespace, running_pod(cluster, namespace, job), exit_code)
+
+
+def judged(models: list[str]) -> dict[str, Any]:
+    """An eval workload's report on open prompts: the judge's ratings only."""
+    return {
+        "judgeRatings": [
+            {
+                "model": m,
+                "rating": 1050 - 50 * i,
+                "ci95Low": 1000 - 50 * i,
+                "ci95High": 1100 - 50 * i,
+            }
+            for i, m in enumerate(models)
+        ],
+        "judgeComparisons": 12,
+        "resultsUri": "pvc://crucible-models/x/results.jsonl",
+    }
+
+
+def test_an_experiment_fans_out_within_its_bound_and_reaches_a_verdict(  # noqa: PLR0915
+    cluster: LocalCluster, namespace: str, model_store: str, operator: OperatorFactory
+) -> None:
+    cluster.kubectl_apply(inputs(), "-n", namespace)
+    held = {"CRUCIBLE_TRAIN_IMAGE": HOLD_IMAGE, "CRUCIBLE_EVAL_IMAGE": HOLD_IMAGE}
+    with operator(**held):
+        cluster.kubectl_apply([experiment()], "-n", namespace)
+        expected = {"FineTuneJob/search-a-docs", "FineTuneJob/search-b-docs"}
+        found = settle(cluster, namespace, expected)
+        tuned = found["FineTuneJob/search-a-docs"]
+        (reference,) = tuned["metadata"]["ownerReferences"]
+        assert (reference["kind"], reference["name"], reference["controller"]) == (
+            "Experiment",
+            "search",
+            True,
+        )
+        assert tuned["metadata"]["labels"]["crucible.dev/kind"] == "Experiment"
+        assert tuned["spec"]["baseModel"] == {"uri": "pvc://crucible-models/models/a"}
+        assert tuned["spec"]["dataset"]["configMap"]["name"] == "docs-qa"
+        progress = wait_for(
+            lambda: (
+                (p := status_of(cluster, namespace, "experiment", "search").get("progress"))
+                and p["fineTuneJobs"]["notStarted"] == 2
+                and p
+            ),
+            what="the progress counts",
+        )
+        assert progress["stage"] == "Search" and progress["active"] == BOUND
+
+        # One fine-tune fails, the other succeeds: the task is evaluated without the failed
+        # one (against the baseline), and the next task's first fine-tune takes a slot.
+        finish_job(cluster, namespace, "search-b-docs-train", exit_code=1)
+        finish_job(cluster, namespace, "search-a-docs-train")
+        expected |= {"EvalRun/search-docs", "FineTuneJob/search-a-ops"}
+        found = settle(cluster, namespace, expected)
+        models = found["EvalRun/search-docs"]["spec"]["models"]
+        assert [m["name"] for m in models] == ["a", "hosted"]
+        assert models[0]["modelRef"] == {"kind": "FineTuneJob", "name": "search-a-docs"}
+        uids = {name: item["metadata"]["uid"] for name, item in found.items()}
+
+    # The operator restarts mid-search: it adopts what exists and makes nothing twice.
+    with operator(**held):
+        found = settle(cluster, namespace, expected)
+        assert {name: item["metadata"]["uid"] for name, item in found.items()} == uids
+        failure = wait_for(
+            lambda: (
+                status_of(cluster, namespace, "experiment", "search").get("failures") or [None]
+            )[0],
+            what="the failed fine-tune to be reported",
+        )
+        assert (failure["name"], failure["reason"]) == ("search-b-docs", "Error")
+        assert failure["consequence"] == "candidate b is not judged on task docs"
+
+        write_report(cluster, namespace, "search-docs", judged(["a", "hosted"]))
+        finish_job(cluster, namespace, "search-docs-eval")
+        expected.add("FineTuneJob/search-b-ops")
+        settle(cluster, namespace, expected)
+        finish_job(cluster, namespace, "search-a-ops-train")
+        finish_job(cluster, namespace, "search-b-ops-train")
+        expected.add("EvalRun/search-ops")
+        settle(cluster, namespace, expected)
+        write_report(cluster, namespace, "search-ops", judged(["b", "a", "hosted"]))
+        finish_job(cluster, namespace, "search-ops-eval")
+
+        # The ranking Job pools the verdicts of both tasks from the model store.
+        expected.add("Job/search-rank")
+        settle(cluster, namespace, expected)
+        rank_task = json.loads(
+            cluster.kubectl(
+                "get",
+                "configmap",
+                "search-rank",
+                "-n",
+                namespace,
+                "-o",
+                "jsonpath={.data.task\\.json}",
+            ).stdout
+        )
+        assert [t["judgementsPath"] for t in rank_task["tasks"]] == [
+            f"/models/{namespace}/evalruns/search-docs/judgements.jsonl",
+            f"/models/{namespace}/evalruns/search-ops/judgements.jsonl",
+        ]
+        ranking = [
+            {"model": m, "baseline": m == "hosted", "rating": r, "ciLow": r - 40, "ciHigh": r + 40}
+            for m, r in (("b", 1080.0), ("a", 1010.0), ("hosted", 910.0))
+        ]
+        write_report(
+            cluster,
+            namespace,
+            "search-rank",
+            {
+                "comparisons": 24,
+                "resultsUri": f"pvc://crucible-models/{namespace}/experiments/search/rank/ranking.json",
+                "ranking": [
+                    {
+                        "model": r["model"],
+                        "baseline": r["baseline"],
+                        "rating": r["rating"],
+                        "ci95Low": r["ciLow"],
+                        "ci95High": r["ciHigh"],
+                    }
+                    for r in ranking
+                ],
+            },
+        )
+        finish_job(cluster, namespace, "search-rank")
+
+        # b won: b (the top one) and the baseline candidate a go on to the held-out task.
+        expected |= {"FineTuneJob/search-b-faq", "FineTuneJob/search-a-faq"}
+        settle(cluster, namespace, expected)
+        status = status_of(cluster, namespace, "experiment", "search")
+        assert [r["model"] for r in status["ranking"]] == ["b", "a", "hosted"]
+        assert status["comparisons"] == 24 and status["progress"]["stage"] == "HeldOut"
+        assert [t["task"] for t in status["taskRankings"]] == ["docs", "ops"]
+        finish_job(cluster, namespace, "search-b-faq-train")
+        finish_job(cluster, namespace, "search-a-faq-train")
+        expected.add("EvalRun/search-faq")
+        settle(cluster, namespace, expected)
+        write_report(cluster, namespace, "search-faq", judged(["b", "a", "hosted"]))
+        finish_job(cluster, namespace, "search-faq-eval")
+        expected.add("Job/search-verdict")
+        settle(cluster, namespace, expected)
+        verdict = {
+            "task": "faq",
+            "winner": "b",
+            "runnerUp": "a",
+            "ratingDifference": 90.0,
+            "ci95Low": 20.0,
+            "ci95High": 160.0,
+            "comparisons": 12,
+            "holds": True,
+            "ratings": judged(["b", "a", "hosted"])["judgeRatings"],
+        }
+        write_report(cluster, namespace, "search-verdict", {"comparisons": 12, "heldOut": verdict})
+        finish_job(cluster, namespace, "search-verdict")
+        done = wait_phase(cluster, namespace, "experiment", "search", "Succeeded")
+        assert done["heldOut"]["holds"] is True and done["progress"]["stage"] == "Done"
+        assert "on faq its lead over a holds" in done["conditions"][0]["message"]
+        settle(cluster, namespace, expected)  # nothing more once done
+
+        # Deleting the experiment takes its children with it.
+        cluster.kubectl("delete", "experiment", "search", "-n", namespace)
+        wait_for(
+            lambda: not children(cluster, namespace), timeout=60, what="the children to be removed"
+        )
