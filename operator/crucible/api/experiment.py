@@ -192,7 +192,7 @@ class ExperimentSpec(ApiModel):
             "task b-c, and candidate a-b with task c, both make <experiment>-a-b-c): rename "
             "one of them",
             field_path=".candidates",
-            reason="FieldValueDuplicate",
+            reason="FieldValueInvalid",
         ),
         cel(
             "self.candidates.exists(c, c.name == self.validation.baseline)",
@@ -205,7 +205,7 @@ class ExperimentSpec(ApiModel):
             "self.candidates.exists(c, c.name == b.name))",
             "a baseline has the name of a candidate: names in rankings must be unique",
             field_path=".baselines",
-            reason="FieldValueDuplicate",
+            reason="FieldValueInvalid",
         ),
     )
 
