@@ -100,9 +100,25 @@ def running_pod(cluster: LocalCluster, namespace: str, job: str) -> dict[str, An
 
 
 def write_report(
-    cluster: LocalCluster, namespace: str, name: str, report: dict[str, Any], kubeconfig: Any = None
+    cluster: LocalCluster,
+    namespace: str,
+    name: str,
+    report: dict[str, Any],
+    kubeconfig: Any = None,
+    *,
+    wait: bool = False,
 ) -> None:
-    """What the workload does at its end: write its report into the run's ConfigMap."""
+    """What the workload does at its end: write its report into the run's ConfigMap (with
+    `wait`, once the operator has made that ConfigMap)."""
+    if wait:
+        wait_for(
+            lambda: (
+                not cluster.kubectl(
+                    "get", "configmap", f"{name}-report", "-n", namespace, check=False
+                ).returncode
+            ),
+            what=f"ConfigMap {name}-report",
+        )
     patch = json.dumps({"data": {REPORT_KEY: json.dumps(report)}})
     cluster.kubectl(
         "patch",

@@ -278,3 +278,48 @@ def test_an_experiment_fans_out_within_its_bound_and_reaches_a_verdict(  # noqa:
         wait_for(
             lambda: not children(cluster, namespace), timeout=60, what="the children to be removed"
         )
+
+
+def small_experiment() -> dict[str, Any]:
+    """One candidate, one task and a hosted baseline: the shortest way to a verdict."""
+    doc = experiment()
+    doc["metadata"]["name"] = "small"
+    doc["spec"]["candidates"] = doc["spec"]["candidates"][:1]
+    doc["spec"]["tasks"] = doc["spec"]["tasks"][:1]
+    return doc
+
+
+def play_small_experiment(cluster: LocalCluster, namespace: str) -> dict[str, Any]:
+    """Run `small_experiment` to its verdict with an operator whose training Jobs complete by
+    themselves (kwok) and whose eval-image Jobs are held: write their reports, end their pods.
+    Returns the final status."""
+    cluster.kubectl_apply([*inputs(), small_experiment()], "-n", namespace)
+    models = ["a", "hosted"]
+    write_report(cluster, namespace, "small-docs", judged(models), wait=True)
+    finish_job(cluster, namespace, "small-docs-eval")
+    ranking = [
+        {"model": m, "baseline": m == "hosted", "rating": r, "ci95Low": r - 40, "ci95High": r + 40}
+        for m, r in (("a", 1040.0), ("hosted", 960.0))
+    ]
+    write_report(
+        cluster, namespace, "small-rank", {"comparisons": 12, "ranking": ranking}, wait=True
+    )
+    finish_job(cluster, namespace, "small-rank")
+    write_report(cluster, namespace, "small-faq", judged(models), wait=True)
+    finish_job(cluster, namespace, "small-faq-eval")
+    verdict = {
+        "task": "faq",
+        "winner": "a",
+        "runnerUp": "hosted",
+        "ratingDifference": 80.0,
+        "ci95Low": -10.0,
+        "ci95High": 170.0,
+        "comparisons": 12,
+        "holds": False,
+        "ratings": judged(models)["judgeRatings"],
+    }
+    write_report(
+        cluster, namespace, "small-verdict", {"comparisons": 12, "heldOut": verdict}, wait=True
+    )
+    finish_job(cluster, namespace, "small-verdict")
+    return wait_phase(cluster, namespace, "experiment", "small", "Succeeded")

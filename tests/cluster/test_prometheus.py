@@ -25,6 +25,7 @@ from tests.cluster.conftest import (
     wait_phase,
     write_report,
 )
+from tests.cluster.test_experiment import play_small_experiment
 from tests.cluster.test_reconcile import inputs, result
 from tests.conftest import wait_for
 
@@ -177,6 +178,7 @@ def test_every_dashboard_panel_returns_data(
         },
     )
     run_eval(cluster, namespace, "broken", None)
+    play_small_experiment(cluster, namespace)
 
     wait_for(
         lambda: query(prometheus, "count_over_time(crucible_eval_accuracy[1m]) > 3"),

@@ -144,3 +144,39 @@ def test_leaderboard_lists_each_model_and_rag_setting_best_first() -> None:
     ]  # fmt: skip
     assert pairs[2].split()[:4] == ["bench", "tuned", "+RAG", "tuned"]
     assert leaderboard_table([]) == "no EvalRun has results yet"
+
+
+def test_the_leaderboard_shows_an_experiments_ranking_and_verdict() -> None:
+    ranking = [
+        {"model": "b", "baseline": False, "rating": 1080.4, "ci95Low": 1040.0, "ci95High": 1121.0},
+        {"model": "gpt", "baseline": True, "rating": 919.6, "ci95Low": 879.0, "ci95High": 960.0},
+    ]
+    verdict = {
+        "task": "faq",
+        "winner": "b",
+        "runnerUp": "gpt",
+        "ratingDifference": 90.0,
+        "ci95Low": -12.0,
+        "ci95High": 160.0,
+        "comparisons": 12,
+        "holds": False,
+        "ratings": [],
+    }
+    search = resource(
+        "Experiment",
+        "search",
+        {"phase": "Succeeded", "ranking": ranking, "comparisons": 240, "heldOut": verdict},
+    )
+    lines = leaderboard_table([search]).splitlines()
+    assert lines[1].split() == [
+        "EXPERIMENT",
+        "RANK",
+        "MODEL",
+        "KIND",
+        "RATING",
+        "CI95",
+        "COMPARISONS",
+    ]
+    assert lines[2].split() == ["search", "1", "b", "candidate", "1080", "[1040,", "1121]", "240"]
+    assert lines[3].split()[:4] == ["search", "2", "gpt", "baseline"]
+    assert lines[-1].split() == ["search", "faq", "b", "gpt", "+90", "[-12,", "+160]", "no"]

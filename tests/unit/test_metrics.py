@@ -100,3 +100,37 @@ def test_dataset_label_names_the_source() -> None:
     assert dataset_label({"dataset": {"pvc": {"claimName": "d", "path": "x.csv"}}}) == (
         "pvc/d/x.csv"
     )
+
+
+def test_an_experiments_ranking_and_verdict_become_gauges() -> None:
+    registry = CollectorRegistry()
+    runs = register_collector(registry)
+    body = {"metadata": {"namespace": "team", "name": "search"}, "spec": {}}
+    ranking = [
+        {"model": "b", "baseline": False, "rating": 1080.0, "ci95Low": 1040.0, "ci95High": 1120.0},
+        {"model": "gpt", "baseline": True, "rating": 920.0, "ci95Low": 880.0, "ci95High": 960.0},
+    ]
+    verdict = {
+        "task": "faq",
+        "winner": "b",
+        "runnerUp": "a",
+        "ratingDifference": 90.0,
+        "ci95Low": 20.0,
+        "ci95High": 160.0,
+        "comparisons": 12,
+        "holds": True,
+        "ratings": [],
+    }
+    status = {"phase": "Succeeded", "ranking": ranking, "comparisons": 24, "heldOut": verdict}
+    runs.observe("Experiment", body, status)
+    text = scrape(registry)
+    labels = 'baseline="false",experiment="search",model="b",namespace="team"'
+    assert f"crucible_experiment_rating{{{labels}}} 1080.0" in text
+    assert f"crucible_experiment_rating_ci95_lower{{{labels}}} 1040.0" in text
+    assert 'crucible_experiment_rating{baseline="true",experiment="search",model="gpt"' in text
+    assert 'crucible_experiment_comparisons{experiment="search",namespace="team"} 24.0' in text
+    held = 'experiment="search",namespace="team",runner_up="a",task="faq",winner="b"'
+    assert f"crucible_experiment_held_out_lead{{{held}}} 90.0" in text
+    assert f"crucible_experiment_held_out_holds{{{held}}} 1.0" in text
+    runs.forget("Experiment", "team", "search")
+    assert "crucible_experiment_rating{" not in scrape(registry)

@@ -11,6 +11,7 @@ from typing import Any
 from crucible.api import GROUP, VERSION
 from crucible.api.common import Phase, RunStatus
 from crucible.api.evalrun import EvalRunStatus
+from crucible.api.experiment import ExperimentStatus
 from crucible.api.finetunejob import FineTuneJobStatus
 from crucible.api.kinds import KINDS, KINDS_BY_NAME
 from crucible.api.ragindex import RagIndexStatus
@@ -59,6 +60,13 @@ def _progress(status: RunStatus) -> str:
         return f"best {status.best_model} {status.best_accuracy:.3f}"
     if isinstance(status, EvalRunStatus) and status.servers and status.phase == Phase.RUNNING:
         return f"{len(status.servers)} vLLM servers"
+    if isinstance(status, ExperimentStatus) and status.progress is not None:
+        leader = f", leader {status.ranking[0].model}" if status.ranking else ""
+        tunes = status.progress.fine_tune_jobs
+        return (
+            f"{status.progress.stage}: {tunes.succeeded + tunes.failed} of "
+            f"{sum(tunes.model_dump().values())} fine-tunes done{leader}"
+        )
     return status.output_uri or ""
 
 
@@ -128,8 +136,9 @@ def leaderboard_table(items: list[dict[str, Any]]) -> str:
                     f"{t.p_value:.3g}",
                 ]
             )
+    experiments = experiment_table(items)
     if not rows:
-        return "no EvalRun has results yet"
+        return experiments or "no EvalRun has results yet"
     header = [
         "EVALRUN",
         "MODEL",
@@ -147,4 +156,50 @@ def leaderboard_table(items: list[dict[str, Any]]) -> str:
     if pairs:
         table += "\n\nPaired tests over questions (a minus b; small p: a real difference)\n"
         table += _table(["EVALRUN", "A", "B", "DIFFERENCE", "CI95", "TEST", "P"], pairs)
+    return table + (f"\n\n{experiments}" if experiments else "")
+
+
+def experiment_table(items: list[dict[str, Any]]) -> str:
+    """Per Experiment: its models by Bradley-Terry rating over every task, with intervals,
+    then whether the winner's lead holds on the held-out task."""
+    rows, verdicts = [], []
+    for item in items:
+        status = typed_status(item)
+        if not isinstance(status, ExperimentStatus) or not status.ranking:
+            continue
+        name = item["metadata"]["name"]
+        for place, r in enumerate(status.ranking, start=1):
+            rows.append(
+                [
+                    name,
+                    str(place),
+                    r.model,
+                    "baseline" if r.baseline else "candidate",
+                    f"{r.rating:.0f}",
+                    f"[{r.ci95_low:.0f}, {r.ci95_high:.0f}]",
+                    str(status.comparisons or 0),
+                ]
+            )
+        if (v := status.held_out) is not None:
+            verdicts.append(
+                [
+                    name,
+                    v.task,
+                    v.winner,
+                    v.runner_up,
+                    f"{v.rating_difference:+.0f}",
+                    f"[{v.ci95_low:+.0f}, {v.ci95_high:+.0f}]",
+                    "yes" if v.holds else "no",
+                ]
+            )
+    if not rows:
+        return ""
+    header = ["EXPERIMENT", "RANK", "MODEL", "KIND", "RATING", "CI95", "COMPARISONS"]
+    table = "Experiments: Bradley-Terry over every task's judge comparisons\n"
+    table += _table(header, rows)
+    if verdicts:
+        table += "\n\nHeld-out verdicts (the winner's lead over the best other model)\n"
+        table += _table(
+            ["EXPERIMENT", "TASK", "WINNER", "RUNNER-UP", "LEAD", "CI95", "HOLDS"], verdicts
+        )
     return table

@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from crucible.api.common import Phase, RunStatus
 from crucible.api.evalrun import EvalRunStatus, ModelResult
+from crucible.api.experiment import ExperimentStatus
 from crucible.api.kinds import KINDS, KINDS_BY_NAME
 
 EVAL_LABELS = ("namespace", "evalrun", "model", "dataset", "rag", "scoring")
@@ -114,6 +115,71 @@ class RunStatusCollector(Collector):
         }
         yield from self._eval_families(evals)
         yield from self._trend_families(evals)
+        yield from self._experiment_families(
+            {
+                (namespace, name): status
+                for (_, namespace, name), (_, status) in runs.items()
+                if isinstance(status, ExperimentStatus)
+            }
+        )
+
+    @staticmethod
+    def _experiment_families(
+        experiments: dict[tuple[str, str], ExperimentStatus],
+    ) -> Iterator[GaugeMetricFamily]:
+        """Each Experiment's overall ranking and its held-out verdict."""
+        labels = ("namespace", "experiment", "model", "baseline")
+        rating = GaugeMetricFamily(
+            "crucible_experiment_rating",
+            "Bradley-Terry rating over all tasks' judge comparisons (candidates and baselines).",
+            labels=labels,
+        )
+        low = GaugeMetricFamily(
+            "crucible_experiment_rating_ci95_lower",
+            "Lower bound of the bootstrap 95% interval of the rating.",
+            labels=labels,
+        )
+        high = GaugeMetricFamily(
+            "crucible_experiment_rating_ci95_upper",
+            "Upper bound of the bootstrap 95% interval of the rating.",
+            labels=labels,
+        )
+        comparisons = GaugeMetricFamily(
+            "crucible_experiment_comparisons",
+            "Judge verdicts the overall ranking is fitted to.",
+            labels=("namespace", "experiment"),
+        )
+        verdict_labels = ("namespace", "experiment", "task", "winner", "runner_up")
+        lead = GaugeMetricFamily(
+            "crucible_experiment_held_out_lead",
+            "The search winner's rating minus the runner-up's on the held-out task.",
+            labels=verdict_labels,
+        )
+        lead_low = GaugeMetricFamily(
+            "crucible_experiment_held_out_lead_ci95_lower",
+            "Lower bound of the bootstrap 95% interval of that lead (above 0: it holds).",
+            labels=verdict_labels,
+        )
+        holds = GaugeMetricFamily(
+            "crucible_experiment_held_out_holds",
+            "1 when the winner's lead holds on the held-out task, else 0.",
+            labels=verdict_labels,
+        )
+        for (namespace, name), status in sorted(experiments.items()):
+            for ranked in status.ranking or []:
+                values = [namespace, name, ranked.model, _flag(ranked.baseline)]
+                rating.add_metric(values, ranked.rating)
+                low.add_metric(values, ranked.ci95_low)
+                high.add_metric(values, ranked.ci95_high)
+            if status.comparisons is not None:
+                comparisons.add_metric([namespace, name], status.comparisons)
+            verdict = status.held_out
+            if verdict is not None:
+                values = [namespace, name, verdict.task, verdict.winner, verdict.runner_up]
+                lead.add_metric(values, verdict.rating_difference)
+                lead_low.add_metric(values, verdict.ci95_low)
+                holds.add_metric(values, 1.0 if verdict.holds else 0.0)
+        yield from (rating, low, high, comparisons, lead, lead_low, holds)
 
     @staticmethod
     def _eval_families(

@@ -261,23 +261,63 @@ def accuracy_over_time() -> dashboard.Dashboard:
 
 
 def judge() -> dashboard.Dashboard:
-    return _board(
-        "crucible-judge",
-        "Crucible / Judge ratings",
-        "Bradley-Terry ratings from pairwise LLM-as-judge comparisons.",
-    ).with_panel(
-        bar(
-            "Judge rating",
-            "crucible_eval_judge_rating per model.",
-            [
-                Query(
-                    f"max by (model) (crucible_eval_judge_rating{{{SELECTOR}}})",
-                    "{{model}}",
-                    instant=True,
-                )
-            ],
-            "none",
-            w=24,
+    namespace = 'namespace=~"$namespace"'
+    ranked = "max by (experiment, model, baseline)"
+    verdict = "max by (experiment, task, winner, runner_up)"
+    return (
+        _board(
+            "crucible-judge",
+            "Crucible / Judge ratings",
+            "Bradley-Terry ratings from pairwise LLM-as-judge comparisons: per EvalRun, and "
+            "each Experiment's ranking over all its tasks with its held-out verdict.",
+        )
+        .with_panel(
+            bar(
+                "Judge rating",
+                "crucible_eval_judge_rating per model.",
+                [
+                    Query(
+                        f"max by (model) (crucible_eval_judge_rating{{{SELECTOR}}})",
+                        "{{model}}",
+                        instant=True,
+                    )
+                ],
+                "none",
+                w=24,
+            )
+        )
+        .with_panel(
+            grid(
+                "Experiment ranking",
+                "Each Experiment's models (candidates and baselines) by Bradley-Terry rating "
+                "over all its tasks' comparisons, with the bootstrap 95% interval "
+                "(crucible_experiment_rating, _ci95_lower, _ci95_upper).",
+                [
+                    Query(f"{ranked} ({metric}{{{namespace}}})", instant=True)
+                    for metric in (
+                        "crucible_experiment_rating",
+                        "crucible_experiment_rating_ci95_lower",
+                        "crucible_experiment_rating_ci95_upper",
+                    )
+                ],
+                w=14,
+            )
+        )
+        .with_panel(
+            grid(
+                "Held-out verdict",
+                "The search winner's rating lead over the best other model on the held-out "
+                "task, the lower bound of its 95% interval, and whether it holds (1) or not (0).",
+                [
+                    Query(f"{verdict} ({metric}{{{namespace}}})", instant=True)
+                    for metric in (
+                        "crucible_experiment_held_out_lead",
+                        "crucible_experiment_held_out_lead_ci95_lower",
+                        "crucible_experiment_held_out_holds",
+                    )
+                ],
+                w=10,
+            )
         )
     )
 
