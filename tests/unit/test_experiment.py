@@ -265,3 +265,12 @@ def test_the_ranking_job_reads_every_judged_task() -> None:
     assert task["reportConfigMap"] == "search-rank-report"
     assert task["outputPath"] == "/models/team/experiments/search/rank"
     assert "winner" not in task
+
+
+def test_a_winning_baseline_candidate_is_checked_against_the_runner_up() -> None:
+    """Top 1 is a, which is also the baseline candidate; with no hosted baseline the held-out
+    task would have one model and no comparison: b, the runner-up, goes too."""
+    s = spec(maxConcurrentJobs=4)
+    seen = searched(s)
+    complete(seen, RANK_JOB, ranked("a", "b"))
+    assert names(decide(OWNER, s, seen, CONFIG)) == ["search-a-faq", "search-b-faq"]

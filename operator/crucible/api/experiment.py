@@ -140,7 +140,9 @@ class Validation(ApiModel):
         default=1,
         ge=1,
         le=16,
-        description="How many of the best-ranked candidates are fine-tuned on the held-out task.",
+        description="How many of the best-ranked candidates are fine-tuned on the held-out task "
+        "(with the baseline candidate; and the runner-up when the winner is the baseline "
+        "candidate and no hosted baseline is there to compare it with).",
     )
     baseline: str = Field(
         description="The candidate the winner is checked against there (e.g. the plain base "

@@ -371,6 +371,12 @@ def _held_out(plan: _Plan, ranked: list[str], tasks: int) -> Decision:
     chosen = ranked[: spec.validation.top]
     if spec.validation.baseline not in chosen:
         chosen.append(spec.validation.baseline)
+    # The winner needs someone to be compared with there: when it is the baseline candidate
+    # itself and no hosted baseline runs, the runner-up goes too.
+    for runner_up in ranked[len(chosen) :]:
+        if len(chosen) + len(spec.baselines or []) >= 2:
+            break
+        chosen.append(runner_up)
     tuned = plan.fine_tunes(held, chosen)
     if tuned is None:
         message = f"fine-tuning {', '.join(chosen)} on {held.name}"
