@@ -77,16 +77,37 @@ class Rag(ApiModel):
     )
 
 
-class EvalRunSpec(ApiModel):
+QUESTIONS_OR_PROMPTS = cel(
+    "has(self.dataset) || has(self.prompts)",
+    "set dataset (multiple-choice questions), prompts (open prompts for the judge), or both",
+    reason="FieldValueRequired",
+)
+
+
+class EvaluationData(ApiModel):
+    """What models are evaluated on: multiple-choice questions, open prompts for the judge, or
+    both."""
+
+    model_config = api_config(QUESTIONS_OR_PROMPTS)
+
+    dataset: DataSource | None = Field(
+        default=None,
+        description="Multiple-choice questions as CSV with columns question, a, b, c, d, correct.",
+    )
+    prompts: DataSource | None = Field(
+        default=None,
+        description="Open prompts for the judge: JSONL with a prompt field per line, or CSV "
+        "with a prompt column. Every model answers each (generation at the run's temperature) "
+        "and the judge compares the answers of every two models in both orders; without "
+        "prompts the judge compares answers to the multiple-choice questions.",
+    )
+
+
+class EvalRunSpec(EvaluationData):
     """What to benchmark, on which questions, how often."""
 
     model_config = api_config(
-        cel(
-            "has(self.dataset) || has(self.prompts)",
-            "set spec.dataset (multiple-choice questions), spec.prompts (open prompts for the "
-            "judge), or both",
-            reason="FieldValueRequired",
-        ),
+        QUESTIONS_OR_PROMPTS,
         cel(
             "!has(self.prompts) || has(self.judge)",
             "spec.prompts are answered for the judge to compare: set spec.judge, or remove "
@@ -109,17 +130,6 @@ class EvalRunSpec(ApiModel):
         max_length=16,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
         description="Models under test; names must be unique.",
-    )
-    dataset: DataSource | None = Field(
-        default=None,
-        description="Multiple-choice questions as CSV with columns question, a, b, c, d, correct.",
-    )
-    prompts: DataSource | None = Field(
-        default=None,
-        description="Open prompts for the judge: JSONL with a prompt field per line, or CSV "
-        "with a prompt column. Every model answers each (generation at spec.temperature) and "
-        "spec.judge compares the answers of every two models in both orders; without prompts "
-        "the judge compares answers to the multiple-choice questions.",
     )
     rag: Rag | None = Field(default=None, description="Retrieval from a RagIndex.")
     scoring: Scoring = Field(

@@ -15,13 +15,12 @@ from crucible.api.common import (
     DNS_LABEL,
     EXACTLY_ONE_MODEL,
     MAX_TEXT,
-    DataSource,
     ModelSource,
     Resources,
     RunStatus,
     Serving,
 )
-from crucible.api.evalrun import EvalModel, Judge, JudgeRating, Scoring
+from crucible.api.evalrun import EvalModel, EvaluationData, Judge, JudgeRating, Scoring
 from crucible.api.finetunejob import Dataset, Hyperparameters, Lora, TrainingMethod
 
 # Whether two training data sources are the same file: CEL cannot compare two objects declared
@@ -53,30 +52,6 @@ class Candidate(ModelSource):
     )
 
 
-class TaskEvaluation(ApiModel):
-    """How a task's fine-tunes are compared: by the judge on open prompts (or, without them,
-    on the multiple-choice questions), and by accuracy on the multiple-choice questions."""
-
-    model_config = api_config(
-        cel(
-            "has(self.dataset) || has(self.prompts)",
-            "set dataset (multiple-choice questions), prompts (open prompts for the judge), "
-            "or both",
-            reason="FieldValueRequired",
-        )
-    )
-
-    dataset: DataSource | None = Field(
-        default=None,
-        description="Multiple-choice questions as CSV with columns question, a, b, c, d, correct.",
-    )
-    prompts: DataSource | None = Field(
-        default=None,
-        description="Open prompts for the judge: JSONL with a prompt field per line, or CSV "
-        "with a prompt column.",
-    )
-
-
 class ExperimentTask(ApiModel):
     """One task: data to fine-tune every candidate on, and how to evaluate the results."""
 
@@ -90,7 +65,10 @@ class ExperimentTask(ApiModel):
         description="Training data, as a FineTuneJob takes it (configMap, pvc, uri or a "
         "SyntheticDataset's datasetRef) and its format."
     )
-    evaluation: TaskEvaluation = Field(description="What the task's fine-tunes are judged on.")
+    evaluation: EvaluationData = Field(
+        description="What the task's fine-tunes are judged and scored on: the judge compares "
+        "answers to the prompts (or, without them, to the multiple-choice questions)."
+    )
 
 
 class FineTuneTemplate(ApiModel):
