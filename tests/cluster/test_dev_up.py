@@ -117,6 +117,7 @@ def run_until_done(tmp_path: Path, examples: str, timeout: float = 1500) -> Fini
 
 
 @pytest.mark.cluster
+@pytest.mark.timeout(1800)
 def test_quickstart_runs_end_to_end(tmp_path: Path) -> None:
     """The real model through the whole recipe. What is asserted is what holds robustly on 40
     questions: retrieval lifts the base model by a margin its paired interval supports, and
@@ -175,6 +176,7 @@ def test_quickstart_runs_end_to_end(tmp_path: Path) -> None:
 
 
 @pytest.mark.cluster
+@pytest.mark.timeout(2400)
 def test_experiment_example_runs_end_to_end(tmp_path: Path) -> None:
     """examples/experiment on the real model: every child the search needs, a ranking and a
     held-out verdict that the comparisons left in the model store reproduce exactly, and the

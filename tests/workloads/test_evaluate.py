@@ -379,6 +379,13 @@ def test_the_judge_compares_answers_to_open_prompts(
         (m, n) for m in ("expert", "novice") for n in range(1, 7)
     )
     assert all(v["scoreA"] == (1.0 if v["a"] == "expert" else 0.0) for v in verdicts)
+    # The judge was held to its three words; what it read is kept beside its verdicts.
+    asked = [b for b in server.bodies if b["model"] == "judge"]
+    assert all(b["structured_outputs"] == {"choice": ["A", "B", "TIE"]} for b in asked)
+    read = [
+        json.loads(x) for x in (tmp_path / "out" / "judged-answers.jsonl").read_text().splitlines()
+    ]
+    assert len(read) == 12 and {"model": "expert", "item": 3, "text": "An answer about 2."} in read
     sent = json.loads(report.read_text())
     assert sent["judgeComparisons"] == 12 and "results" not in sent
     assert [r["model"] for r in sent["judgeRatings"]] == ["expert", "novice"]

@@ -53,6 +53,8 @@ from crucible.workloads.stats import (
 )
 
 JUDGEMENTS_FILE = "judgements.jsonl"
+JUDGED_ANSWERS_FILE = "judged-answers.jsonl"  # what the judge read, per model and item
+VERDICTS = {"A": 1.0, "B": 0.0, "TIE": 0.5}  # the judge's word → the first answer's score
 RETRIED_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504}
 MAX_ATTEMPTS = 8
 TIMEOUT = aiohttp.ClientTimeout(total=300, connect=30)
@@ -545,10 +547,12 @@ async def judge_round(
     answers: Sequence[Answer],
     *,
     open_prompts: bool,
-) -> list[Verdict]:
+) -> tuple[list[Verdict], dict[tuple[str, int], str]]:
     """Each pair of models, each item, both presentation orders; ties allowed. The judge
     reads generated answers: a multiple-choice answer already generated (first round, without
-    retrieved context where there is one) is reused; any other is asked for."""
+    retrieved context where there is one) is reused; any other is asked for. Returns the
+    verdicts and the answers judged (model, item number → text). A judge vLLM serves is held
+    to one of its three words (structured outputs); one that refuses is asked without."""
     judge = task.judge
     assert judge is not None
     first: dict[tuple[str, int], str] = {}
@@ -586,9 +590,10 @@ async def judge_round(
             temperature=0.0,
             max_tokens=8,
             seed=task.seed,
+            optional={"structured_outputs": {"choice": list(VERDICTS)}},
         )
         word = text.strip().upper().split()[0].strip(".:") if text.strip() else ""
-        score = {"A": 1.0, "B": 0.0, "TIE": 0.5}.get(word)
+        score = VERDICTS.get(word)
         return None if score is None else (x, y, score, item.number)
 
     jobs = [
@@ -603,7 +608,7 @@ async def judge_round(
             f"the judge gave no readable verdict in {len(jobs)} comparisons (it must reply A, "
             "B or TIE): check spec.judge.prompt, or use a judge model that follows it"
         )
-    return verdicts
+    return verdicts, first
 
 
 def evaluate(task: EvalTask, retriever: Retriever | None = None) -> list[ModelResult]:
@@ -629,7 +634,7 @@ def evaluate(task: EvalTask, retriever: Retriever | None = None) -> list[ModelRe
         log.info("resuming: %d answers already given", len(given))
     journal.open(given)
 
-    async def run() -> tuple[list[Answer], list[Verdict]]:
+    async def run() -> tuple[list[Answer], tuple[list[Verdict], dict[tuple[str, int], str]]]:
         async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
             client = Client(session, task.concurrency)
             answers = (
@@ -639,7 +644,7 @@ def evaluate(task: EvalTask, retriever: Retriever | None = None) -> list[ModelRe
                 if questions
                 else []
             )
-            verdicts = (
+            judged = (
                 await judge_round(
                     client,
                     task,
@@ -648,12 +653,12 @@ def evaluate(task: EvalTask, retriever: Retriever | None = None) -> list[ModelRe
                     open_prompts=bool(prompts),
                 )
                 if task.judge
-                else []
+                else ([], {})
             )
-            return answers, verdicts
+            return answers, judged
 
     try:
-        answers, verdicts = asyncio.run(run())
+        answers, (verdicts, judged_answers) = asyncio.run(run())
     finally:
         journal.close()
     results = summaries(answers, questions, task.seed) if questions else []
@@ -680,6 +685,9 @@ def evaluate(task: EvalTask, retriever: Retriever | None = None) -> list[ModelRe
             with (staging / JUDGEMENTS_FILE).open("w") as stream:
                 for x, y, score, item in verdicts:
                     stream.write(json.dumps({"a": x, "b": y, "scoreA": score, "item": item}) + "\n")
+            with (staging / JUDGED_ANSWERS_FILE).open("w") as stream:
+                for (model, item), text in sorted(judged_answers.items()):
+                    stream.write(json.dumps({"model": model, "item": item, "text": text}) + "\n")
         write_json(
             staging / "summary.json",
             {

@@ -1,0 +1,140 @@
+"""The string formats of the API, each said once: a regular expression both the API server and
+the operator check, and what it means in words, with an example, for the message a mistake
+gets (a bare expression tells a user nothing).
+
+The API server checks CRD patterns and CEL's matches() with Go's RE2; the operator checks with
+Python's re. They read \\s, \\S, \\w and \\d differently beyond ASCII (a non-breaking space is
+\\s to Python, not to Go), and Python's $ also matches before a final newline. So these
+expressions use explicit ASCII classes only — [!-~] is the printable ASCII characters but the
+space — and are matched whole (CEL's rule anchors them; Python uses fullmatch)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, Field
+
+PRINTABLE = "[!-~]"  # printable ASCII, no space
+NAME_PART = "[A-Za-z0-9][-A-Za-z0-9_.]*"  # a Hugging Face organisation or repository
+
+
+@dataclass(frozen=True)
+class Format:
+    what: str  # "a model URI"
+    regex: str  # matched whole; ASCII classes only
+    words: str  # what it is, in words
+    example: str
+
+    @property
+    def message(self) -> str:
+        return f"must be {self.what}: {self.words}, e.g. {self.example}"
+
+    def rule(self) -> dict[str, Any]:
+        """The CEL rule the API server checks, with the message in words."""
+        literal = "'" + f"^(?:{self.regex})$".replace("\\", "\\\\").replace("'", "\\'") + "'"
+        return {"rule": f"self.matches({literal})", "message": self.message}
+
+    def check(self, value: str) -> str:
+        """The same check in the operator."""
+        if re.fullmatch(self.regex, value) is None:
+            raise ValueError(self.message)
+        return value
+
+    def field(self, *, description: str, max_length: int, **extra: Any) -> Any:
+        """A pydantic Field of this format (use with the `Formatted` type)."""
+        return Field(
+            description=description,
+            max_length=max_length,
+            json_schema_extra={"x-kubernetes-validations": [self.rule()]},
+            **extra,
+        )
+
+    @property
+    def type(self) -> Any:
+        """`str`, checked by this format in the operator."""
+        return Annotated[str, AfterValidator(self.check)]
+
+
+DNS_LABEL = Format(
+    "a DNS label",
+    "[a-z0-9]([-a-z0-9]*[a-z0-9])?",
+    "lowercase letters, digits and '-', starting and ending with a letter or digit",
+    "nitro-docs",
+)
+OBJECT_NAME = Format(
+    "the name of a Kubernetes object",
+    "[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*",
+    "lowercase letters, digits, '-' and '.', starting and ending with a letter or digit",
+    "nitro-docs",
+)
+OBJECT_KEY = Format(
+    "a ConfigMap or Secret key",
+    "[-._a-zA-Z0-9]+",
+    "letters, digits, '-', '_' and '.'",
+    "qa.jsonl",
+)
+MODEL_URI = Format(
+    "a model URI",
+    f"hf://{NAME_PART}/{NAME_PART}(@{PRINTABLE}+)?"
+    f"|s3://[a-z0-9][-a-z0-9.]*/{PRINTABLE}*"
+    f"|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/{PRINTABLE}*",
+    "hf://organisation/name with an optional @revision, s3://bucket/prefix or "
+    "pvc://claim/path, in printable ASCII without spaces",
+    "hf://HuggingFaceTB/SmolLM2-135M-Instruct",
+)
+DATA_URI = Format(
+    "a data URI",
+    f"s3://[a-z0-9][-a-z0-9.]*/{PRINTABLE}+"
+    f"|https?://[A-Za-z0-9][-A-Za-z0-9.]*(:[0-9]+)?/{PRINTABLE}*"
+    f"|hf://datasets/{NAME_PART}/{NAME_PART}(@{PRINTABLE}+)?",
+    "s3://bucket/key, https://host/path or hf://datasets/organisation/name, in printable "
+    "ASCII without spaces",
+    "s3://my-bucket/qa/train.jsonl",
+)
+ENDPOINT_URL = Format(
+    "an http(s) URL",
+    f"https?://[A-Za-z0-9][-A-Za-z0-9.]*(:[0-9]+)?(/{PRINTABLE}*)?",
+    "http:// or https://, a host, an optional port and path, in printable ASCII without spaces",
+    "https://api.openai.com/v1",
+)
+GIT_URL = Format(
+    "a git repository URL",
+    f"(https?|ssh|git)://{PRINTABLE}+|[!-?A-~]+@[!-9;-~]+:{PRINTABLE}+",
+    "https://, ssh:// or git:// URL, or user@host:path, in printable ASCII without spaces",
+    "https://github.com/janhq/nitro.git",
+)
+RESOURCE_NAME = Format(
+    "an extended resource name",
+    "([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9_.]*[a-z0-9])?",
+    "an optional domain and '/', then lowercase letters, digits, '-', '_' and '.'",
+    "nvidia.com/gpu",
+)
+SQL_TABLE = Format(
+    "a table name",
+    "[a-z_][a-z0-9_]*",
+    "lowercase letters, digits and '_', not starting with a digit",
+    "nitro_docs",
+)
+# A Kubernetes quantity that is not negative: a decimal number with a binary (Ki…Ei), decimal
+# (n, u, m, k, M…E) or exponent suffix.
+QUANTITY = Format(
+    "a non-negative quantity",
+    "([0-9]+(\\.[0-9]*)?|\\.[0-9]+)(([KMGTPE]i)|[numkMGTPE]|([eE][-+]?([0-9]+(\\.[0-9]*)?|\\.[0-9]+)))?",
+    "a number with an optional suffix such as m, Ki, Mi or Gi",
+    "64Gi",
+)
+
+FORMATS = (
+    DNS_LABEL,
+    OBJECT_NAME,
+    OBJECT_KEY,
+    MODEL_URI,
+    DATA_URI,
+    ENDPOINT_URL,
+    GIT_URL,
+    RESOURCE_NAME,
+    SQL_TABLE,
+    QUANTITY,
+)
