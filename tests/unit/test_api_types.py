@@ -76,3 +76,14 @@ def test_round_trip_uses_api_spelling() -> None:
     wire = spec.to_api()
     assert wire["baseModel"] == {"modelRef": {"kind": "ModelMerge", "name": "m"}}
     assert wire["hyperparameters"]["gradientAccumulationSteps"] == 1
+
+
+def test_a_mistake_the_operator_finds_is_named_as_kubernetes_names_it_in_words() -> None:
+    """models[0], not models.0; the format's words, not a regular expression."""
+    with pytest.raises(ValidationError) as error:
+        ModelMergeSpec.model_validate(
+            {"method": "linear", "models": [{"uri": "hf://org/na\u00a0me"}, {"uri": "hf://o/b"}]}
+        )
+    message = describe_validation_error(error.value)
+    assert message.startswith("spec.models[0].uri: must be a model URI: hf://organisation/name")
+    assert "e.g. hf://HuggingFaceTB/SmolLM2-135M-Instruct" in message

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
+
+from crucible.api.formats import QUANTITY
 
 GROUP = "crucible.dev"
 VERSION = "v1alpha1"
@@ -76,19 +78,29 @@ def defaulted(value: M, *, description: str) -> Any:
     )
 
 
-QUANTITY_PATTERN = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
-    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-)
+def _quantity(value: int | str) -> int | str:
+    """A quantity that is not negative; the same check as the CRD's rule."""
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(QUANTITY.message)
+        return value
+    return QUANTITY.check(value)
 
-# A Kubernetes resource quantity: `4`, `500m`, `16Gi`.
+
+# A Kubernetes resource quantity that is not negative: `4`, `500m`, `16Gi`.
 Quantity = Annotated[
     int | str,
+    AfterValidator(_quantity),
     WithJsonSchema(
         {
             "x-kubernetes-int-or-string": True,
             "anyOf": [{"type": "integer"}, {"type": "string"}],
-            "pattern": QUANTITY_PATTERN,
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"type(self) == string ? {QUANTITY.rule()['rule']} : self >= 0",
+                    "message": QUANTITY.message,
+                }
+            ],
         }
     ),
 ]

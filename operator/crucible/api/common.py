@@ -9,12 +9,21 @@ from typing import Any, Literal
 from pydantic import Field
 
 from crucible.api.base import ApiModel, Quantity, api_config, cel, defaulted
-
-DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-MODEL_URI = (
-    r"^(hf://[^/@\s]+/[^/@\s]+(@[^\s]+)?|s3://[^/\s]+/\S*|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/\S*)$"
+from crucible.api.formats import (
+    DATA_URI,
+    ENDPOINT_URL,
+    MODEL_URI,
+    OBJECT_KEY,
+    OBJECT_NAME,
+    RESOURCE_NAME,
+    DataUri,
+    EndpointUrl,
+    ModelUri,
+    ObjectKey,
+    ObjectName,
+    ResourceName,
 )
+
 MODEL_URI_HELP = "hf://org/name@revision, s3://bucket/prefix or pvc://claim/path"
 
 # Upper bounds keep the cost of CEL rules (e.g. the immutability rule) within the API server's
@@ -25,33 +34,13 @@ MAX_TEXT = 65536
 MAX_LIST = 64
 
 
-def object_key_rule(kind: str) -> dict[str, Any]:
-    """A key no Secret or ConfigMap can hold is refused (their keys are [-._a-zA-Z0-9]+)."""
-    return cel(
-        "self.matches('^[-._a-zA-Z0-9]+$')",
-        f"a {kind} key holds only letters, digits, '-', '_' and '.', e.g. uri or qa.csv",
-    )
+def stays_inside(what: str) -> dict[str, Any]:
+    """No '..' segment: a path or URI stays inside what it names (the workloads resolve it
+    under its mount, and refuse one that leaves it too)."""
+    return cel("!self.split('/').exists(p, p == '..')", f"{what}: remove '..' segments")
 
 
-def cel_string(text: str) -> str:
-    """`text` as a CEL string literal."""
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def resource_name_rule(kind: str) -> dict[str, Any]:
-    """The name of another object in the namespace, said in words rather than a pattern."""
-    return cel(
-        f"self.matches({cel_string(DNS_SUBDOMAIN)})",
-        f"must be the name of a {kind}: lowercase letters, digits, '-' and '.', starting and "
-        "ending with a letter or digit, e.g. nitro-docs",
-    )
-
-
-# No '..' segment: a URI on a volume stays inside it.
-STAYS_INSIDE = cel(
-    "!self.split('/').exists(p, p == '..')",
-    "a URI must stay inside its volume or bucket: remove '..' segments",
-)
+STAYS_INSIDE = stays_inside("a URI must stay inside its volume or bucket")
 
 
 class ModelRefKind(StrEnum):
@@ -65,11 +54,10 @@ class ModelRef(ApiModel):
     kind: ModelRefKind = Field(
         description="Kind of the referenced resource: ModelMerge or FineTuneJob."
     )
-    name: str = Field(
+    name: ObjectName = OBJECT_NAME.field(
         description="Name of the referenced resource, in this namespace.",
         min_length=1,
         max_length=MAX_NAME,
-        pattern=DNS_SUBDOMAIN,
     )
 
 
@@ -86,12 +74,11 @@ class ModelSource(ApiModel):
 
     model_config = api_config(EXACTLY_ONE_MODEL)
 
-    uri: str | None = Field(
+    uri: ModelUri | None = MODEL_URI.field(
         default=None,
         description=f"Location of the model weights: {MODEL_URI_HELP}.",
         max_length=MAX_URI,
-        pattern=MODEL_URI,
-        json_schema_extra={"x-kubernetes-validations": [STAYS_INSIDE]},
+        rules=(STAYS_INSIDE,),
     )
     model_ref: ModelRef | None = Field(
         default=None,
@@ -103,54 +90,37 @@ class ModelSource(ApiModel):
 class SecretKeyRef(ApiModel):
     """A key of a Secret in the resource's namespace."""
 
-    name: str = Field(
-        description="Name of the Secret.", min_length=1, max_length=MAX_NAME, pattern=DNS_SUBDOMAIN
+    name: ObjectName = OBJECT_NAME.about("the name of a Secret").field(
+        description="Name of the Secret.", min_length=1, max_length=MAX_NAME
     )
-    key: str = Field(
-        description="Key within the Secret.",
-        min_length=1,
-        max_length=MAX_NAME,
-        json_schema_extra={"x-kubernetes-validations": [object_key_rule("Secret")]},
+    key: ObjectKey = OBJECT_KEY.about("a Secret key").field(
+        description="Key within the Secret.", min_length=1, max_length=MAX_NAME
     )
 
 
 class ConfigMapKeyRef(ApiModel):
     """A key of a ConfigMap in the resource's namespace."""
 
-    name: str = Field(
-        description="Name of the ConfigMap.",
-        min_length=1,
-        max_length=MAX_NAME,
-        pattern=DNS_SUBDOMAIN,
+    name: ObjectName = OBJECT_NAME.about("the name of a ConfigMap").field(
+        description="Name of the ConfigMap.", min_length=1, max_length=MAX_NAME
     )
-    key: str = Field(
-        description="Key within the ConfigMap.",
-        min_length=1,
-        max_length=MAX_NAME,
-        json_schema_extra={"x-kubernetes-validations": [object_key_rule("ConfigMap")]},
+    key: ObjectKey = OBJECT_KEY.about("a ConfigMap key").field(
+        description="Key within the ConfigMap.", min_length=1, max_length=MAX_NAME
     )
 
 
 class PvcPath(ApiModel):
     """A path on a PersistentVolumeClaim in the resource's namespace."""
 
-    claim_name: str = Field(
-        description="Name of the PersistentVolumeClaim.",
-        min_length=1,
-        max_length=MAX_NAME,
-        pattern=DNS_SUBDOMAIN,
+    claim_name: ObjectName = OBJECT_NAME.about("the name of a PersistentVolumeClaim").field(
+        description="Name of the PersistentVolumeClaim.", min_length=1, max_length=MAX_NAME
     )
     path: str = Field(
         default="",
         description="Path inside the volume; empty means its root.",
         max_length=MAX_URI,
         json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "!self.split('/').exists(p, p == '..')",
-                    "pvc.path must stay inside the volume: remove '..' segments",
-                )
-            ]
+            "x-kubernetes-validations": [stays_inside("pvc.path must stay inside the volume")]
         },
     )
 
@@ -172,13 +142,12 @@ class DataSource(ApiModel):
         default=None, description="A key of a ConfigMap holding the file."
     )
     pvc: PvcPath | None = Field(default=None, description="A file on a PersistentVolumeClaim.")
-    uri: str | None = Field(
+    uri: DataUri | None = DATA_URI.field(
         default=None,
         description="A URI the workload downloads: s3://bucket/key, https://… or "
         "hf://datasets/org/name.",
         max_length=MAX_URI,
-        pattern=r"^(s3|https?|hf)://\S+$",
-        json_schema_extra={"x-kubernetes-validations": [STAYS_INSIDE]},
+        rules=(STAYS_INSIDE,),
     )
 
 
@@ -211,12 +180,11 @@ class Resources(ApiModel):
         le=64,
         description="GPUs per pod; with more than one, training runs one process per GPU.",
     )
-    gpu_resource_name: str | None = Field(
+    gpu_resource_name: ResourceName | None = RESOURCE_NAME.field(
         default=None,
         description="Extended resource name of the GPU, e.g. nvidia.com/gpu or amd.com/gpu; "
         "defaults to the operator's CRUCIBLE_GPU_RESOURCE.",
         max_length=MAX_NAME,
-        pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$",
     )
     cpu: Quantity | None = Field(default=None, description="CPU request and limit, e.g. 8.")
     memory: Quantity | None = Field(
@@ -241,11 +209,10 @@ class Resources(ApiModel):
 class Endpoint(ApiModel):
     """An OpenAI-compatible server that is already running (e.g. a hosted baseline)."""
 
-    url: str = Field(
+    url: EndpointUrl = ENDPOINT_URL.field(
         description="Base URL of the OpenAI-compatible API, e.g. https://api.openai.com/v1.",
         min_length=1,
         max_length=MAX_URI,
-        pattern=r"^https?://\S+$",
     )
     model: str = Field(
         description="Model name the server expects, e.g. gpt-4o-mini.",
@@ -271,12 +238,11 @@ class InferenceTarget(ApiModel):
 
     model_config = api_config(EXACTLY_ONE_TARGET)
 
-    uri: str | None = Field(
+    uri: ModelUri | None = MODEL_URI.field(
         default=None,
         description=f"A stored model the operator serves with vLLM: {MODEL_URI_HELP}.",
         max_length=MAX_URI,
-        pattern=MODEL_URI,
-        json_schema_extra={"x-kubernetes-validations": [STAYS_INSIDE]},
+        rules=(STAYS_INSIDE,),
     )
     model_ref: ModelRef | None = Field(
         default=None,

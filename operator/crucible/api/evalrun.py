@@ -9,7 +9,6 @@ from pydantic import Field
 
 from crucible.api.base import ApiModel, api_config, cel, defaulted
 from crucible.api.common import (
-    DNS_LABEL,
     EXACTLY_ONE_TARGET,
     MAX_NAME,
     MAX_TEXT,
@@ -18,8 +17,8 @@ from crucible.api.common import (
     Resources,
     Serving,
     ServingStatus,
-    resource_name_rule,
 )
+from crucible.api.formats import DNS_LABEL, OBJECT_NAME, DnsLabel, ObjectName
 
 
 class Scoring(StrEnum):
@@ -35,11 +34,10 @@ class EvalModel(InferenceTarget):
 
     model_config = api_config(EXACTLY_ONE_TARGET)
 
-    name: str = Field(
+    name: DnsLabel = DNS_LABEL.field(
         description="Name of the model in results, metrics and Deployment names.",
         min_length=1,
         max_length=40,
-        pattern=DNS_LABEL,
     )
 
 
@@ -64,11 +62,10 @@ class Judge(InferenceTarget):
 class Rag(ApiModel):
     """Retrieval-augmented generation from a RagIndex."""
 
-    index_name: str = Field(
+    index_name: ObjectName = OBJECT_NAME.about("the name of a RagIndex").field(
         description="Name of a RagIndex in this namespace; the run waits until it is indexed.",
         min_length=1,
         max_length=MAX_NAME,
-        json_schema_extra={"x-kubernetes-validations": [resource_name_rule("RagIndex")]},
     )
     top_k: int = Field(default=3, ge=1, le=100, description="Chunks retrieved per question.")
     compare_without_rag: bool = Field(

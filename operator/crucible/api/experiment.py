@@ -12,7 +12,6 @@ from pydantic import Field
 
 from crucible.api.base import ApiModel, api_config, cel, defaulted
 from crucible.api.common import (
-    DNS_LABEL,
     EXACTLY_ONE_MODEL,
     MAX_TEXT,
     ModelSource,
@@ -22,6 +21,7 @@ from crucible.api.common import (
 )
 from crucible.api.evalrun import EvalModel, EvaluationData, Judge, JudgeRating, Scoring
 from crucible.api.finetunejob import Dataset, Hyperparameters, Lora, TrainingMethod
+from crucible.api.formats import DNS_LABEL, DnsLabel
 
 # Whether two training data sources are the same file: CEL cannot compare two objects declared
 # apart, so field by field.
@@ -44,22 +44,20 @@ class Candidate(ModelSource):
 
     model_config = api_config(EXACTLY_ONE_MODEL)
 
-    name: str = Field(
+    name: DnsLabel = DNS_LABEL.field(
         description="Name of the candidate in rankings, metrics and its fine-tunes' names.",
         min_length=1,
         max_length=MAX_PART,
-        pattern=DNS_LABEL,
     )
 
 
 class ExperimentTask(ApiModel):
     """One task: data to fine-tune every candidate on, and how to evaluate the results."""
 
-    name: str = Field(
+    name: DnsLabel = DNS_LABEL.field(
         description="Name of the task in rankings and its children's names.",
         min_length=1,
         max_length=MAX_PART,
-        pattern=DNS_LABEL,
     )
     dataset: Dataset = Field(
         description="Training data, as a FineTuneJob takes it (configMap, pvc, uri or a "

@@ -8,7 +8,6 @@ from pydantic import Field
 
 from crucible.api.base import ApiModel, api_config, cel, defaulted
 from crucible.api.common import (
-    DNS_SUBDOMAIN,
     MAX_LIST,
     MAX_NAME,
     MAX_TEXT,
@@ -17,6 +16,7 @@ from crucible.api.common import (
     Resources,
     RunStatus,
 )
+from crucible.api.formats import OBJECT_NAME, ObjectName
 
 
 class TrainingMethod(StrEnum):
@@ -38,12 +38,11 @@ class InvalidRowPolicy(StrEnum):
 class DatasetRef(ApiModel):
     """A SyntheticDataset in the same namespace."""
 
-    name: str = Field(
+    name: ObjectName = OBJECT_NAME.about("the name of a SyntheticDataset").field(
         description="Name of the SyntheticDataset; the job waits until it has succeeded and "
         "trains on its train.jsonl.",
         min_length=1,
         max_length=MAX_NAME,
-        pattern=DNS_SUBDOMAIN,
     )
 
 
@@ -57,7 +56,14 @@ class Dataset(DataSource):
             "set exactly one of configMap ({name, key}), pvc ({claimName, path}), "
             "uri (s3://, https://, hf://) or datasetRef ({name} of a SyntheticDataset)",
             reason="FieldValueInvalid",
-        )
+        ),
+        cel(
+            "!has(self.datasetRef) || self.format != 'prompt-completion'",
+            "a SyntheticDataset writes chat or preference rows, never prompt-completion: set "
+            "format to chat (for sft) or preference (for dpo)",
+            field_path=".format",
+            reason="FieldValueInvalid",
+        ),
     )
 
     dataset_ref: DatasetRef | None = Field(
@@ -154,6 +160,13 @@ class FineTuneJobSpec(ApiModel):
             "spec.dataset.format must be preference for method dpo: give rows of prompt, "
             "chosen and rejected, or use method sft",
             field_path=".dataset.format",
+            reason="FieldValueInvalid",
+        ),
+        cel(
+            "!self.lora.loadIn4bit || self.resources.gpus > 0",
+            "spec.lora.loadIn4bit (QLoRA) needs a GPU: set spec.resources.gpus to 1 or more, "
+            "or remove loadIn4bit",
+            field_path=".lora.loadIn4bit",
             reason="FieldValueInvalid",
         ),
         cel(

@@ -11,7 +11,7 @@ space — and are matched whole (CEL's rule anchors them; Python uses fullmatch)
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field
@@ -42,19 +42,31 @@ class Format:
             raise ValueError(self.message)
         return value
 
-    def field(self, *, description: str, max_length: int, **extra: Any) -> Any:
-        """A pydantic Field of this format (use with the `Formatted` type)."""
+    def about(self, what: str) -> Format:
+        """The same format under another name, e.g. "the name of a RagIndex"."""
+        return replace(self, what=what)
+
+    def field(
+        self,
+        *,
+        description: str,
+        max_length: int,
+        rules: tuple[dict[str, Any], ...] = (),
+        **extra: Any,
+    ) -> Any:
+        """A pydantic Field of this format and any further CEL `rules` (its type: a string
+        `checked` by the same format)."""
         return Field(
             description=description,
             max_length=max_length,
-            json_schema_extra={"x-kubernetes-validations": [self.rule()]},
+            json_schema_extra={"x-kubernetes-validations": [self.rule(), *rules]},
             **extra,
         )
 
-    @property
-    def type(self) -> Any:
-        """`str`, checked by this format in the operator."""
-        return Annotated[str, AfterValidator(self.check)]
+
+def checked(fmt: Format) -> Any:
+    """A string the operator checks with `fmt`, as the API server does with its rule."""
+    return Annotated[str, AfterValidator(fmt.check)]
 
 
 DNS_LABEL = Format(
@@ -138,3 +150,14 @@ FORMATS = (
     SQL_TABLE,
     QUANTITY,
 )
+
+# The types of formatted fields.
+DnsLabel = checked(DNS_LABEL)
+ObjectName = checked(OBJECT_NAME)
+ObjectKey = checked(OBJECT_KEY)
+ModelUri = checked(MODEL_URI)
+DataUri = checked(DATA_URI)
+EndpointUrl = checked(ENDPOINT_URL)
+GitUrl = checked(GIT_URL)
+ResourceName = checked(RESOURCE_NAME)
+SqlTable = checked(SQL_TABLE)

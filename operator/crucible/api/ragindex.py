@@ -8,26 +8,34 @@ from pydantic import Field
 
 from crucible.api.base import ApiModel, api_config, cel, defaulted
 from crucible.api.common import (
-    DNS_SUBDOMAIN,
     MAX_NAME,
     MAX_URI,
-    MODEL_URI,
     MODEL_URI_HELP,
     PvcPath,
     Resources,
     RunStatus,
     SecretKeyRef,
+    stays_inside,
+)
+from crucible.api.formats import (
+    GIT_URL,
+    MODEL_URI,
+    OBJECT_NAME,
+    SQL_TABLE,
+    GitUrl,
+    ModelUri,
+    ObjectName,
+    SqlTable,
 )
 
 
 class GitSource(ApiModel):
     """A git repository checked out by the workload."""
 
-    url: str = Field(
+    url: GitUrl = GIT_URL.field(
         description="Clone URL, e.g. https://github.com/org/docs.git.",
         min_length=1,
         max_length=MAX_URI,
-        pattern=r"^(https?|ssh|git)://\S+$|^[^@\s]+@[^:\s]+:\S+$",
     )
     revision: str = Field(
         default="HEAD", description="Branch, tag or commit to index.", max_length=MAX_NAME
@@ -36,17 +44,19 @@ class GitSource(ApiModel):
         default="",
         description="Sub-directory holding the documents; empty means the root.",
         max_length=MAX_URI,
+        json_schema_extra={
+            "x-kubernetes-validations": [stays_inside("git.path must stay inside the repository")]
+        },
     )
 
 
 class ConfigMapDocuments(ApiModel):
     """Every key of a ConfigMap is one document."""
 
-    name: str = Field(
+    name: ObjectName = OBJECT_NAME.about("the name of a ConfigMap").field(
         description="Name of the ConfigMap.",
         min_length=1,
         max_length=MAX_NAME,
-        pattern=DNS_SUBDOMAIN,
     )
 
 
@@ -105,11 +115,10 @@ class Chunking(ApiModel):
 class Embedding(ApiModel):
     """The embedding model."""
 
-    model: str = Field(
+    model: ModelUri = MODEL_URI.field(
         default="hf://BAAI/bge-base-en-v1.5",
         description=f"Embedding model: {MODEL_URI_HELP}.",
         max_length=MAX_URI,
-        pattern=MODEL_URI,
     )
     batch_size: int = Field(default=32, ge=1, le=4096, description="Chunks embedded per batch.")
 
@@ -120,11 +129,10 @@ class Database(ApiModel):
     connection_secret_ref: SecretKeyRef = Field(
         description="Secret key holding a postgresql:// connection URI."
     )
-    table: str = Field(
+    table: SqlTable = SQL_TABLE.field(
         description="Table of the index (created if missing).",
         min_length=1,
         max_length=63,
-        pattern=r"^[a-z_][a-z0-9_]*$",
     )
 
 

@@ -11,13 +11,13 @@ from crucible.api.common import (
     EXACTLY_ONE_TARGET,
     MAX_TEXT,
     MAX_URI,
-    MODEL_URI,
     MODEL_URI_HELP,
     InferenceTarget,
     Resources,
     Serving,
     ServingStatus,
 )
+from crucible.api.formats import MODEL_URI, ModelUri
 from crucible.api.ragindex import Chunking, DocumentSource
 
 DEFAULT_PROMPT = (
@@ -94,13 +94,12 @@ class SyntheticDatasetSpec(ApiModel):
         Chunking(),
         description="How documents are split (default 300 tokens with 30 overlap).",
     )
-    tokenizer: str | None = Field(
+    tokenizer: ModelUri | None = MODEL_URI.field(
         default=None,
         description=f"Model whose tokenizer counts chunk and pair tokens: {MODEL_URI_HELP}; "
         "defaults to the teacher's when the operator serves it, otherwise words and "
         "punctuation are counted.",
         max_length=MAX_URI,
-        pattern=MODEL_URI,
     )
     teacher: Teacher = Field(description="The model that writes the pairs.")
     pairs_per_chunk: int = Field(

@@ -71,6 +71,8 @@ def describe_validation_error(error: ValidationError, root: str = "spec") -> str
     """One line per problem, each naming the field as the API spells it."""
     lines = []
     for problem in error.errors():
-        path = ".".join([root, *(str(p) for p in problem["loc"])])
-        lines.append(f"{path}: {problem['msg']}")
+        path = root
+        for part in problem["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else f".{part}"
+        lines.append(f"{path}: {problem['msg'].removeprefix('Value error, ')}")
     return "; ".join(lines)
