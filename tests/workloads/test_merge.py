@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from crucible.api.contract import MergeTask
-from crucible.workloads.common import WorkloadError, sha256_of
+from crucible.workloads.common import WorkloadError, resolve_uri, sha256_of
 from crucible.workloads.merge import MANIFEST, merge
 from tests.workloads.conftest import ModelFactory
 
@@ -228,3 +228,17 @@ def test_command_line_reports_and_fails_clearly(tmp_path: Path, make_model: Mode
     )
     assert failed.returncode == 1
     assert "pvc://missing/model: PersistentVolumeClaim 'missing' is not mounted" in failed.stderr
+
+
+def test_a_uri_that_leaves_its_volume_is_refused(tmp_path: Path) -> None:
+    """The API server refuses '..' in URIs; should one reach a workload anyway, it reads
+    nothing outside the volume the URI names."""
+    store = tmp_path / "store"
+    (store / "models").mkdir(parents=True)
+    (tmp_path / "secret").mkdir()
+    mounts = {"crucible-models": str(store)}
+    assert resolve_uri("pvc://crucible-models/models", mounts, tmp_path) == store / "models"
+    with pytest.raises(WorkloadError, match=r"'models/\.\./\.\./secret' leaves"):
+        resolve_uri("pvc://crucible-models/models/../../secret", mounts, tmp_path)
+    with pytest.raises(WorkloadError, match="leaves"):
+        resolve_uri("pvc://crucible-models//etc", mounts, tmp_path)

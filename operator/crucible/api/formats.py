@@ -83,8 +83,8 @@ OBJECT_NAME = Format(
 )
 OBJECT_KEY = Format(
     "a ConfigMap or Secret key",
-    "[-._a-zA-Z0-9]+",
-    "letters, digits, '-', '_' and '.'",
+    "\\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*",
+    "letters, digits, '-', '_' and '.', not '.' and not starting with '..'",
     "qa.jsonl",
 )
 MODEL_URI = Format(

@@ -38,7 +38,7 @@ from crucible.devcluster import processes
 from crucible.devcluster.cluster import LocalCluster, free_port
 from crucible.resources.common import LABEL_ROLE
 from crucible.resources.serving import SERVER_LABEL, SERVER_ROLE, VLLM_PORT
-from crucible.workloads.common import TERMINATION_LOG_ENV
+from crucible.workloads.common import TERMINATION_LOG_ENV, inside
 
 log = logging.getLogger("crucible.dev.runner")
 NODE = "crucible-dev"
@@ -84,15 +84,25 @@ class Translation:
     def __init__(self, mounts: dict[str, Path], hosts: dict[str, str]) -> None:
         self.hosts = hosts
         self.local = {p.rstrip("/"): str(v) for p, v in mounts.items()}
-        # One pass, longest mount first; a path starts a value or follows '=' (name=path).
+        # One pass, longest mount first; a path starts a value or follows '=' (name=path), and
+        # runs to the next space or comma.
         paths = "|".join(re.escape(p) for p in sorted(self.local, key=len, reverse=True))
         self.pattern = (
-            re.compile(rf"(?:(?<=^)|(?<=[\s=,]))({paths})(?=/|$|[\s,])") if mounts else None
+            re.compile(rf"(?:(?<=^)|(?<=[\s=,]))({paths})(/[^\s,]*)?(?=$|[\s,])")
+            if mounts
+            else None
         )
+
+    def _local(self, match: re.Match[str]) -> str:
+        """A container path as the local one; a path that climbs out of its mount is refused,
+        as the kubelet's volumes would never show it."""
+        rest = match.group(2) or ""
+        local = inside(Path(self.local[match.group(1)]), rest.lstrip("/"), match.group(0))
+        return str(local) + ("/" if rest.endswith("/") and rest != "/" else "")
 
     def __call__(self, text: str) -> str:
         if self.pattern is not None:
-            text = self.pattern.sub(lambda m: self.local[m.group(1)], text)
+            text = self.pattern.sub(self._local, text)
         for remote, target in self.hosts.items():
             text = text.replace(remote, target)
         return text
@@ -500,7 +510,7 @@ def _stop(pod: LocalPod) -> None:
 def _write_keys(folder: Path, files: dict[str, bytes], items: list[dict[str, str]] | None) -> None:
     chosen = {i["key"]: i["path"] for i in items} if items else {k: k for k in files}
     for key, relative in chosen.items():
-        target = folder / relative
+        target = inside(folder, relative, f"key {key}")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(files[key])
 

@@ -64,6 +64,17 @@ def run_main(work: Any, argv: list[str] | None, task_type: type[T], description:
 # -- models and files -----------------------------------------------------------------------
 
 
+def inside(root: Path, relative: str, what: str) -> Path:
+    """`relative` under `root`, refused when it leaves it ('..' segments, an absolute path):
+    a workload reaches nothing past the volume or checkout a spec names. Lexical, as the
+    volume's own symbolic links are its owner's business."""
+    base = Path(os.path.normpath(root))
+    target = Path(os.path.normpath(base / relative))
+    if target != base and base not in target.parents:
+        raise WorkloadError(f"{what}: {relative!r} leaves {base}; name a path inside it")
+    return target
+
+
 def resolve_uri(uri: str, mounts: dict[str, str], cache: Path) -> Path:
     """A local directory (or file) for a model or data URI.
 
@@ -75,7 +86,7 @@ def resolve_uri(uri: str, mounts: dict[str, str], cache: Path) -> Path:
         claim, _, path = uri.removeprefix("pvc://").partition("/")
         if claim not in mounts:
             raise WorkloadError(f"{uri}: PersistentVolumeClaim {claim!r} is not mounted")
-        local = Path(mounts[claim]) / path
+        local = inside(Path(mounts[claim]), path, uri)
         if not local.exists():
             raise WorkloadError(f"{uri}: {local} does not exist")
         return local

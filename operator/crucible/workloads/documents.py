@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from crucible.api.contract import DocumentsInput
 from crucible.api.ragindex import Chunking, GitSource
-from crucible.workloads.common import WorkloadError
+from crucible.workloads.common import WorkloadError, inside
 
 
 class TokenCounter(Protocol):
@@ -88,7 +88,7 @@ def checkout(git: GitSource, cache: Path) -> Path:
         raise WorkloadError(
             f"git {git.url}@{git.revision}: {(error.stderr or '').strip()}"
         ) from None
-    return target / git.path
+    return inside(target, git.path, f"git {git.url}, path")
 
 
 def read_documents(root: Path, include: list[str]) -> list[Document]:
