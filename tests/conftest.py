@@ -76,9 +76,28 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
 
 @pytest.fixture
 def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace per test; deleted afterwards unless the test failed."""
+    """A fresh namespace per test; deleted afterwards unless the test failed. The API server's
+    Pod Security admission enforces the restricted level there, so every workload pod is
+    proven to meet it; where vLLM servers run (upstream image, as root) it enforces baseline
+    and warns of restricted."""
     name = f"t-{uuid.uuid4().hex[:8]}"
-    cluster.kubectl("create", "namespace", name)
+    baseline = request.node.get_closest_marker("pod_security_baseline")
+    level = "baseline" if baseline else "restricted"
+    cluster.kubectl_apply(
+        [
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {
+                    "name": name,
+                    "labels": {
+                        "pod-security.kubernetes.io/enforce": level,
+                        "pod-security.kubernetes.io/warn": "restricted",
+                    },
+                },
+            }
+        ]
+    )
     # Pods need the namespace's default ServiceAccount, which the controller manager makes.
     deadline = time.monotonic() + 30
     while cluster.kubectl("get", "sa", "default", "-n", name, check=False).returncode:

@@ -103,6 +103,7 @@ def test_service_account_rbac_is_least_privilege(cluster: LocalCluster, release:
         assert {f"{kind.plural}.crucible.dev", f"{kind.plural}.crucible.dev/status"} <= granted
 
 
+@pytest.mark.pod_security_baseline
 def test_operator_with_the_charts_credentials_drives_the_chain(
     cluster: LocalCluster,
     namespace: str,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from crucible.devcluster.cluster import LocalCluster
 from tests.conftest import wait_for
 
@@ -49,6 +51,7 @@ def test_server_version_and_gpu_nodes(cluster: LocalCluster) -> None:
     assert all(n["status"]["allocatable"]["nvidia.com/gpu"] == "8" for n in nodes)
 
 
+@pytest.mark.pod_security_baseline
 def test_gpu_job_is_scheduled_and_completes(cluster: LocalCluster, namespace: str) -> None:
     cluster.kubectl_apply([_job("ok", "busybox")], "-n", namespace)
     wait_for(
@@ -64,6 +67,7 @@ def test_gpu_job_is_scheduled_and_completes(cluster: LocalCluster, namespace: st
     assert pod and pod["spec"]["nodeName"].startswith("kwok-gpu-")
 
 
+@pytest.mark.pod_security_baseline
 def test_failure_images_fail_like_real_workloads(cluster: LocalCluster, namespace: str) -> None:
     cluster.kubectl_apply(
         [
@@ -93,6 +97,7 @@ def test_failure_images_fail_like_real_workloads(cluster: LocalCluster, namespac
     assert wait_for(lambda: waiting("pull"), what="image pull error")["reason"] == "ErrImagePull"
 
 
+@pytest.mark.pod_security_baseline
 def test_deployment_becomes_available(cluster: LocalCluster, namespace: str) -> None:
     cluster.kubectl("create", "deployment", "web", "--image=nginx", "-n", namespace)
     cluster.kubectl(

@@ -351,6 +351,7 @@ def children_by_kind(cluster: LocalCluster, namespace: str) -> dict[str, int]:
     return counted
 
 
+@pytest.mark.pod_security_baseline
 def test_an_operator_killed_after_any_write_loses_nothing_and_duplicates_nothing(
     cluster: LocalCluster,
     namespace: str,

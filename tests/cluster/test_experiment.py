@@ -9,6 +9,8 @@ import json
 import time
 from typing import Any
 
+import pytest
+
 from crucible.devcluster.cluster import LocalCluster
 from tests.cluster.conftest import (
     HOLD_IMAGE,
@@ -133,6 +135,7 @@ def judged(models: list[str]) -> dict[str, Any]:
     }
 
 
+@pytest.mark.pod_security_baseline
 def test_an_experiment_fans_out_within_its_bound_and_reaches_a_verdict(  # noqa: PLR0915
     cluster: LocalCluster, namespace: str, model_store: str, operator: OperatorFactory
 ) -> None:

@@ -148,6 +148,7 @@ def query(prometheus_url: str, expr: str) -> list[dict[str, Any]]:
     return results
 
 
+@pytest.mark.pod_security_baseline
 def test_every_dashboard_panel_returns_data(
     cluster: LocalCluster, namespace: str, model_store: str, prometheus: str
 ) -> None:

@@ -7,6 +7,7 @@ import json
 import time
 from typing import Any
 
+import pytest
 from prometheus_client import REGISTRY, generate_latest
 
 from crucible.devcluster.cluster import LocalCluster
@@ -158,6 +159,7 @@ def conflicts() -> float:
     )
 
 
+@pytest.mark.pod_security_baseline
 def test_the_chain_reaches_succeeded_with_lineage(  # noqa: PLR0915 (one story, told whole)
     cluster: LocalCluster, namespace: str, model_store: str, operator: OperatorFactory
 ) -> None:
@@ -359,6 +361,7 @@ def test_lineage_failures_are_explicit(
         wait_phase(cluster, namespace, "ftj", "no-key", "Succeeded")
 
 
+@pytest.mark.pod_security_baseline
 def test_restarts_never_duplicate_children_nor_lose_results(
     cluster: LocalCluster, namespace: str, model_store: str, operator: OperatorFactory
 ) -> None:
@@ -502,3 +505,36 @@ def test_a_workload_may_write_its_own_report_and_nothing_else(
             "get", "secrets", "-n", namespace, kubeconfig=as_workload, check=False
         )
         assert secrets.returncode != 0 and "forbidden" in secrets.stderr
+
+
+def test_a_server_pod_security_refuses_is_explained_in_the_status(
+    cluster: LocalCluster, namespace: str, model_store: str, operator: OperatorFactory
+) -> None:
+    """This namespace enforces the restricted Pod Security level, which vLLM's upstream image
+    (run as root) does not meet: the run says so, with admission's own message, while it
+    waits for its server."""
+    cluster.kubectl_apply(inputs(), "-n", namespace)
+    served = {
+        "apiVersion": API,
+        "kind": "EvalRun",
+        "metadata": {"name": "served"},
+        "spec": {
+            "models": [{"name": "base", "uri": "hf://org/base"}],
+            "dataset": {"configMap": {"name": "mcq", "key": "mcq.csv"}},
+            "serving": {"resources": {"gpus": 0}},
+        },
+    }
+    with operator():
+        cluster.kubectl_apply([served], "-n", namespace)
+        message = wait_for(
+            lambda: "cannot be created" in (m := ready_message(cluster, namespace)) and m,
+            what="the refused server to be explained",
+        )
+    assert status_of(cluster, namespace, "er", "served")["phase"] == "Running"
+    assert "served-vllm-base (its pods cannot be created:" in message
+    assert 'violates PodSecurity "restricted:latest": runAsNonRoot != true' in message
+
+
+def ready_message(cluster: LocalCluster, namespace: str) -> str:
+    status = status_of(cluster, namespace, "er", "served")
+    return ready_condition(status)["message"] if status.get("conditions") else ""

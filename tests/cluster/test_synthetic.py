@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from crucible.devcluster.cluster import LocalCluster
 from tests.cluster.conftest import (
     HOLD_IMAGE,
@@ -69,6 +71,7 @@ COUNTS = {
 }
 
 
+@pytest.mark.pod_security_baseline
 def test_synthetic_dataset_feeds_a_fine_tune(
     cluster: LocalCluster, namespace: str, model_store: str, operator: OperatorFactory
 ) -> None:

@@ -28,6 +28,23 @@ STORE_CLAIM = "crucible-models"
 DATABASE_SECRET = "postgres"  # key "uri": what examples/quickstart's RagIndex reads
 
 
+def demo_namespace(name: str) -> dict[str, Any]:
+    """The examples' namespace, under the API server's Pod Security admission: the vLLM
+    servers' upstream image runs as root, so it enforces baseline and warns of restricted
+    (which every other Crucible pod meets)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": name,
+            "labels": {
+                "pod-security.kubernetes.io/enforce": "baseline",
+                "pod-security.kubernetes.io/warn": "restricted",
+            },
+        },
+    }
+
+
 def database_secret(namespace: str, url: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -121,7 +138,7 @@ def dev_up(
             runner.start()
             cleanup.callback(runner.stop)
 
-            cluster.kubectl("create", "namespace", namespace)
+            cluster.kubectl_apply([demo_namespace(namespace)])
             cluster.kubectl_apply(folder_claim(namespace, STORE_CLAIM, store))
             print("linking the models into the model store…", flush=True)
             prepare_models(store)

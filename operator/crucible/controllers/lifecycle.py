@@ -301,8 +301,9 @@ async def create_all(ctx: Context, manifests: list[dict[str, Any]]) -> dict[str,
 async def start_servers(
     ctx: Context, served: list[ServedModel], serving: Serving
 ) -> tuple[list[str], datetime | None]:
-    """Create the servers that do not exist yet (and only those); the ones not yet Available,
-    and when the first was created. FailedError when one cannot start."""
+    """Create the servers that do not exist yet (and only those); the ones not yet Available
+    (with why, where their Deployment says: admission refusing their pods), and when the
+    first was created. FailedError when one cannot start."""
     deployments = {
         d["metadata"]["name"]: d for d in ctx.children.of_kind("Deployment", **SERVER_SELECTOR)
     }
@@ -315,16 +316,22 @@ async def start_servers(
             deployments[name] = await create_one(ctx, deployment)
         if name not in services:
             await create_one(ctx, service)
-        available = any(
-            c.get("type") == "Available" and c.get("status") == "True"
+        conditions = {
+            c.get("type"): c
             for c in (deployments[name].get("status") or {}).get("conditions") or []
-        )
-        if available:
+            if c.get("status") == "True"
+        }
+        if "Available" in conditions:
             continue
         failure = pod_failure(list(ctx.children.of_kind("Pod", **{SERVER_LABEL: name})))
         if failure is not None:
             raise FailedError(Reason.SERVER_FAILED, f"vLLM server {name}: {failure.message}")
-        pending.append(name)
+        refused = conditions.get("ReplicaFailure")
+        pending.append(
+            f"{name} (its pods cannot be created: {refused.get('message', '')})"
+            if refused
+            else name
+        )
     created = [timestamp(d["metadata"].get("creationTimestamp")) for d in deployments.values()]
     return pending, min((c for c in created if c), default=None)
 
