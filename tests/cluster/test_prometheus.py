@@ -161,7 +161,26 @@ def test_every_dashboard_panel_returns_data(
             "results": [
                 result("gpt", True, [0.62, 0.64, 0.66]),
                 result("gpt", False, [0.55, 0.56, 0.57]),
-            ]
+                {
+                    **result("base", False, [0.5]),
+                    "scoring": "LogLikelihood",
+                    "accuracyStddev": None,
+                    "accuracyNorm": 0.54,
+                },
+            ],
+            "pairedTests": [
+                {
+                    "a": "gpt",
+                    "aRag": True,
+                    "b": "gpt",
+                    "bRag": False,
+                    "difference": 0.08,
+                    "ci95Low": 0.02,
+                    "ci95High": 0.14,
+                    "test": "PairedT",
+                    "pValue": 0.01,
+                }
+            ],
         },
     )
     run_eval(
@@ -182,9 +201,10 @@ def test_every_dashboard_panel_returns_data(
     play_small_experiment(cluster, namespace)
 
     wait_for(
-        lambda: query(prometheus, "count_over_time(crucible_eval_accuracy[1m]) > 3"),
+        lambda: query(prometheus, "count_over_time(crucible_eval_accuracy[1m]) > 3")
+        and query(prometheus, "crucible_experiment_held_out_holds"),
         timeout=60,
-        what="several scrapes of the operator",
+        what="several scrapes of the operator, the last after the experiment's verdict",
     )
     exprs = [
         (name, panel["title"], target["expr"])

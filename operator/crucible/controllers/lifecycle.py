@@ -413,6 +413,10 @@ async def run_workload(
             ctl.recorded(ctx, spec, inputs), sort_keys=True
         )
         job = await create_all(ctx, children)
+    elif ctl.serving(spec) is not None:
+        # Level-triggered: the servers are what exists (a crash may have come before the
+        # status that listed them was written).
+        fields["servers"] = server_children(ctx) or None
     recorded = ctx.owner.kind.status.model_validate(
         json.loads((job["metadata"].get("annotations") or {}).get(RECORDED_ANNOTATION) or "{}")
     )

@@ -21,10 +21,17 @@ def index(task: RagTask) -> dict[str, Any]:
     from sqlalchemy.exc import SQLAlchemyError
 
     started = time.monotonic()
+    phases: dict[str, float] = {}  # where the time goes, in seconds
+
+    def lap(phase: str) -> None:
+        phases[phase] = round(time.monotonic() - started - sum(phases.values()), 3)
+
     reporter = Reporter(task)
     cache = Path(task.output_path).parent / ".cache"
     documents = documents_of(task, cache)
+    lap("read")
     embedder = load_embedder(task.embedding, task.mounts, cache)
+    lap("loadModel")
     store = open_store(database_url(task.database_url_env), task.table, embedder.dimensions)
     table = store._table_class  # one transaction below needs the store's own table model
     document_of = table.metadata_["document"].astext
@@ -34,10 +41,13 @@ def index(task: RagTask) -> dict[str, Any]:
     current = {d.name: d for d in documents}
     changed = [d for d in documents if indexed.get(d.name) != d.sha256]
     removed = sorted(set(indexed) - set(current))
+    lap("openDatabase")
     nodes = [node for d in changed for node in chunk(d, task.chunking, embedder.counter)]
+    lap("chunk")
     texts = [n.get_content() for n in nodes]
     for node, vector in zip(nodes, embedder.model.get_text_embedding_batch(texts), strict=True):
         node.embedding = vector
+    lap("embed")
     stale = [d.name for d in changed if d.name in indexed] + removed
     try:
         with store._session() as session, session.begin():
@@ -51,6 +61,7 @@ def index(task: RagTask) -> dict[str, Any]:
         raise WorkloadError(
             f"writing table {task.table} failed, nothing changed: {reason}"
         ) from None
+    lap("write")
     settings = json.dumps(
         {"chunking": task.chunking.to_api(), "embedding": task.embedding.model}, sort_keys=True
     )
@@ -63,6 +74,7 @@ def index(task: RagTask) -> dict[str, Any]:
         "removedDocuments": len(removed),
         "contentHash": digest,
         "seconds": round(time.monotonic() - started, 3),
+        "phaseSeconds": phases,
     }
     log.info("indexed: %s", summary)
     reporter.update(
