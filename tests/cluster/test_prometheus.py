@@ -201,8 +201,10 @@ def test_every_dashboard_panel_returns_data(
     play_small_experiment(cluster, namespace)
 
     wait_for(
-        lambda: query(prometheus, "count_over_time(crucible_eval_accuracy[1m]) > 3")
-        and query(prometheus, "crucible_experiment_held_out_holds"),
+        lambda: (
+            query(prometheus, "count_over_time(crucible_eval_accuracy[1m]) > 3")
+            and query(prometheus, "crucible_experiment_held_out_holds")
+        ),
         timeout=60,
         what="several scrapes of the operator, the last after the experiment's verdict",
     )
