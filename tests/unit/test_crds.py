@@ -64,12 +64,13 @@ def test_names_columns_and_category(kind: Any) -> None:
     assert columns[0] == "Phase" and columns[-1] == "Age" and len(columns) >= 3
 
 
-def test_spec_is_immutable_once_started() -> None:
+def test_a_runs_spec_is_immutable_once_started_and_a_long_lived_kinds_is_not() -> None:
     for kind in KINDS:
-        rules = build_crd(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"][
-            "x-kubernetes-validations"
-        ]
-        assert any("oldSelf.status.startTime" in r["rule"] for r in rules)
+        schema = build_crd(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        rules = schema.get("x-kubernetes-validations") or []
+        immutable = any("oldSelf.status.startTime" in r["rule"] for r in rules)
+        assert immutable != kind.long_lived, kind.kind
+    assert [k.kind for k in KINDS if k.long_lived] == ["ModelServing"]
 
 
 def test_yaml11_booleans_are_quoted() -> None:

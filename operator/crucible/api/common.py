@@ -321,6 +321,13 @@ class Reason(StrEnum):
     SEARCHING = "Searching"  # fine-tunes and evaluations of the search tasks
     RANKING = "Ranking"  # the overall ranking Job
     VALIDATING = "Validating"  # the top candidates on the held-out task, then the verdict
+    # A ModelServing: Pending while its replicas roll out, Running once they serve; its
+    # Promoted condition says whether the current spec is the one served.
+    ROLLING_OUT = "RollingOut"
+    SERVING = "Serving"
+    PROMOTED = "Promoted"
+    GATE_NOT_MET = "GateNotMet"  # an EvalRun's results do not pass the spec's gate
+    RUNTIME_NOT_INSTALLED = "RuntimeNotInstalled"  # KServe's CRDs are not in the cluster
     # Succeeded.
     SUCCEEDED = "Succeeded"
     # Failed: what went wrong, and the message says what to change.

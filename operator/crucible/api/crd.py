@@ -116,7 +116,7 @@ def openapi_schema(kind: Kind) -> dict[str, Any]:
             "status": part(kind.status, f"Observed state of the {kind.kind}, set by Crucible."),
         },
         "required": ["spec"],
-        "x-kubernetes-validations": [IMMUTABLE_ONCE_STARTED],
+        **({} if kind.long_lived else {"x-kubernetes-validations": [IMMUTABLE_ONCE_STARTED]}),
     }
 
 

@@ -9,6 +9,7 @@ from crucible.api.evalrun import EvalRunSpec, EvalRunStatus
 from crucible.api.experiment import ExperimentSpec, ExperimentStatus
 from crucible.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus
 from crucible.api.modelmerge import ModelMergeSpec, ModelMergeStatus
+from crucible.api.modelserving import ModelServingSpec, ModelServingStatus
 from crucible.api.ragindex import RagIndexSpec, RagIndexStatus
 from crucible.api.syntheticdataset import SyntheticDatasetSpec, SyntheticDatasetStatus
 
@@ -33,10 +34,21 @@ class Kind:
     spec: type[ApiModel]
     status: type[ApiModel]
     headline_columns: tuple[PrinterColumn, ...] = field(default_factory=tuple)
+    # A run ends (Succeeded or Failed) and its spec is then fixed; a long-lived kind is never
+    # over: its spec may change at any time and every change is reconciled.
+    long_lived: bool = False
 
     @property
     def singular(self) -> str:
         return self.kind.lower()
+
+    def settled(self, phase: str | None) -> bool:
+        """Whether a resource in `phase` has got where it is going: a run is over, a
+        long-lived resource serves (or cannot)."""
+        return phase in (("Running", "Failed") if self.long_lived else ("Succeeded", "Failed"))
+
+    def succeeded(self, phase: str | None) -> bool:
+        return phase == ("Running" if self.long_lived else "Succeeded")
 
 
 PHASE_COLUMN = PrinterColumn("Phase", "string", ".status.phase", "Phase of the run.")
@@ -128,6 +140,25 @@ EXPERIMENT = Kind(
     ),
 )
 
+MODEL_SERVING = Kind(
+    kind="ModelServing",
+    plural="modelservings",
+    short_names=("msv",),
+    description="ModelServing serves a model (with LoRA adapters) for good, promoting each "
+    "version of its spec only when an EvalRun's results pass its gate.",
+    spec=ModelServingSpec,
+    status=ModelServingStatus,
+    headline_columns=(
+        PrinterColumn(
+            "Serving", "string", ".status.promoted.servedModelName", "Model being served."
+        ),
+        PrinterColumn("Ready", "integer", ".status.readyReplicas", "Replicas ready."),
+        PrinterColumn("Gate", "boolean", ".status.gate.holds", "Whether the spec passed its gate."),
+        PrinterColumn("URL", "string", ".status.url", "Where it answers.", 1),
+    ),
+    long_lived=True,
+)
+
 KINDS: tuple[Kind, ...] = (
     SYNTHETIC_DATASET,
     MODEL_MERGE,
@@ -135,5 +166,6 @@ KINDS: tuple[Kind, ...] = (
     RAG_INDEX,
     EVAL_RUN,
     EXPERIMENT,
+    MODEL_SERVING,
 )
 KINDS_BY_NAME = {k.kind: k for k in KINDS}

@@ -16,8 +16,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from crucible.api.common import TERMINAL_PHASES
 from crucible.api.crd import render_crds
+from crucible.api.kinds import KINDS_BY_NAME
 from crucible.cli.status import custom_objects, leaderboard_table, list_resources, status_table
 from crucible.devcluster import processes
 from crucible.devcluster.cluster import LocalCluster, folder_claim, free_port
@@ -73,12 +73,12 @@ def watch(
         if table != shown:
             print(f"\n{time.strftime('%H:%M:%S')}\n{table}", flush=True)
             shown = table
-        phases = [(i.get("status") or {}).get("phase") for i in items]
-        if not done and items and all(p in TERMINAL_PHASES for p in phases):
+        phases = [(KINDS_BY_NAME[i["kind"]], (i.get("status") or {}).get("phase")) for i in items]
+        if not done and items and all(kind.settled(p) for kind, p in phases):
             done = True
             print("\n" + leaderboard_table(items), flush=True)
             if once:
-                return 0 if all(p == "Succeeded" for p in phases) else 1
+                return 0 if all(kind.succeeded(p) for kind, p in phases) else 1
             print("all done; still serving the API until Ctrl-C", flush=True)
         if once and time.monotonic() > deadline:
             print(f"not done after {timeout:.0f} s", flush=True)

@@ -257,7 +257,7 @@ class Engine:
         kind_type = KINDS_BY_NAME[kind]
         current = kind_type.status.model_validate(body.get("status") or {})
         assert isinstance(current, RunStatus)
-        if current.phase in TERMINAL_PHASES:
+        if current.phase in TERMINAL_PHASES and not kind_type.long_lived:
             return None
         owner = Owner.of(kind_type, body)
         ctx = Context(
@@ -358,7 +358,8 @@ class Engine:
         while True:
             await asyncio.sleep(self.config.resync_interval)
             for key, body in list(self.runs.items()):
-                if (body.get("status") or {}).get("phase") not in TERMINAL_PHASES:
+                phase = (body.get("status") or {}).get("phase")
+                if phase not in TERMINAL_PHASES or KINDS_BY_NAME[key[0]].long_lived:
                     self.queue.add(key)
 
     def start(self) -> None:

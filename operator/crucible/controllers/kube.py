@@ -33,6 +33,7 @@ PLURALS: dict[tuple[str, str], str] = {
     ("coordination.k8s.io/v1", "Lease"): "leases",
     ("rbac.authorization.k8s.io/v1", "Role"): "roles",
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
+    ("serving.kserve.io/v1alpha2", "LLMInferenceService"): "llminferenceservices",
     **{(API_VERSION, kind.kind): kind.plural for kind in KINDS},
 }
 

@@ -360,8 +360,14 @@ def status_of(
 ) -> RunStatus:
     """The kind's typed status: an unknown field name fails here, not silently at the API
     server's pruning."""
-    status = ctx.owner.kind.status.model_validate(
-        {**fields, **phase_fields(ctx.current, phase, reason, message, ctx.generation)}
+    kind = ctx.owner.kind
+    status = kind.status.model_validate(
+        {
+            **fields,
+            **phase_fields(
+                ctx.current, phase, reason, message, ctx.generation, long_lived=kind.long_lived
+            ),
+        }
     )
     assert isinstance(status, RunStatus)
     return status

@@ -166,10 +166,15 @@ def vllm_args(served: Server, serving: Serving, mounts: dict[str, str]) -> list[
 
 
 def server(
-    owner: Owner, served: Server, serving: Serving, config: OperatorConfig
+    owner: Owner,
+    served: Server,
+    serving: Serving,
+    config: OperatorConfig,
+    name: str | None = None,
 ) -> list[dict[str, Any]]:
-    """The Deployment and Service of one vLLM server (upstream OpenAI-compatible image)."""
-    name = server_name(owner, served.key)
+    """The Deployment and Service of one vLLM server (upstream OpenAI-compatible image),
+    named after its first model unless `name` is given."""
+    name = name or server_name(owner, served.key)
     uris = [served.model_uri, *(uri for _, uri in served.adapters)]
     volumes, mounts, claim_paths = pvc_volumes(config, pvc_claims(uris))
     selector = {SERVER_LABEL: name}

@@ -36,13 +36,20 @@ def set_condition(current: list[Condition] | None, new: Condition) -> list[Condi
 
 
 def phase_fields(
-    current: RunStatus, phase: Phase, reason: Reason, message: str, generation: int
+    current: RunStatus,
+    phase: Phase,
+    reason: Reason,
+    message: str,
+    generation: int,
+    *,
+    long_lived: bool = False,
 ) -> dict[str, Any]:
     """The status fields that move together: phase, the Ready condition, observedGeneration
-    and, once the run is over, completionTime."""
+    and, once a run is over, completionTime. A run is Ready once it has succeeded; a long-lived
+    resource (a ModelServing) while it is Running, and it is never over."""
     ready = Condition(
         type=READY,
-        status="True" if phase == Phase.SUCCEEDED else "False",
+        status="True" if phase == (Phase.RUNNING if long_lived else Phase.SUCCEEDED) else "False",
         reason=reason,
         message=message,
         last_transition_time=now(),
@@ -53,7 +60,7 @@ def phase_fields(
         "observed_generation": generation,
         "conditions": set_condition(current.conditions, ready),
     }
-    if phase in TERMINAL_PHASES:
+    if phase in TERMINAL_PHASES and not long_lived:
         fields["completion_time"] = current.completion_time or now()
     return fields
 
