@@ -37,5 +37,16 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
+# KServe's Python SDK in a virtualenv of its own, so its pins cannot move the operator's: the
+# test of the LLMInferenceService a ModelServing renders checks it against the SDK's types.
+. operator/crucible/devcluster/versions.env
+KSERVE_SDK=${CRUCIBLE_CACHE:-$HOME/.cache/crucible}/kserve-sdk-$KSERVE_SDK_VERSION
+if ! "$KSERVE_SDK/bin/python" -c 'import kserve' 2>/dev/null; then
+  log "installing KServe's Python SDK $KSERVE_SDK_VERSION into $KSERVE_SDK"
+  rm -rf "$KSERVE_SDK"
+  "$PYTHON" -m venv "$KSERVE_SDK"
+  "$KSERVE_SDK/bin/python" -m pip install --quiet "kserve==$KSERVE_SDK_VERSION"
+fi
+
 hack/build-controlplane.sh
 hack/setup-vllm.sh >/dev/null

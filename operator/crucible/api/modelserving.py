@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import Field
 
@@ -194,12 +195,21 @@ class ModelServingSpec(ApiModel):
     )
 
 
+GateRuleType = Literal["intervalAboveMean", "pairedBetter", "minimumAccuracy"]
+
+
 class GateCheck(ApiModel):
     """One rule of the gate, with the figures it compared."""
 
+    type: GateRuleType = Field(description="Which rule of spec.gate.rules[] this is.")
     rule: str = Field(description="The rule, in words.", max_length=1024)
     holds: bool = Field(description="Whether it holds.")
-    figures: str = Field(description="The figures compared.", max_length=1024)
+    figures: str = Field(description="The figures compared, in words.", max_length=1024)
+    values: dict[str, float] = Field(
+        default_factory=dict,
+        description="The same figures as numbers: candidateCi95Lower, referenceMean, "
+        "difference, pValue, alpha, minimum (those the rule compares).",
+    )
 
 
 class GateVerdict(ApiModel):

@@ -14,6 +14,7 @@ from crucible.api.evalrun import EvalRunStatus
 from crucible.api.experiment import ExperimentStatus
 from crucible.api.finetunejob import FineTuneJobStatus
 from crucible.api.kinds import KINDS, KINDS_BY_NAME
+from crucible.api.modelserving import ModelServingStatus
 from crucible.api.ragindex import RagIndexStatus
 from crucible.api.syntheticdataset import SyntheticDatasetStatus
 
@@ -66,6 +67,13 @@ def _progress(status: RunStatus) -> str:
         return (
             f"{status.progress.stage}: {tunes.succeeded + tunes.failed} of "
             f"{sum(tunes.model_dump().values())} fine-tunes done{leader}"
+        )
+    if isinstance(status, ModelServingStatus) and status.promoted is not None:
+        live = status.promoted
+        gate = " (gate held)" if live.gate is not None else ""
+        return (
+            f"{live.served_model_name} gen {live.generation}{gate}, "
+            f"{status.ready_replicas or 0}/{status.replicas or 0} ready at {status.url}"
         )
     return status.output_uri or ""
 

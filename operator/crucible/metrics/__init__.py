@@ -21,6 +21,7 @@ from crucible.api.common import Phase, RunStatus
 from crucible.api.evalrun import EvalRunStatus, ModelResult
 from crucible.api.experiment import ExperimentStatus
 from crucible.api.kinds import KINDS, KINDS_BY_NAME
+from crucible.api.modelserving import ModelServingStatus
 
 EVAL_LABELS = ("namespace", "evalrun", "model", "dataset", "rag", "scoring")
 
@@ -122,6 +123,70 @@ class RunStatusCollector(Collector):
                 if isinstance(status, ExperimentStatus)
             }
         )
+        yield from self._serving_families(
+            {
+                (namespace, name): status
+                for (_, namespace, name), (_, status) in runs.items()
+                if isinstance(status, ModelServingStatus)
+            }
+        )
+
+    @staticmethod
+    def _serving_families(
+        servings: dict[tuple[str, str], ModelServingStatus],
+    ) -> Iterator[GaugeMetricFamily]:
+        """Which model each ModelServing serves, since when, how ready, and the gate figures
+        it was promoted on; whether the current spec passed its gate."""
+        live_labels = ("namespace", "modelserving", "model", "model_uri", "generation")
+        live = GaugeMetricFamily(
+            "crucible_model_serving_info",
+            "1 for the model a ModelServing serves (the promoted generation of its spec).",
+            labels=live_labels,
+        )
+        since = GaugeMetricFamily(
+            "crucible_model_serving_promoted_timestamp_seconds",
+            "When the model served was promoted (Unix time).",
+            labels=live_labels,
+        )
+        ready = GaugeMetricFamily(
+            "crucible_model_serving_ready_replicas",
+            "Replicas of the served model that are ready.",
+            labels=("namespace", "modelserving"),
+        )
+        figure = GaugeMetricFamily(
+            "crucible_model_serving_promoted_gate_value",
+            "The figures the served model's gate compared when it was promoted.",
+            labels=("namespace", "modelserving", "evalrun", "rule", "figure"),
+        )
+        holds = GaugeMetricFamily(
+            "crucible_model_serving_gate_holds",
+            "1 when the current spec passed its gate, else 0 (then the model promoted before "
+            "keeps serving).",
+            labels=("namespace", "modelserving", "evalrun", "generation"),
+        )
+        for (namespace, name), status in sorted(servings.items()):
+            if (promoted := status.promoted) is not None:
+                values = [
+                    namespace,
+                    name,
+                    promoted.served_model_name,
+                    promoted.model_uri,
+                    str(promoted.generation),
+                ]
+                live.add_metric(values, 1.0)
+                since.add_metric(values, promoted.promoted_at.timestamp())
+                ready.add_metric([namespace, name], status.ready_replicas or 0)
+                gate = promoted.gate
+                for i, check in enumerate(gate.checks if gate else []):
+                    for key, value in sorted(check.values.items()):
+                        labels = [namespace, name, gate.eval_run if gate else "", f"rules[{i}]"]
+                        figure.add_metric([*labels, key], value)
+            if (verdict := status.gate) is not None:
+                holds.add_metric(
+                    [namespace, name, verdict.eval_run, str(verdict.generation)],
+                    1.0 if verdict.holds else 0.0,
+                )
+        yield from (live, since, ready, figure, holds)
 
     @staticmethod
     def _experiment_families(

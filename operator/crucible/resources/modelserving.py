@@ -94,9 +94,11 @@ def _check(
         ref = rule.interval_above_mean
         other = _result(status, ref, f"{field}.intervalAboveMean", eval_run)
         return GateCheck(
+            type="intervalAboveMean",
             rule=f"{name}'s 95% interval lies above {_label(ref)}'s mean",
             holds=mine.ci95_low > other.accuracy_mean,
             figures=f"{interval}; {_label(ref)}: mean {other.accuracy_mean:.3f}",
+            values={"candidateCi95Lower": mine.ci95_low, "referenceMean": other.accuracy_mean},
         )
     if rule.paired_better is not None:
         ref = rule.paired_better
@@ -114,6 +116,8 @@ def _check(
             (-test.ci95_high, -test.ci95_low) if flipped else (test.ci95_low, test.ci95_high)
         )
         return GateCheck(
+            type="pairedBetter",
+            values={"difference": lead, "pValue": test.p_value, "alpha": ref.alpha},
             rule=f"{name} is better than {_label(ref)} by the paired test at level {ref.alpha:g}",
             holds=lead > 0 and test.p_value < ref.alpha,
             figures=f"{name} minus {_label(ref)}: {lead:+.3f}, 95% interval "
@@ -121,6 +125,8 @@ def _check(
         )
     assert rule.minimum_accuracy is not None
     return GateCheck(
+        type="minimumAccuracy",
+        values={"candidateCi95Lower": mine.ci95_low, "minimum": rule.minimum_accuracy},
         rule=f"{name}'s 95% interval lies at or above {rule.minimum_accuracy:.3f}",
         holds=mine.ci95_low >= rule.minimum_accuracy,
         figures=interval,
