@@ -112,6 +112,17 @@ def test_rbac_has_no_wildcards_and_no_secrets() -> None:
         assert "secrets" not in rule["resources"]
 
 
+def test_kserve_rights_only_when_enabled() -> None:
+    def kserve_rules(*sets: str) -> list[dict]:
+        (role,) = [d for d in rendered(*sets) if d["kind"] == "ClusterRole"]
+        return [r for r in role["rules"] if "serving.kserve.io" in r["apiGroups"]]
+
+    assert kserve_rules() == []
+    (rule,) = kserve_rules("kserve.enabled=true")
+    assert rule["resources"] == ["llminferenceservices"]
+    assert "create" in rule["verbs"] and "update" in rule["verbs"]
+
+
 @pytest.mark.parametrize(
     ("setting", "message"),
     [

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY, generate_latest
 
 from crucible.devcluster.cluster import LocalCluster
 from tests.cluster.conftest import (
@@ -178,6 +179,21 @@ def test_a_gated_promotion_serves_on_pass_and_keeps_the_previous_model_on_fail( 
         assert "p = 0.6" in message
         assert "serving assistant (generation 1)" in condition(held, "Ready")["message"]
         assert served_model(cluster, namespace) == (uid, args)
+        # /metrics: the live model with its promotion's figures; the current spec failed.
+        metrics = generate_latest(REGISTRY).decode()
+        live_labels = (
+            f'model="assistant",model_uri="hf://org/tuned-v1",modelserving="assistant",'
+            f'namespace="{namespace}"'
+        )
+        assert f'crucible_model_serving_info{{generation="1",{live_labels}}} 1.0' in metrics
+        assert (
+            f'crucible_model_serving_promoted_gate_value{{evalrun="eval-v1",figure="pValue",'
+            f'modelserving="assistant",namespace="{namespace}",rule="rules[1]"}} 0.001'
+        ) in metrics
+        assert (
+            f'crucible_model_serving_gate_holds{{evalrun="eval-v2",generation="2",'
+            f'modelserving="assistant",namespace="{namespace}"}} 0.0'
+        ) in metrics
 
         # A gate on a model the EvalRun did not score cannot be judged: it says which field
         # and what the EvalRun has; v1 still serves.

@@ -199,11 +199,25 @@ def test_every_dashboard_panel_returns_data(
     )
     run_eval(cluster, namespace, "broken", None)
     play_small_experiment(cluster, namespace)
+    # A model served through a gate on monday's figures.
+    gate = {
+        "evalRunRef": {"name": "monday"},
+        "candidate": {"model": "base"},
+        "rules": [{"minimumAccuracy": 0.4}],
+    }
+    served = {
+        "apiVersion": "crucible.dev/v1alpha1",
+        "kind": "ModelServing",
+        "metadata": {"name": "assistant"},
+        "spec": {"model": {"uri": "hf://org/base"}, "gate": gate},
+    }
+    cluster.kubectl_apply([served], "-n", namespace)
 
     wait_for(
         lambda: (
             query(prometheus, "count_over_time(crucible_eval_accuracy[1m]) > 3")
             and query(prometheus, "crucible_experiment_held_out_holds")
+            and query(prometheus, "crucible_model_serving_ready_replicas > 0")
         ),
         timeout=60,
         what="several scrapes of the operator, the last after the experiment's verdict",

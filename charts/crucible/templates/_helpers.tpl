@@ -40,7 +40,7 @@ app.kubernetes.io/component: operator
      No Secrets: workloads receive them through secretKeyRef, resolved by the kubelet. */}}
 {{- define "crucible.rules" -}}
 - apiGroups: [crucible.dev]
-  resources: [syntheticdatasets, modelmerges, ragindexes, experiments]
+  resources: [syntheticdatasets, modelmerges, ragindexes, experiments, modelservings]
   verbs: [get, list, watch, patch]
 # An Experiment's children are FineTuneJobs and EvalRuns.
 - apiGroups: [crucible.dev]
@@ -54,6 +54,7 @@ app.kubernetes.io/component: operator
     - ragindexes/status
     - evalruns/status
     - experiments/status
+    - modelservings/status
   verbs: [get, patch]
 # Children are watched (list, watch): their changes, not polling, drive the reconciles.
 - apiGroups: [batch]
@@ -61,7 +62,8 @@ app.kubernetes.io/component: operator
   verbs: [get, list, watch, create, delete]
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, delete]
+  # update: a ModelServing promotes a new model by replacing its Deployment's spec.
+  verbs: [get, list, watch, create, update, delete]
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create, delete]
@@ -84,6 +86,12 @@ app.kubernetes.io/component: operator
   resources: [events]
   # create: Events on the runs; list/watch: the kubelet's FailedMount events on their pods.
   verbs: [create, list, watch]
+{{- if .Values.kserve.enabled }}
+# ModelServing with runtime KServe: its LLMInferenceService.
+- apiGroups: [serving.kserve.io]
+  resources: [llminferenceservices]
+  verbs: [get, list, watch, create, update, delete]
+{{- end }}
 {{- end -}}
 
 {{/* Cluster-scoped reads kopf needs in either mode: it follows the namespaces it serves and

@@ -385,6 +385,22 @@ def pipeline_health() -> dashboard.Dashboard:
             )
         )
         .with_panel(
+            grid(
+                "Served models",
+                "What each ModelServing serves (the promoted generation of its spec), its "
+                "ready replicas, and whether its current spec passed its gate (1) or not (0): "
+                "then the model promoted before keeps serving.",
+                [
+                    Query(
+                        "crucible_model_serving_info * on (namespace, modelserving) group_left "
+                        "crucible_model_serving_ready_replicas",
+                        instant=True,
+                    ),
+                    Query("crucible_model_serving_gate_holds", instant=True),
+                ],
+            )
+        )
+        .with_panel(
             series(
                 "Reconcile latency (p99)",
                 "One reconcile step.",
