@@ -125,6 +125,7 @@ def test_quickstart_runs_end_to_end(tmp_path: Path) -> None:
     small on this model to assert either way (README)."""
     done = run_until_done(tmp_path, "quickstart")
     text, workdir, metrics = done.output, done.workdir, done.metrics
+    assert len(done.resources) == 6
     for name in (
         "FineTuneJob/quickstart-variant",
         "ModelMerge/quickstart-merge",
@@ -173,6 +174,30 @@ def test_quickstart_runs_end_to_end(tmp_path: Path) -> None:
         if (t["a"], t["aRag"], t["b"], t["bRag"]) == ("base", True, "base", False)
     ]
     assert lift["difference"] > 0 and lift["ci95Low"] > 0 and lift["pValue"] < 0.05
+
+    # The fine-tuned model is promoted to serving exactly when its gate holds on those figures
+    # (with retrieval, its interval above the base model's mean without it).
+    serving = done.resources["ModelServing/quickstart-serving"]["status"]
+    verdict = serving["gate"]
+    (check,) = verdict["checks"]
+    tuned, base = by_row[("tuned", "yes")], by_row[("base", "no")]
+    assert check["values"] == {
+        "candidateCi95Lower": tuned["ci95Low"],
+        "referenceMean": base["accuracyMean"],
+    }
+    assert verdict["holds"] == (tuned["ci95Low"] > base["accuracyMean"])
+    if verdict["holds"]:
+        assert serving["phase"] == "Running" and serving["readyReplicas"] == 1
+        assert serving["promoted"]["gate"] == verdict
+        assert serving["models"] == ["crucible-docs-assistant"]
+        assert re.search(
+            r"^ModelServing +quickstart-serving +Running +Serving +"
+            r"crucible-docs-assistant gen 1 \(gate held\), 1/1 ready",
+            text,
+            re.MULTILINE,
+        )
+    else:
+        assert serving["phase"] == "Failed" and "promoted" not in serving
 
 
 @pytest.mark.cluster
