@@ -20,16 +20,11 @@ from tests.cluster.conftest import (
     wait_phase,
     write_report,
 )
-from tests.cluster.test_reconcile import objects, result
+from tests.cluster.test_reconcile import inputs, objects, result
 from tests.conftest import wait_for
 
 API = "crucible.dev/v1alpha1"
-MCQ = {
-    "apiVersion": "v1",
-    "kind": "ConfigMap",
-    "metadata": {"name": "mcq"},
-    "data": {"mcq.csv": "question,a,b,c,d,correct\nQ?,A. x,B. y,C. z,D. w,A\n"},
-}
+(MCQ,) = [doc for doc in inputs() if doc["metadata"]["name"] == "mcq"]
 
 
 def eval_run(name: str, tuned_uri: str) -> dict[str, Any]:
