@@ -18,6 +18,7 @@ from crucible.config import OperatorConfig
 from crucible.devcluster.binaries import cache_dir, versions
 from crucible.resources import modelserving as ms
 from crucible.resources.common import Owner
+from crucible.resources.serving import ServedModel, Server, servers_for
 
 OWNER = Owner(MODEL_SERVING, "assistant", "team", "uid-1")
 
@@ -121,7 +122,7 @@ def test_the_candidate_must_be_the_model_served() -> None:
         ms.judge(wanted.gate, wanted.model, MODELS, figures(0.5, 0.01), generation=1)
 
 
-def promoted_spec() -> tuple[ModelServingSpec, ms.Resolved, Any]:
+def promoted_spec() -> tuple[ModelServingSpec, Server, Any]:
     wanted = ModelServingSpec.model_validate(
         {
             "model": {"modelRef": {"kind": "FineTuneJob", "name": "tuned"}},
@@ -132,14 +133,17 @@ def promoted_spec() -> tuple[ModelServingSpec, ms.Resolved, Any]:
             },
         }
     )
-    resolved = ms.Resolved(
-        model_uri="hf://org/base",
-        adapters=(("docs", "pvc://models/team/tuned/adapter"), ("faq", "s3://bucket/faq")),
-        model_is_adapter=True,
-        adapter_modules=("q_proj", "v_proj"),
+    # The model is the FineTuneJob's adapter, answering to the served name; faq rides along.
+    (served,) = servers_for(
+        [
+            ServedModel(
+                "docs", "hf://org/base", "pvc://models/team/tuned/adapter", ("q_proj", "v_proj")
+            ),
+            ServedModel("faq", "hf://org/base", "s3://bucket/faq", ("v_proj",)),
+        ]
     )
     at = datetime(2026, 11, 23, tzinfo=UTC)
-    return wanted, resolved, ms.promotion(OWNER, wanted, resolved, 4, None, at)
+    return wanted, served, ms.promotion(OWNER, wanted, served, 4, None, at)
 
 
 def test_a_promoted_adapter_answers_to_the_served_name_on_its_base() -> None:

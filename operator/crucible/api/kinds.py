@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from crucible.api.base import ApiModel
+from crucible.api.common import TERMINAL_PHASES, Phase
 from crucible.api.evalrun import EvalRunSpec, EvalRunStatus
 from crucible.api.experiment import ExperimentSpec, ExperimentStatus
 from crucible.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus
@@ -42,13 +43,18 @@ class Kind:
     def singular(self) -> str:
         return self.kind.lower()
 
+    def over(self, phase: str | None) -> bool:
+        """Whether a resource in `phase` is done with: a run that succeeded or failed, which
+        nothing reconciles any more. A long-lived resource never is."""
+        return not self.long_lived and phase in TERMINAL_PHASES
+
     def settled(self, phase: str | None) -> bool:
         """Whether a resource in `phase` has got where it is going: a run is over, a
         long-lived resource serves (or cannot)."""
-        return phase in (("Running", "Failed") if self.long_lived else ("Succeeded", "Failed"))
+        return self.over(phase) or (self.long_lived and phase in (Phase.RUNNING, Phase.FAILED))
 
     def succeeded(self, phase: str | None) -> bool:
-        return phase == ("Running" if self.long_lived else "Succeeded")
+        return phase == (Phase.RUNNING if self.long_lived else Phase.SUCCEEDED)
 
 
 PHASE_COLUMN = PrinterColumn("Phase", "string", ".status.phase", "Phase of the run.")

@@ -135,13 +135,6 @@ class ModelServingSpec(ApiModel):
 
     model_config = api_config(
         cel(
-            "!has(self.adapters) || self.adapters.all(a, self.adapters.exists_one(b, "
-            "b.name == a.name))",
-            "spec.adapters: adapter names must be unique",
-            field_path=".adapters",
-            reason="FieldValueInvalid",
-        ),
-        cel(
             "!has(self.adapters) || !has(self.servedModelName) || "
             "!self.adapters.exists(a, a.name == self.servedModelName)",
             "spec.adapters: an adapter cannot answer to spec.servedModelName; rename one",
@@ -164,8 +157,9 @@ class ModelServingSpec(ApiModel):
     adapters: list[ServedAdapter] = Field(
         default_factory=list,
         max_length=MAX_ADAPTERS,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
         description="LoRA adapters of the served model to load beside it, each answering to "
-        "its own name.",
+        "its own name; names must be unique.",
     )
     replicas: int = Field(default=1, ge=0, le=1000, description="Server replicas.")
     runtime: ServingRuntime = Field(

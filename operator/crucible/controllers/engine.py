@@ -257,7 +257,7 @@ class Engine:
         kind_type = KINDS_BY_NAME[kind]
         current = kind_type.status.model_validate(body.get("status") or {})
         assert isinstance(current, RunStatus)
-        if current.phase in TERMINAL_PHASES and not kind_type.long_lived:
+        if kind_type.over(current.phase):
             return None
         owner = Owner.of(kind_type, body)
         ctx = Context(
@@ -358,8 +358,7 @@ class Engine:
         while True:
             await asyncio.sleep(self.config.resync_interval)
             for key, body in list(self.runs.items()):
-                phase = (body.get("status") or {}).get("phase")
-                if phase not in TERMINAL_PHASES or KINDS_BY_NAME[key[0]].long_lived:
+                if not KINDS_BY_NAME[key[0]].over((body.get("status") or {}).get("phase")):
                     self.queue.add(key)
 
     def start(self) -> None:

@@ -14,8 +14,6 @@ from pydantic import ValidationError
 
 from crucible.api.common import (
     Condition,
-    InferenceTarget,
-    ModelSource,
     Phase,
     Reason,
     RunStatus,
@@ -38,6 +36,7 @@ from crucible.controllers.modelmerge import model_references
 from crucible.controllers.registry import register
 from crucible.controllers.serving import serve
 from crucible.resources import modelserving as ms
+from crucible.resources.serving import ServedModel, Server, servers_for
 from crucible.resources.status import describe_validation_error, now, set_condition
 
 PROMOTED = "Promoted"
@@ -46,46 +45,35 @@ KSERVE_DISCOVERY = f"/apis/{ms.KSERVE_API_VERSION}"
 KSERVE_RECHECK_SECONDS = 30.0
 
 
-async def resolve(ctx: Context, spec: ModelServingSpec) -> ms.Resolved:
-    """The weights and adapters to serve; waits for a modelRef that has not succeeded."""
-    model = await serve(ctx, InferenceTarget(**_source(spec.model)), "spec.model", "model")
-    adapters = []
-    modules = list(model.adapter_modules)
-    known = model.adapter_uri is None or bool(model.adapter_modules)
+async def resolve(ctx: Context, spec: ModelServingSpec) -> Server:
+    """The one server of the spec: the weights, answering to the served name (or, when the
+    model is an adapter, its base under `<name>-base`), with every adapter on them. Waits for
+    a modelRef that has not succeeded."""
+    served = ms.served_name(ctx.owner, spec)
+    model = await serve(ctx, spec.model, "spec.model", served)
+    models = [model]
     for i, adapter in enumerate(spec.adapters):
-        field = f"spec.adapters[{i}]"
-        loaded = await serve(ctx, InferenceTarget(**_source(adapter)), field, adapter.name)
-        if adapter.uri is not None:
-            adapters.append((adapter.name, adapter.uri))
-            known = False  # a stored adapter's modules are not known
+        if adapter.uri is not None:  # a stored adapter: what it adapts is not known
+            models.append(ServedModel(adapter.name, model.model_uri, adapter.uri))
             continue
+        assert adapter.model_ref is not None
+        field, tuned = f"spec.adapters[{i}].modelRef", adapter.model_ref.name
+        loaded = await serve(ctx, adapter, f"spec.adapters[{i}]", adapter.name)
         if loaded.adapter_uri is None:
             raise FailedError(
                 Reason.INVALID_REFERENCE,
-                f"{field}.modelRef: FineTuneJob {adapter.name!r} writes full weights "
-                "(mergeAdapter); serve it as spec.model of its own ModelServing",
+                f"{field}: FineTuneJob {tuned!r} writes full weights (mergeAdapter); serve it "
+                "as spec.model of its own ModelServing",
             )
         if loaded.model_uri != model.model_uri:
             raise FailedError(
                 Reason.INVALID_REFERENCE,
-                f"{field}.modelRef: the adapter was trained on {loaded.model_uri}, not on the "
-                f"weights served ({model.model_uri}); load it on its own base model",
+                f"{field}: FineTuneJob {tuned!r}'s adapter was trained on {loaded.model_uri}, "
+                f"not on the weights served ({model.model_uri}); load it on its own base model",
             )
-        adapters.append((adapter.name, loaded.adapter_uri))
-        modules += loaded.adapter_modules
-        known = known and bool(loaded.adapter_modules)
-    served = ms.served_name(ctx.owner, spec)
-    own = [(served, model.adapter_uri)] if model.adapter_uri else []
-    return ms.Resolved(
-        model_uri=model.model_uri,
-        adapters=tuple(own + adapters),
-        model_is_adapter=model.adapter_uri is not None,
-        adapter_modules=tuple(sorted(set(modules))) if known else (),
-    )
-
-
-def _source(source: ModelSource) -> dict[str, Any]:
-    return {"uri": source.uri, "model_ref": source.model_ref}
+        models.append(loaded)
+    (server,) = servers_for(models)
+    return server
 
 
 async def judge_gate(ctx: Context, spec: ModelServingSpec) -> GateVerdict | None:
@@ -156,7 +144,7 @@ class ModelServingController(Controller[ModelServingSpec]):
         verdict: GateVerdict | None = None
         try:
             existing = await current_object(ctx, spec)
-            resolved = await resolve(ctx, spec)
+            server = await resolve(ctx, spec)
             verdict = await judge_gate(ctx, spec)
             if verdict is not None and not verdict.holds:
                 raise FailedError(
@@ -174,12 +162,12 @@ class ModelServingController(Controller[ModelServingSpec]):
                 # The same weights and adapters promoted again (a changed gate or replica
                 # count) have been live since they were first promoted.
                 same = promoted is not None and (promoted.model_uri, promoted.adapter_uris) == (
-                    resolved.model_uri,
-                    [uri for _, uri in resolved.adapters],
+                    server.model_uri,
+                    [uri for _, uri in server.adapters],
                 )
                 at = promoted.promoted_at if promoted is not None and same else now()
-                promoted = ms.promotion(ctx.owner, spec, resolved, ctx.generation, verdict, at)
-                objects = ms.serving_objects(ctx.owner, spec, resolved, promoted, ctx.config)
+                promoted = ms.promotion(ctx.owner, spec, server, ctx.generation, verdict, at)
+                objects = ms.serving_objects(ctx.owner, spec, server, promoted, ctx.config)
                 existing = await promote(ctx, objects, existing)
             judged = Judged(True, Reason.PROMOTED, f"generation {ctx.generation} is served")
         except (WaitingError, FailedError) as error:

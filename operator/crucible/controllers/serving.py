@@ -31,8 +31,10 @@ SpecT = TypeVar("SpecT", bound=ApiModel)
 InputsT = TypeVar("InputsT", bound=ServedInputs)
 
 
-async def serve(ctx: Context, target: InferenceTarget, field: str, name: str) -> ServedModel:
-    """The model a uri or modelRef target stands for; an adapter is served on its base."""
+async def serve(
+    ctx: Context, target: InferenceTarget | ModelSource, field: str, name: str
+) -> ServedModel:
+    """The model a uri or modelRef stands for; an adapter is served on its base."""
     status = await resolve_model(
         ctx, ModelSource(uri=target.uri, model_ref=target.model_ref), field
     )

@@ -40,21 +40,6 @@ class GateUnevaluableError(Exception):
     the fix."""
 
 
-@dataclass(frozen=True)
-class Resolved:
-    """A spec's model and adapters, resolved to where their weights are. When the model is
-    itself an adapter it comes first in `adapters`, under the served name, and the full
-    weights answer to `<served name>-base`."""
-
-    model_uri: str  # the full weights
-    adapters: tuple[tuple[str, str], ...]  # (name, uri)
-    model_is_adapter: bool = False
-    adapter_modules: tuple[str, ...] = ()  # empty when one adapter's are unknown
-
-    def weights_names(self, served: str) -> tuple[str, ...]:
-        return (f"{served}-base",) if self.model_is_adapter else (served,)
-
-
 # -- the gate --------------------------------------------------------------------------------
 
 
@@ -85,10 +70,14 @@ def _paired(status: EvalRunStatus, a: ResultRef, b: ResultRef) -> tuple[PairedTe
 
 
 def _check(
-    rule: GateRule, field: str, status: EvalRunStatus, candidate: ResultRef, eval_run: str
+    rule: GateRule,
+    field: str,
+    status: EvalRunStatus,
+    candidate: tuple[ResultRef, ModelResult],
+    eval_run: str,
 ) -> GateCheck:
-    mine = _result(status, candidate, "spec.gate.candidate", eval_run)
-    name = _label(candidate)
+    candidate_ref, mine = candidate
+    name = _label(candidate_ref)
     interval = f"{name}: 95% interval [{mine.ci95_low:.3f}, {mine.ci95_high:.3f}]"
     if rule.interval_above_mean is not None:
         ref = rule.interval_above_mean
@@ -103,7 +92,7 @@ def _check(
     if rule.paired_better is not None:
         ref = rule.paired_better
         _result(status, ref, f"{field}.pairedBetter", eval_run)
-        found = _paired(status, candidate, ref)
+        found = _paired(status, candidate_ref, ref)
         if found is None:
             raise GateUnevaluableError(
                 f"{field}.pairedBetter: EvalRun {eval_run!r} has no paired test between "
@@ -166,8 +155,9 @@ def judge(
             "from another source than spec.model; name the EvalRun's model that is spec.model "
             "(the same uri or modelRef)"
         )
+    mine = (gate.candidate, _result(status, gate.candidate, "spec.gate.candidate", eval_run))
     checks = [
-        _check(rule, f"spec.gate.rules[{i}]", status, gate.candidate, eval_run)
+        _check(rule, f"spec.gate.rules[{i}]", status, mine, eval_run)
         for i, rule in enumerate(gate.rules)
     ]
     return GateVerdict(
@@ -202,18 +192,18 @@ def promoted_of(body: dict[str, Any] | None) -> PromotedModel | None:
 def promotion(  # noqa: PLR0917 (one call site, every argument a different thing)
     owner: Owner,
     spec: ModelServingSpec,
-    resolved: Resolved,
+    served: Server,
     generation: int,
     verdict: GateVerdict | None,
     at: datetime,
 ) -> PromotedModel:
     return PromotedModel(
         generation=generation,
-        model_uri=resolved.model_uri,
+        model_uri=served.model_uri,
         served_model_name=served_name(owner, spec),
-        adapters=[name for name, _ in resolved.adapters],
-        adapter_uris=[uri for _, uri in resolved.adapters],
-        weights_names=list(resolved.weights_names(served_name(owner, spec))),
+        adapters=[name for name, _ in served.adapters],
+        adapter_uris=[uri for _, uri in served.adapters],
+        weights_names=list(served.base_names),
         promoted_at=at,
         gate=verdict,
     )
@@ -229,21 +219,14 @@ def _annotate(body: dict[str, Any], promoted: PromotedModel) -> dict[str, Any]:
 def vllm_objects(
     owner: Owner,
     spec: ModelServingSpec,
-    resolved: Resolved,
+    served: Server,
     promoted: PromotedModel,
     config: OperatorConfig,
 ) -> list[dict[str, Any]]:
     """A Deployment of `replicas` vLLM servers and its Service. A promotion rolls out one new
     replica before an old one goes (maxSurge 1, maxUnavailable 0): the model promoted before
     answers until its successor is ready."""
-    planned = Server(
-        key=owner.name,
-        model_uri=resolved.model_uri,
-        names=tuple(promoted.weights_names),
-        adapters=resolved.adapters,
-        lora_modules=resolved.adapter_modules,
-    )
-    deployment, service = server(owner, planned, spec.serving, config, server_name(owner))
+    deployment, service = server(owner, served, spec.serving, config, server_name(owner))
     deployment["spec"]["replicas"] = spec.replicas
     deployment["spec"]["strategy"] = {
         "type": "RollingUpdate",
@@ -255,7 +238,7 @@ def vllm_objects(
 def kserve_object(
     owner: Owner,
     spec: ModelServingSpec,
-    resolved: Resolved,
+    served: Server,
     promoted: PromotedModel,
     config: OperatorConfig,
 ) -> dict[str, Any]:
@@ -266,11 +249,9 @@ def kserve_object(
     main: dict[str, Any] = {"name": "main"}
     if resources := container_resources(spec.serving.resources, config):
         main["resources"] = resources
-    model: dict[str, Any] = {"uri": resolved.model_uri, "name": promoted.weights_names[0]}
-    if resolved.adapters:
-        model["lora"] = {
-            "adapters": [{"uri": uri, "name": name} for name, uri in resolved.adapters]
-        }
+    model: dict[str, Any] = {"uri": served.model_uri, "name": served.base_names[0]}
+    if served.adapters:
+        model["lora"] = {"adapters": [{"uri": uri, "name": name} for name, uri in served.adapters]}
     body = {
         "apiVersion": KSERVE_API_VERSION,
         "kind": KSERVE_KIND,
@@ -287,14 +268,14 @@ def kserve_object(
 def serving_objects(
     owner: Owner,
     spec: ModelServingSpec,
-    resolved: Resolved,
+    served: Server,
     promoted: PromotedModel,
     config: OperatorConfig,
 ) -> list[dict[str, Any]]:
     """The objects that serve the promoted spec, the one carrying the promotion first."""
     if spec.runtime == ServingRuntime.KSERVE:
-        return [kserve_object(owner, spec, resolved, promoted, config)]
-    return vllm_objects(owner, spec, resolved, promoted, config)
+        return [kserve_object(owner, spec, served, promoted, config)]
+    return vllm_objects(owner, spec, served, promoted, config)
 
 
 @dataclass(frozen=True)
