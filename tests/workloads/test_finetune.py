@@ -111,16 +111,23 @@ def test_adapter_reproduces_the_merged_weights(tmp_path: Path, make_model: Model
         ),
     )
     train(task)
+    merged_dir = tmp_path / "ft" / "merged"
+    # On a GPU the workload trains and merges in bfloat16: the merged weights are rounded to
+    # bf16 (logits move by ~6e-3 on this model, measured), float32 elsewhere (~1e-6). All three
+    # are compared in float32; the adapter itself moves the logits by ~0.9.
+    saved_in_bf16 = json.loads((merged_dir / "config.json").read_text()).get("dtype") == "bfloat16"
+    tolerance = 2e-2 if saved_in_bf16 else 1e-4
     tokens = torch.tensor([[5, 17, 42, 99, 300, 7]])
     with torch.no_grad():
         adapted = PeftModel.from_pretrained(
-            AutoModelForCausalLM.from_pretrained(base), tmp_path / "ft" / "adapter"
+            AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+            tmp_path / "ft" / "adapter",
         )
-        merged = AutoModelForCausalLM.from_pretrained(tmp_path / "ft" / "merged")
-        plain = AutoModelForCausalLM.from_pretrained(base)
+        merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
+        plain = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
         a, m, p = (model(tokens).logits for model in (adapted, merged, plain))
-    assert torch.allclose(a, m, atol=1e-4)
-    assert not torch.allclose(a, p, atol=1e-4)  # the adapter did change something
+    assert torch.allclose(a, m, atol=tolerance)
+    assert not torch.allclose(a, p, atol=10 * tolerance)  # the adapter did change something
 
 
 class SimulatedCrashError(Exception):
