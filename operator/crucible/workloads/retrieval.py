@@ -56,7 +56,7 @@ def load_embedder(embedding: Embedding, mounts: dict[str, str], cache: Path) -> 
     )
     tokenizer = AutoTokenizer.from_pretrained(path)
     limit = model._model.get_max_seq_length() or tokenizer.model_max_length
-    dimensions = model._model.get_sentence_embedding_dimension() or len(
+    dimensions = model._model.get_embedding_dimension() or len(
         model.get_text_embedding("dimension probe")
     )
     # special tokens excluded from the limit
