@@ -53,7 +53,7 @@ def bench_merge(tmp: Path, a: Path, b: Path, size: str, repeats: int) -> None:
     from mergekit.options import MergeOptions
 
     from crucible.api.contract import MergeTask
-    from crucible.workloads.merge import merge
+    from crucible.workloads.merge import load_input, merge, shard_bytes
 
     config = {
         "merge_method": "slerp",
@@ -82,6 +82,7 @@ def bench_merge(tmp: Path, a: Path, b: Path, size: str, repeats: int) -> None:
         lazy_unpickle=True,
         low_cpu_memory=True,
         random_seed=0,
+        out_shard_size=shard_bytes([load_input(str(a), a)]),
     )
 
     def direct_merge() -> None:

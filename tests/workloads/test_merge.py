@@ -121,11 +121,18 @@ def test_ties_keeps_the_elected_sign(tmp_path: Path, make_model: ModelFactory) -
     assert torch.allclose(merged[CHECKED].double(), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("cores", [1, 8])
 def test_result_loads_generates_and_has_a_manifest(
-    tmp_path: Path, make_model: ModelFactory
+    tmp_path: Path, make_model: ModelFactory, monkeypatch: pytest.MonkeyPatch, cores: int
 ) -> None:
+    """With 8 cores and a small floor the output comes in shards of an eighth of the input
+    each, every one of them hashed in the manifest."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    import crucible.workloads.merge as workload
+
+    monkeypatch.setattr(workload, "cores", lambda: cores)
+    monkeypatch.setattr(workload, "MIN_SHARD_BYTES", 256 << 10)
     a, b = make_model(1), make_model(2)
     out = merge(
         task(
@@ -148,7 +155,9 @@ def test_result_loads_generates_and_has_a_manifest(
     assert manifest["kind"] == "ModelMerge" and manifest["uri"].startswith("pvc://store/")
     assert [e["uri"] for e in manifest["lineage"]] == [uri(a), uri(b)]
     assert manifest["mergekit"]["config"]["parameters"] == {"t": 0.5}
-    assert manifest["files"]
+    # bfloat16 out of float32: half the input's bytes, in shards of an eighth of it each
+    assert sorted(manifest["files"]) == sorted(p.name for p in out.glob("*.safetensors"))
+    assert len(manifest["files"]) == 1 if cores == 1 else len(manifest["files"]) >= 4
     for name, digest in manifest["files"].items():
         assert sha256_of(out / name) == digest
     assert not list(tmp_path.glob(".out.partial-*"))
