@@ -34,7 +34,7 @@ def timed(
 ) -> tuple[float, float]:
     """Median seconds of each, the two taking turns after one untimed round of each: run one
     side's repeats first and the first side pays the page cache, the lazy imports and the
-    device's warm-up (the merge measured 2.4x that way on CPU, 1.0x taking turns)."""
+    device's warm-up (the merge measured 2.4x instead of 1.2x that way on CPU)."""
     workload()
     direct()
     seconds: dict[Callable[[], Any], list[float]] = {workload: [], direct: []}
