@@ -1,5 +1,5 @@
 # The two commands of README.md, and the pieces they are made of.
-.PHONY: demo test setup lint crds
+.PHONY: demo test setup images lint crds
 
 demo: setup  ## the main job: the quickstart recipe on a local control plane
 	CRUCIBLE_VLLM_PYTHON="$$(hack/setup-vllm.sh | tail -n 1)" .venv/bin/crucible dev up
@@ -9,6 +9,9 @@ test: setup lint  ## everything CI runs
 
 setup:
 	hack/setup.sh
+
+images: setup  ## every image, built with buildah and pushed to the local registry
+	.venv/bin/crucible dev images
 
 lint:
 	.venv/bin/ruff check operator tests

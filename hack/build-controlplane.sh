@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Builds the control-plane programs the test suite and `crucible dev up` run: kube-apiserver,
-# kube-controller-manager, kube-scheduler, kubectl, etcd, kwok and helm, from the Go module proxy.
-# No registry ships these binaries, so they are compiled once per version and cached under
-# ~/.cache/crucible/bin/<component>-<version>/; later runs only check that they are there.
+# Builds the programs of the local cluster the test suite and `crucible dev up` run, from the Go
+# module proxy: the control plane (kube-apiserver, kube-controller-manager, kube-scheduler,
+# kubectl, etcd), the node's (kubelet, kube-proxy, CoreDNS, and the pause program from
+# Kubernetes' own source), kwok and helm. No registry ships these binaries, so they are compiled
+# once per version and cached under ~/.cache/crucible/bin/<component>-<version>/; later runs only
+# check that they are there.
 set -euo pipefail
 
 # The versions live in one place, shared with crucible.devcluster.
@@ -21,7 +23,7 @@ STAGING=(api apiextensions-apiserver apimachinery apiserver cli-runtime client-g
   cri-client csi-translation-lib dynamic-resource-allocation endpointslice externaljwt kms
   kube-aggregator kube-controller-manager kube-proxy kube-scheduler kubectl kubelet metrics
   mount-utils pod-security-admission sample-apiserver sample-cli-plugin sample-controller)
-K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
 
 build_kubernetes() {
   local out="$CACHE/bin/k8s-$K8S_VERSION"
@@ -70,6 +72,20 @@ build_etcd() {
   go build -trimpath -ldflags "-s -w" -o "$out/etcd" go.etcd.io/etcd/server/v3
 }
 
+# The pod sandbox's pause program, compiled from the C source Kubernetes ships in its module
+# (build/pause/linux/pause.c), static: the pause image holds nothing else.
+build_pause() {
+  local out="$CACHE/bin/pause-$K8S_VERSION"
+  [ -x "$out/pause" ] && { log "pause $K8S_VERSION cached in $out"; return; }
+  local source
+  source=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
+  mkdir -p "$out"
+  log "compiling pause from $source/build/pause/linux/pause.c"
+  gcc -Os -Wall -Werror -static -DVERSION="$K8S_VERSION" -o "$out/pause" \
+    "$source/build/pause/linux/pause.c"
+}
+
 go_install() {  # name module/cmd version [ldflags]
   local name=$1 pkg=$2 version=$3 extra=${4:-}
   local out="$CACHE/bin/$name-$version"
@@ -81,6 +97,8 @@ go_install() {  # name module/cmd version [ldflags]
 
 build_etcd
 build_kubernetes
+build_pause
+go_install coredns github.com/coredns/coredns "$COREDNS_VERSION"
 go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
 go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" \
   "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"

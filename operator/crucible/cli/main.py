@@ -46,6 +46,13 @@ def _dev_up(args: argparse.Namespace) -> int:
     )
 
 
+def _dev_images(args: argparse.Namespace) -> int:
+    from crucible.devcluster.images import build_images
+
+    build_images(args.image)
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     from crucible.cli.status import custom_objects, list_resources, status_table
 
@@ -118,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="postgresql:// URI of a pgvector database; default: an embedded Postgres",
     )
     up.set_defaults(func=_dev_up)
+    images = dev_commands.add_parser(
+        "images",
+        help="build the images (buildah, on a Debian base made here) and push them to the "
+        "local registry",
+    )
+    images.add_argument("image", nargs="*", help="only these (default: all)")
+    images.set_defaults(func=_dev_images)
 
     for name, func, what in (
         ("status", _status, "each resource's phase and progress"),

@@ -2,7 +2,8 @@
 
 etcd, kube-apiserver (RBAC), kube-controller-manager (Jobs, Deployments, garbage collection,
 namespace deletion), kube-scheduler and kwok, whose fake Nodes advertise GPUs so that GPU Jobs
-are scheduled and their pods run and complete without a kubelet.
+are scheduled and their pods "run" without a kubelet (scheduling and scale tests). Real nodes,
+whose kubelets run the pods, join it through `crucible.devcluster.node`.
 """
 
 from __future__ import annotations
@@ -155,6 +156,11 @@ class LocalCluster:
                 f"--service-account-key-file={pki.service_account_pub}",
                 f"--service-account-signing-key-file={pki.service_account_key}",
                 "--endpoint-reconciler-type=none",
+                # Logs, exec and port-forward reach a real node's kubelet at its address on the
+                # node bridge (crucible.devcluster.node), as the admin.
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
+                f"--kubelet-client-certificate={pki.admin_cert}",
+                f"--kubelet-client-key={pki.admin_key}",
                 "--profiling=false",
             ],
         )

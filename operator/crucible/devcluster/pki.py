@@ -1,6 +1,6 @@
-"""Certificates and keys of the local control plane: a CA, the API server's serving
-certificate, an admin client certificate (group system:masters) and the ServiceAccount
-token signing key."""
+"""Certificates and keys of the local cluster: a CA, the API server's serving certificate, an
+admin client certificate (group system:masters), the ServiceAccount token signing key, and
+the client certificates a node's kubelet and kube-proxy present (`issue`)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ _VALIDITY = datetime.timedelta(days=30)
 @dataclass(frozen=True)
 class Pki:
     ca_cert: Path
+    ca_key: Path
     serving_cert: Path
     serving_key: Path
     admin_cert: Path
@@ -61,6 +62,56 @@ def _builder(
     )
 
 
+def _load_ca(pki: Pki) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    ca = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return ca, key
+
+
+def _sign(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_name: x509.Name,
+    name: x509.Name,
+    usage: x509.ObjectIdentifier,
+    sans: list[str] | None = None,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = _builder(name, ca_name, key.public_key()).add_extension(
+        x509.ExtendedKeyUsage([usage]), critical=False
+    )
+    if sans:
+        entries: list[x509.GeneralName] = []
+        for host in sans:
+            try:
+                entries.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                entries.append(x509.DNSName(host))
+        builder = builder.add_extension(x509.SubjectAlternativeName(entries), critical=False)
+    return builder.sign(ca_key, hashes.SHA256()), key
+
+
+def _write_pair(
+    pair: tuple[x509.Certificate, ec.EllipticCurvePrivateKey], cert: Path, key: Path
+) -> None:
+    cert.write_bytes(pair[0].public_bytes(serialization.Encoding.PEM))
+    _write_key(pair[1], key)
+
+
+def issue(
+    pki: Pki, directory: Path, name: str, common_name: str, organization: str | None = None
+) -> tuple[Path, Path]:
+    """A client certificate signed by the cluster's CA: `name`.crt and `name`.key in
+    `directory` (a kubelet is CN=system:node:<node>, O=system:nodes)."""
+    ca, ca_key = _load_ca(pki)
+    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+    pair = _sign(
+        ca_key, ca.subject, _name(common_name, organization), ExtendedKeyUsageOID.CLIENT_AUTH
+    )
+    _write_pair(pair, cert, key)
+    return cert, key
+
+
 def create_pki(directory: Path, hosts: list[str]) -> Pki:
     """Write a fresh PKI into `directory`; `hosts` are the serving certificate's names."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -85,30 +136,10 @@ def create_pki(directory: Path, hosts: list[str]) -> Pki:
         )
         .sign(ca_key, hashes.SHA256())
     )
-
-    def leaf(
-        name: x509.Name, usage: x509.ObjectIdentifier, sans: list[str] | None = None
-    ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        builder = _builder(name, ca_name, key.public_key()).add_extension(
-            x509.ExtendedKeyUsage([usage]), critical=False
-        )
-        if sans:
-            entries: list[x509.GeneralName] = []
-            for host in sans:
-                try:
-                    entries.append(x509.IPAddress(ipaddress.ip_address(host)))
-                except ValueError:
-                    entries.append(x509.DNSName(host))
-            builder = builder.add_extension(x509.SubjectAlternativeName(entries), critical=False)
-        return builder.sign(ca_key, hashes.SHA256()), key
-
-    serving, serving_key = leaf(_name("kube-apiserver"), ExtendedKeyUsageOID.SERVER_AUTH, hosts)
-    admin, admin_key = leaf(_name("admin", "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH)
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
     pki = Pki(
         ca_cert=directory / "ca.crt",
+        ca_key=directory / "ca.key",
         serving_cert=directory / "apiserver.crt",
         serving_key=directory / "apiserver.key",
         admin_cert=directory / "admin.crt",
@@ -118,10 +149,17 @@ def create_pki(directory: Path, hosts: list[str]) -> Pki:
     )
     pem = serialization.Encoding.PEM
     pki.ca_cert.write_bytes(ca.public_bytes(pem))
-    pki.serving_cert.write_bytes(serving.public_bytes(pem))
-    _write_key(serving_key, pki.serving_key)
-    pki.admin_cert.write_bytes(admin.public_bytes(pem))
-    _write_key(admin_key, pki.admin_key)
+    _write_key(ca_key, pki.ca_key)
+    _write_pair(
+        _sign(ca_key, ca_name, _name("kube-apiserver"), ExtendedKeyUsageOID.SERVER_AUTH, hosts),
+        pki.serving_cert,
+        pki.serving_key,
+    )
+    _write_pair(
+        _sign(ca_key, ca_name, _name("admin", "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH),
+        pki.admin_cert,
+        pki.admin_key,
+    )
     _write_key(sa_key, pki.service_account_key)
     pki.service_account_pub.write_bytes(
         sa_key.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo)
