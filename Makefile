@@ -1,8 +1,8 @@
 # The two commands of README.md, and the pieces they are made of.
 .PHONY: demo test setup images lint crds
 
-demo: setup  ## the main job: the quickstart recipe on a local control plane
-	CRUCIBLE_VLLM_PYTHON="$$(hack/setup-vllm.sh | tail -n 1)" .venv/bin/crucible dev up
+demo: setup images  ## the main job: the quickstart recipe on the local cluster
+	.venv/bin/crucible dev up
 
 test: setup lint  ## everything CI runs
 	.venv/bin/pytest

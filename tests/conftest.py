@@ -1,6 +1,7 @@
-"""Fixtures shared by every test: the repository's paths and, for tests marked `cluster`,
-a real control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok)
-started once per session on 127.0.0.1."""
+"""Fixtures shared by every test: the repository's paths, tiny models made on the spot
+(crucible.workloads.tinymodels) and, for tests marked `cluster`, a real control plane (etcd,
+kube-apiserver, kube-controller-manager, kube-scheduler, kwok) started once per session on
+127.0.0.1."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 from crucible.devcluster.cluster import LocalCluster
+from crucible.devcluster.node import NODE_LABEL, LocalNode, local_nodes
 
 ROOT = Path(__file__).resolve().parent.parent
 CRDS = ROOT / "crds"
@@ -45,6 +47,8 @@ def find_nitro_data() -> Path:
 
 NITRO = find_nitro_data()
 QUICKSTART = EXAMPLES / "quickstart"
+# The session's real node takes only the pods of `real_node` tests.
+NODE_TAINT = "crucible.dev/real-node=true:NoSchedule"
 
 # For tests of the Nitro data itself; what they exercise otherwise is covered with the
 # quickstart's data, which this repository owns.
@@ -55,6 +59,35 @@ requires_nitro = pytest.mark.skipif(
     "see examples/nitro/README.md); set CRUCIBLE_NITRO_DATA to a folder holding docs/, "
     "mcq_nitro.csv and training_qa_pairs.csv",
 )
+
+
+ModelFactory = Callable[..., Path]
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from crucible.workloads.tinymodels import train_tokenizer
+
+    sources = [ROOT / "README.md", *sorted((ROOT / "operator").rglob("*.py"))]
+    return train_tokenizer((p.read_text() for p in sources), tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def make_model(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> ModelFactory:
+    """make_model(seed, **config overrides) → a saved random Llama with the tokenizer."""
+    from crucible.workloads.tinymodels import random_llama
+
+    made: dict[tuple[Any, ...], Path] = {}
+
+    def make(seed: int, **overrides: Any) -> Path:
+        key = (seed, *sorted(overrides.items()))
+        if key not in made:
+            made[key] = random_llama(
+                tmp_path_factory.mktemp(f"model-{seed}"), tokenizer_dir, seed, **overrides
+            )
+        return made[key]
+
+    return make
 
 
 @pytest.fixture(scope="session")
@@ -74,15 +107,49 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def node(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[LocalNode]:
+    """A real node (kubelet, containerd) joined to the session's control plane, tainted so that
+    only the pods of `real_node` tests (whose namespaces tolerate it and select it) run there;
+    kwok's nodes take the others. Its hostPath volumes live under `node.volumes[0]`."""
+    workdir = Path(tempfile.mkdtemp(prefix="crucible-node-"))
+    volumes = workdir / "volumes"
+    volumes.mkdir()
+    volumes.chmod(0o777)  # hostPath volumes have no fsGroup: the pods' user must write there
+    try:
+        with local_nodes(cluster, workdir, volumes=[volumes], taints=[NODE_TAINT]) as running:
+            yield running
+    finally:
+        if request.session.testsfailed:
+            shutil.copytree(workdir / "node" / "log", LOGS / "node", dirs_exist_ok=True)
+            print(f"\nthe node's logs kept in {LOGS / 'node'}")
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def node_annotations(node: LocalNode) -> dict[str, str]:
+    """A namespace's pods go to `node` (PodNodeSelector) and tolerate its taint
+    (PodTolerationRestriction): the API server's admission adds both to every pod."""
+    key, _, rest = NODE_TAINT.partition("=")
+    effect = rest.partition(":")[2]
+    return {
+        "scheduler.alpha.kubernetes.io/node-selector": f"{NODE_LABEL}={node.name}",
+        "scheduler.alpha.kubernetes.io/defaultTolerations": json.dumps(
+            [{"key": key, "operator": "Exists", "effect": effect}]
+        ),
+    }
+
+
 @pytest.fixture
 def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace per test; deleted afterwards unless the test failed. The API server's
     Pod Security admission enforces the restricted level there, so every workload pod is
     proven to meet it; where vLLM servers run (upstream image, as root) it enforces baseline
-    and warns of restricted."""
+    and warns of restricted. A `real_node` test's pods run on the real node."""
     name = f"t-{uuid.uuid4().hex[:8]}"
     baseline = request.node.get_closest_marker("pod_security_baseline")
     level = "baseline" if baseline else "restricted"
+    real = request.node.get_closest_marker("real_node")
+    annotations = node_annotations(request.getfixturevalue("node")) if real else {}
     cluster.kubectl_apply(
         [
             {
@@ -94,6 +161,7 @@ def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator
                         "pod-security.kubernetes.io/enforce": level,
                         "pod-security.kubernetes.io/warn": "restricted",
                     },
+                    "annotations": annotations,
                 },
             }
         ]
@@ -147,4 +215,6 @@ def wait_for(
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.cluster)
+        if item.get_closest_marker("real_node"):
             item.add_marker(pytest.mark.cluster)

@@ -22,8 +22,21 @@ done
 until ip -4 addr show dev eth0 2>/dev/null | grep -q inet; do sleep 0.1; done
 
 pids=""
+kubernetes=""
 stop() {
   trap - TERM INT
+  # The kubelet and kube-proxy first, then every container gets SIGTERM and up to 10 s to end
+  # (a workload removes what it had half written), as a node shut down gracefully gives them;
+  # whatever is left dies with this container.
+  # shellcheck disable=SC2086
+  kill -TERM $kubernetes 2>/dev/null || true
+  for task in $(ctr --namespace k8s.io tasks list --quiet 2>/dev/null); do
+    ctr --namespace k8s.io tasks kill --signal SIGTERM "$task" 2>/dev/null || true
+  done
+  for _ in $(seq 20); do
+    ctr --namespace k8s.io tasks list 2>/dev/null | grep -q RUNNING || break
+    sleep 0.5
+  done
   # shellcheck disable=SC2086
   kill -TERM $pids 2>/dev/null || true
   wait
@@ -36,9 +49,10 @@ pids="$pids $!"
 until [ -S /run/containerd/containerd.sock ]; do sleep 0.1; done
 # shellcheck disable=SC2046
 kubelet $(cat "$ETC/kubelet.flags") > "$LOGS/kubelet.log" 2>&1 &
-pids="$pids $!"
+kubernetes="$kubernetes $!"
 kube-proxy --config="$ETC/kube-proxy.yaml" > "$LOGS/kube-proxy.log" 2>&1 &
-pids="$pids $!"
+kubernetes="$kubernetes $!"
+pids="$pids $kubernetes"
 
 # Any of them exiting stops the node (wait -n is not POSIX: poll).
 while :; do

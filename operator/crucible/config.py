@@ -51,6 +51,13 @@ class OperatorConfig(BaseModel):
     vllm_image: ImageRef = Field(default="vllm/vllm-openai:v0.11.0", alias="CRUCIBLE_VLLM_IMAGE")
     image_pull_policy: str = Field(default="IfNotPresent", alias="CRUCIBLE_IMAGE_PULL_POLICY")
     gpu_resource: str = Field(default="nvidia.com/gpu", alias="CRUCIBLE_GPU_RESOURCE")
+    gpu_runtime_class: str | None = Field(
+        default=None,
+        alias="CRUCIBLE_GPU_RUNTIME_CLASS",
+        description="RuntimeClass of the pods that request GPUs (e.g. nvidia, which the "
+        "NVIDIA GPU Operator creates where containerd's default runtime is not NVIDIA's); "
+        "unset: the node's default runtime.",
+    )
     watch_namespaces: tuple[str, ...] = Field(default=(), alias="CRUCIBLE_WATCH_NAMESPACES")
     kueue_queue: str | None = Field(default=None, alias="CRUCIBLE_KUEUE_QUEUE")
     job_backoff_limit: int = Field(default=2, ge=0, le=100, alias="CRUCIBLE_JOB_BACKOFF_LIMIT")
@@ -102,7 +109,9 @@ class OperatorConfig(BaseModel):
         min_length=1,
     )
 
-    @field_validator("model_store_pvc", "kueue_queue", "leader_election_namespace")
+    @field_validator(
+        "model_store_pvc", "kueue_queue", "leader_election_namespace", "gpu_runtime_class"
+    )
     @classmethod
     def _dns_name(cls, value: str | None) -> str | None:
         if value is not None and not DNS_NAME.match(value):

@@ -21,9 +21,21 @@ OperatorFactory = Callable[..., contextlib.AbstractContextManager[KopfRunner]]
 
 
 @pytest.fixture
-def model_store(cluster: LocalCluster, namespace: str) -> str:
+def model_store_folder(namespace: str, request: pytest.FixtureRequest) -> Path:
+    """Where the model store's PersistentVolume is on the host: on a `real_node` test, a folder
+    the node sees (and its pods' user may write)."""
+    if request.node.get_closest_marker("real_node"):
+        folder: Path = request.getfixturevalue("node").volumes[0] / namespace
+        folder.mkdir(mode=0o777)
+        folder.chmod(0o777)
+        return folder
+    return Path(f"/tmp/{namespace}")
+
+
+@pytest.fixture
+def model_store(cluster: LocalCluster, namespace: str, model_store_folder: Path) -> str:
     """The model-store PVC, bound to a PersistentVolume so that pods mounting it schedule."""
-    cluster.kubectl_apply(folder_claim(namespace, "crucible-models", Path(f"/tmp/{namespace}")))
+    cluster.kubectl_apply(folder_claim(namespace, "crucible-models", model_store_folder))
     wait_for(
         lambda: (
             cluster.kubectl(

@@ -1,6 +1,7 @@
-"""README's first command end to end: `crucible dev up --once` runs the quickstart through the
-real operator and the dev runner — merge, fine-tune, RAG index, vLLM servers, eval — and
-prints the leaderboard; the figures match the raw answers; nothing is left running."""
+"""README's first command end to end: `crucible dev up` deploys Crucible with its Helm chart on
+the local cluster's real node and runs the quickstart there — merge, fine-tune, RAG index,
+vLLM servers, eval, serving — and prints the leaderboard; the figures match the raw answers;
+once it stops, nothing is left running and the host is as it was."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import pytest
 from crucible.devcluster.binaries import find_binaries
 from crucible.workloads.stats import lead, rate
 from tests.conftest import EXAMPLES, ROOT
-from tests.workloads.test_vllm import vllm_python
+from tests.hoststate import changes, host_state
 
 NAMESPACE = "crucible-demo"
 
@@ -36,8 +37,6 @@ def dev_up(workdir: Path, examples: str = "quickstart", *extra: str) -> list[str
         str(workdir),
         "--examples",
         str(EXAMPLES / examples),
-        "--vllm-python",
-        vllm_python(),
         *extra,
     ]
 
@@ -86,6 +85,7 @@ def run_until_done(tmp_path: Path, examples: str, timeout: float = 1500) -> Fini
     its operator's /metrics are read, and it is stopped (leaving nothing behind)."""
     workdir = tmp_path / "dev"
     log = tmp_path / "dev-up.log"
+    before = host_state()
     with log.open("wb") as output:
         process = subprocess.Popen(
             dev_up(workdir, examples), stdout=output, stderr=subprocess.STDOUT, cwd=ROOT
@@ -111,6 +111,7 @@ def run_until_done(tmp_path: Path, examples: str, timeout: float = 1500) -> Fini
         if process.poll() is None:
             process.kill()
     assert not leftovers(workdir)
+    assert not changes(before, host_state())
     assert not list((workdir / "store").rglob("*.partial-*"))
     resources = {f"{r['kind']}/{r['metadata']['name']}": r for r in listed}
     return Finished(workdir, text, resources, metrics)
@@ -256,9 +257,11 @@ def test_experiment_example_runs_end_to_end(tmp_path: Path) -> None:
 
 @pytest.mark.cluster
 def test_stopping_dev_up_mid_run_leaves_nothing_behind(tmp_path: Path) -> None:
-    """SIGTERM (as Ctrl-C's SIGINT) while the fine-tune trains: every process stops, and the
-    store holds no half-written model."""
+    """SIGTERM (as Ctrl-C's SIGINT) while the fine-tune trains: every process stops, the node's
+    container, bridge, mounts and cgroups are gone, no iptables rule or kernel setting of the
+    host's has changed, and the store holds no half-written model."""
     workdir = tmp_path / "dev"
+    before = host_state()
     log = (tmp_path / "dev-up.log").open("w+")
     process = subprocess.Popen(dev_up(workdir), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
@@ -274,6 +277,7 @@ def test_stopping_dev_up_mid_run_leaves_nothing_behind(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
     assert not leftovers(workdir)
+    assert not changes(before, host_state())
     store = workdir / "store" / NAMESPACE
     assert not list((workdir / "store").rglob("*.partial-*"))
     assert not (store / "finetunejobs" / "quickstart-sft" / "adapter").exists()

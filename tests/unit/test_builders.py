@@ -167,6 +167,52 @@ def test_gpu_resource_name_and_scheduling_come_from_the_spec() -> None:
     assert container_of(job)["image"] == "registry.example/merge:dev"
 
 
+def test_pods_that_ask_for_gpus_get_the_gpu_runtime_class_and_no_other() -> None:
+    """CRUCIBLE_GPU_RUNTIME_CLASS (the NVIDIA GPU Operator's "nvidia"): on the pods of runs
+    and servers that ask for GPUs, where the nodes' default runtime cannot reach them."""
+    config = OperatorConfig.from_env({"CRUCIBLE_GPU_RUNTIME_CLASS": "nvidia"})
+
+    def pod_of(spec: ModelMergeSpec) -> dict[str, Any]:
+        inputs = modelmerge.MergeInputs(["A", "B"], None)
+        job = by_kind(modelmerge.build(owner(MODEL_MERGE), spec, inputs, config), "Job")[0]
+        pod: dict[str, Any] = job["spec"]["template"]["spec"]
+        return pod
+
+    gpu = pod_of(merge_spec(resources={"gpus": 2}))
+    assert gpu["runtimeClassName"] == "nvidia"
+    assert gpu["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "2"}
+    assert "runtimeClassName" not in pod_of(merge_spec(resources={"gpus": 0}))
+    assert (
+        "runtimeClassName"
+        not in by_kind(
+            modelmerge.build(
+                owner(MODEL_MERGE),
+                merge_spec(resources={"gpus": 2}),
+                modelmerge.MergeInputs(["A", "B"], None),
+                CONFIG,
+            ),
+            "Job",
+        )[0]["spec"]["template"]["spec"]
+    )
+    server = serving.server(
+        owner(EVAL_RUN),
+        serving.Server("m", "hf://o/m", ("m",), ()),
+        EvalRunSpec.model_validate(
+            {
+                "models": [{"name": "m", "uri": "hf://o/m"}],
+                "dataset": {"configMap": {"name": "q", "key": "q.csv"}},
+                "serving": {"resources": {"gpus": 1}},
+            }
+        ).serving,
+        config,
+    )
+    assert by_kind(server, "Deployment")[0]["spec"]["template"]["spec"]["runtimeClassName"] == (
+        "nvidia"
+    )
+    with pytest.raises(ValueError, match="CRUCIBLE_GPU_RUNTIME_CLASS"):
+        OperatorConfig.from_env({"CRUCIBLE_GPU_RUNTIME_CLASS": "Not_A_Name"})
+
+
 def ft_spec(**extra: Any) -> FineTuneJobSpec:
     return FineTuneJobSpec.model_validate(
         {

@@ -1,46 +1,11 @@
-"""The pure parts of the local tools: the dev runner's path and Service translation, and the
-tables of `crucible status` and `crucible leaderboard`."""
+"""The pure parts of the local tools: the tables of `crucible status` and `crucible
+leaderboard`."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import pytest
-
 from crucible.cli.status import leaderboard_table, status_table
-from crucible.devcluster.runner import Translation
-from crucible.workloads.common import WorkloadError
-
-
-def test_translation_maps_container_paths_and_service_urls() -> None:
-    translate = Translation(
-        mounts={
-            "/models": Path("/dev/store"),
-            "/models/cache": Path("/dev/cache"),
-            "/tmp": Path("/s/tmp"),
-        },
-        hosts={"http://run-vllm-a.ns.svc:8000": "http://127.0.0.1:4321"},
-    )
-    assert translate("/models/ns/modelmerges/m") == "/dev/store/ns/modelmerges/m"
-    assert translate("/models/cache/x") == "/dev/cache/x"  # the longest mount wins
-    assert translate("/models") == "/dev/store"
-    assert translate("/modelsx/y") == "/modelsx/y"  # a prefix of a name is not a mount
-    assert translate("pvc://crucible-models/ns/x/") == "pvc://crucible-models/ns/x/"
-    assert translate("http://run-vllm-a.ns.svc:8000/v1") == "http://127.0.0.1:4321/v1"
-    assert translate("tuned=/models/ns/adapter") == "tuned=/dev/store/ns/adapter"  # vLLM's form
-    assert translate("/tmp/models") == "/s/tmp/models"  # translated once, never twice
-    assert translate("/models/ns/x/") == "/dev/store/ns/x/"
-    # A path that climbs out of its mount is refused, not mapped onto the host's files.
-    with pytest.raises(WorkloadError, match=r"'ns/\.\./\.\./etc' leaves /dev/store"):
-        translate("/models/ns/../../etc")
-    assert translate("/models/ns/../other") == "/dev/store/other"
-    task = {"outputPath": "/models/ns/x", "mounts": {"crucible-models": "/models"}, "n": 3}
-    assert translate.walk(task) == {
-        "outputPath": "/dev/store/ns/x",
-        "mounts": {"crucible-models": "/dev/store"},
-        "n": 3,
-    }
 
 
 def resource(kind: str, name: str, status: dict[str, Any]) -> dict[str, Any]:

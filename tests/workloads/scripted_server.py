@@ -30,8 +30,10 @@ class ScriptedServer:
         refused_parameters: tuple[str, ...] = (),
         delay: float = 0.002,
         likelihood: Likelihood | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.script = script
+        self.host = host  # where it listens: pods on the real node reach the host's bridge
         self.likelihood = likelihood  # None: no completions endpoint, as with hosted chat
         self.delay = delay  # seconds each answer takes
         # answer 400 to requests with these body keys, as servers without the feature do
@@ -118,7 +120,7 @@ class ScriptedServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"http://{self.host}:{self.port}/v1"
 
 
 @contextmanager
@@ -129,7 +131,7 @@ def serving(server: ScriptedServer) -> Iterator[ScriptedServer]:
     app.router.add_post("/v1/completions", server.completions)
     runner = web.AppRunner(app)
     loop.run_until_complete(runner.setup())
-    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", server.port).start())
+    loop.run_until_complete(web.TCPSite(runner, server.host, server.port).start())
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     try:

@@ -17,8 +17,7 @@ from crucible.api.finetunejob import Hyperparameters, Lora
 from crucible.workloads.common import WorkloadError
 from crucible.workloads.datasets import load_examples
 from crucible.workloads.finetune import train
-from tests.conftest import NITRO, requires_nitro
-from tests.workloads.conftest import ModelFactory
+from tests.conftest import NITRO, ModelFactory, requires_nitro
 
 torch = pytest.importorskip("torch")
 NITRO_QA = NITRO / "training_qa_pairs.csv"

@@ -14,7 +14,7 @@ import pytest
 from crucible.api.contract import MergeTask
 from crucible.workloads.common import WorkloadError, resolve_uri, sha256_of
 from crucible.workloads.merge import MANIFEST, merge
-from tests.workloads.conftest import ModelFactory
+from tests.conftest import ModelFactory
 
 torch = pytest.importorskip("torch")
 CHECKED = "model.layers.1.self_attn.q_proj.weight"

@@ -1,44 +1,50 @@
-"""`crucible dev up`: the whole recipe on one machine. The local control plane the tests use,
-Crucible's CRDs and operator, a model store with a real small instruct model, an embedded
-Postgres + pgvector, and the development runner doing the kubelet's part for Crucible's pods;
-then the examples are applied and their progress shown until they are done (or Ctrl-C)."""
+"""`crucible dev up`: the whole recipe on one machine, deployed as a user would deploy it. The
+local control plane the tests use and a real node (kubelet, containerd) beside it; Crucible
+installed by its own Helm chart from the images `make images` built (the operator as two pods
+under the chart's ServiceAccount and RBAC, Postgres + pgvector as the chart's StatefulSet); a
+model store with a real small instruct model; then the examples are applied and their progress
+shown until they are done (or Ctrl-C)."""
 
 from __future__ import annotations
 
-import os
+import base64
+import secrets
 import shutil
 import signal
-import subprocess
-import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from crucible.api.crd import render_crds
+import yaml
+
 from crucible.api.kinds import KINDS_BY_NAME
 from crucible.cli.status import custom_objects, leaderboard_table, list_resources, status_table
 from crucible.devcluster import processes
 from crucible.devcluster.cluster import LocalCluster, folder_claim, free_port
+from crucible.devcluster.images import REPOSITORY, built_images
 from crucible.devcluster.models import prepare_models
-from crucible.devcluster.runner import DevRunner
+from crucible.devcluster.node import local_nodes
 
 STORE_CLAIM = "crucible-models"
 DATABASE_SECRET = "postgres"  # key "uri": what examples/quickstart's RagIndex reads
+RELEASE = "crucible"
+RELEASE_NAMESPACE = "crucible-system"
+CHART = REPOSITORY / "charts" / "crucible"
 
 
-def demo_namespace(name: str) -> dict[str, Any]:
-    """The examples' namespace, under the API server's Pod Security admission: the vLLM
-    servers' upstream image runs as root, so it enforces baseline and warns of restricted
-    (which every other Crucible pod meets)."""
+def namespace_manifest(name: str, level: str) -> dict[str, Any]:
+    """A namespace whose pods Pod Security admission holds to `level` (and warns of
+    restricted)."""
     return {
         "apiVersion": "v1",
         "kind": "Namespace",
         "metadata": {
             "name": name,
             "labels": {
-                "pod-security.kubernetes.io/enforce": "baseline",
+                "pod-security.kubernetes.io/enforce": level,
                 "pod-security.kubernetes.io/warn": "restricted",
             },
         },
@@ -54,16 +60,127 @@ def database_secret(namespace: str, url: str) -> dict[str, Any]:
     }
 
 
+def chart_values(images: dict[str, str], postgres_secret: str) -> dict[str, Any]:
+    """The chart's values for the images just built (references pinned by digest)."""
+    repository, _, tag = images["operator"].partition(":")
+    return {
+        "image": {"repository": repository, "tag": tag},
+        "workloads": {
+            "mergeImage": images["merge"],
+            "trainImage": images["train"],
+            "ragImage": images["rag"],
+            "evalImage": images["eval"],
+            "vllmImage": images["vllm"],
+            # A failed workload fails its run at once: the demo shows why instead of retrying.
+            "backoffLimit": 0,
+        },
+        "postgres": {
+            "enabled": True,
+            "image": images["postgres"],
+            "passwordSecret": postgres_secret,
+        },
+    }
+
+
+def postgres_volume(folder: Path) -> dict[str, Any]:
+    """The PersistentVolume the chart's Postgres StatefulSet claims (its first replica's)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": f"{RELEASE}-postgres-data"},
+        "spec": {
+            "capacity": {"storage": "20Gi"},
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": "",
+            "hostPath": {"path": str(folder)},
+            "claimRef": {"namespace": RELEASE_NAMESPACE, "name": f"data-{RELEASE}-postgres-0"},
+        },
+    }
+
+
+def writable_folder(path: Path) -> Path:
+    """A host folder that the pods' non-root users may write (hostPath volumes have no
+    fsGroup)."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o777)
+    return path
+
+
+def install_crucible(cluster: LocalCluster, workdir: Path, postgres: Path) -> None:
+    """`helm install` of the chart, as a platform team would run it, and Postgres's Secret."""
+    password = secrets.token_urlsafe(18)
+    cluster.kubectl_apply(
+        [
+            namespace_manifest(RELEASE_NAMESPACE, "restricted"),
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "crucible-postgres", "namespace": RELEASE_NAMESPACE},
+                "data": {"password": base64.b64encode(password.encode()).decode()},
+            },
+            postgres_volume(postgres),
+        ]
+    )
+    values = workdir / "values.yaml"
+    values.write_text(yaml.safe_dump(chart_values(built_images(), "crucible-postgres")))
+    cluster.helm(
+        "install",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        RELEASE_NAMESPACE,
+        "--values",
+        str(values),
+        "--wait",
+        "--timeout=15m",
+    )
+
+
+def database_url(cluster: LocalCluster) -> str:
+    encoded = cluster.kubectl(
+        "get",
+        "secret",
+        "crucible-postgres",
+        "-n",
+        RELEASE_NAMESPACE,
+        "-o",
+        "jsonpath={.data.password}",
+    ).stdout
+    password = base64.b64decode(encoded).decode()
+    host = f"{RELEASE}-postgres.{RELEASE_NAMESPACE}.svc"
+    return f"postgresql://crucible:{password}@{host}:5432/rag"
+
+
+def leader_pod(cluster: LocalCluster, timeout: float = 120) -> str:
+    """The operator replica holding the leader Lease: the one whose /metrics has the runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = cluster.kubectl(
+            "get",
+            "lease",
+            RELEASE,
+            "-n",
+            RELEASE_NAMESPACE,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+            check=False,
+        )
+        if found.returncode == 0 and found.stdout:
+            return found.stdout
+        time.sleep(1)
+    raise TimeoutError(f"no operator replica took the Lease {RELEASE_NAMESPACE}/{RELEASE}")
+
+
 def watch(
     namespace: str,
     kubeconfig: Path,
-    operator: subprocess.Popen[bytes],
-    operator_log: Path,
+    alive: Callable[[], str | None],
     *,
     once: bool,
     timeout: float,
 ) -> int:
-    """Show the progress until everything is done (with `once`), or until Ctrl-C."""
+    """Show the progress until everything is done (with `once`), or until Ctrl-C; `alive`
+    says why the cluster is gone, if it is."""
     deadline = time.monotonic() + timeout
     custom = custom_objects(str(kubeconfig))
     shown, done = "", False
@@ -83,10 +200,8 @@ def watch(
         if once and time.monotonic() > deadline:
             print(f"not done after {timeout:.0f} s", flush=True)
             return 1
-        if operator.poll() is not None:
-            tail = operator_log.read_text(errors="replace").splitlines()[-20:]
-            print(f"the operator exited with {operator.returncode}; {operator_log} ends:")
-            print("\n".join(tail), flush=True)
+        if (gone := alive()) is not None:
+            print(gone, flush=True)
             return 1
         time.sleep(2)
 
@@ -97,15 +212,14 @@ def dev_up(
     namespace: str,
     *,
     once: bool,
-    vllm_python: str | None,
-    database_url: str | None,
     timeout: float,
 ) -> int:
     workdir = workdir.resolve()
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
-    store = workdir / "store"
+    store = writable_folder(workdir / "store")
+    postgres = writable_folder(workdir / "postgres")
 
     def stop(signum: int, _: FrameType | None) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
@@ -113,58 +227,52 @@ def dev_up(
     signal.signal(signal.SIGTERM, stop)
     with ExitStack() as cleanup:
         try:
-            print("starting the local control plane…", flush=True)
+            print("starting the local control plane and its node…", flush=True)
             cluster = LocalCluster(workdir / "cluster", nodes=0)
             cluster.start()
             cleanup.callback(cluster.stop)
-            cluster.kubectl_apply("---\n".join(render_crds().values()), "--server-side")
-            cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+            node = cleanup.enter_context(
+                local_nodes(cluster, workdir / "nodes", volumes=[store, postgres])
+            )
+            print("installing Crucible with its Helm chart…", flush=True)
+            install_crucible(cluster, workdir, postgres)
 
-            metrics_port = free_port()  # 8080 may be taken, by another dev up for one
-            operator_log = cleanup.enter_context((workdir / "operator.log").open("wb"))
-            env = {
-                **os.environ,
-                "KUBECONFIG": str(cluster.kubeconfig),
-                "CRUCIBLE_HTTP_ADDRESS": "127.0.0.1",
-                "CRUCIBLE_HTTP_PORT": str(metrics_port),
-                "CRUCIBLE_MODEL_STORE_PVC": STORE_CLAIM,
-                "CRUCIBLE_JOB_BACKOFF_LIMIT": "0",
-            }
-            argv = [sys.executable, "-m", "crucible.cli.main", "operator", "--all-namespaces"]
-            operator = processes.spawn(argv, operator_log, workdir, env)
-            cleanup.callback(processes.stop, operator)
-
-            runner = DevRunner(cluster, workdir, vllm_python)
-            runner.start()
-            cleanup.callback(runner.stop)
-
-            cluster.kubectl_apply([demo_namespace(namespace)])
+            cluster.kubectl_apply([namespace_manifest(namespace, "baseline")])
             cluster.kubectl_apply(folder_claim(namespace, STORE_CLAIM, store))
             print("linking the models into the model store…", flush=True)
             prepare_models(store)
-            if database_url is None:
-                import pgserver
+            cluster.kubectl_apply([database_secret(namespace, database_url(cluster))])
 
-                print("starting an embedded Postgres + pgvector…", flush=True)
-                postgres = pgserver.get_server(workdir / "postgres", cleanup_mode="stop")
-                cleanup.callback(postgres.cleanup)
-                database_url = postgres.get_uri()
-            cluster.kubectl_apply([database_secret(namespace, database_url)])
+            metrics_port = free_port()
+            forward_log = cleanup.enter_context((workdir / "port-forward.log").open("wb"))
+            forward = processes.spawn(
+                [
+                    str(cluster.binaries.kubectl),
+                    f"--kubeconfig={cluster.kubeconfig}",
+                    "port-forward",
+                    "-n",
+                    RELEASE_NAMESPACE,
+                    f"pod/{leader_pod(cluster)}",
+                    f"{metrics_port}:http-metrics",
+                ],
+                forward_log,
+                workdir,
+            )
+            cleanup.callback(processes.stop, forward)
 
             how = "-k" if (examples / "kustomization.yaml").exists() else "-f"
             print(cluster.kubectl("apply", "-n", namespace, how, str(examples)).stdout, flush=True)
             print(
                 f"KUBECONFIG={cluster.kubeconfig}\n"
                 f"metrics: http://127.0.0.1:{metrics_port}/metrics\n"
-                f"logs: {workdir / 'logs'} (workloads), "
-                f"{workdir / 'operator.log'}; Ctrl-C stops everything.",
+                f"logs: {node.logs} (the node's, and its pods' under pods/); Ctrl-C stops "
+                "everything.",
                 flush=True,
             )
             return watch(
                 namespace,
                 cluster.kubeconfig,
-                operator,
-                workdir / "operator.log",
+                node.stopped,
                 once=once,
                 timeout=timeout,
             )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,8 +39,6 @@ def _dev_up(args: argparse.Namespace) -> int:
         Path(args.examples),
         args.namespace,
         once=args.once,
-        vllm_python=args.vllm_python or os.environ.get("CRUCIBLE_VLLM_PYTHON"),
-        database_url=args.database_url,
         timeout=args.timeout,
     )
 
@@ -98,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev = commands.add_parser("dev", help="a local development environment")
     dev_commands = dev.add_subparsers(dest="dev_command", required=True)
     up = dev_commands.add_parser(
-        "up", help="start the local control plane and operator, apply the examples"
+        "up",
+        help="start the local cluster (a control plane and a real node), install Crucible with "
+        "its Helm chart from the images `make images` built, apply the examples",
     )
     up.add_argument("--workdir", default=".dev", help="state and logs (default: .dev)")
     up.add_argument(
@@ -114,15 +113,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument(
         "--timeout", type=float, default=1800, help="with --once, give up after this many seconds"
-    )
-    up.add_argument(
-        "--vllm-python",
-        help="Python of a vLLM (CPU) environment to serve models with (hack/setup-vllm.sh "
-        "prints it; default: $CRUCIBLE_VLLM_PYTHON); without it vLLM pods stay Pending",
-    )
-    up.add_argument(
-        "--database-url",
-        help="postgresql:// URI of a pgvector database; default: an embedded Postgres",
     )
     up.set_defaults(func=_dev_up)
     images = dev_commands.add_parser(

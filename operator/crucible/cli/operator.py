@@ -10,6 +10,7 @@ import threading
 
 import kopf
 from aiohttp import web
+from kopf._core.engines.peering import Identity
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 import crucible.controllers  # noqa: F401  (registers the handlers)
@@ -35,7 +36,9 @@ def _http_app(ready: threading.Event) -> web.Application:
     return app
 
 
-async def _serve(namespaces: list[str], cluster_wide: bool, address: str, port: int) -> None:
+async def _serve(
+    namespaces: list[str], cluster_wide: bool, address: str, port: int, identity: str
+) -> None:
     ready = threading.Event()
     runner = web.AppRunner(_http_app(ready), access_log=None)
     await runner.setup()
@@ -54,6 +57,9 @@ async def _serve(namespaces: list[str], cluster_wide: bool, address: str, port: 
             clusterwide=cluster_wide,
             namespaces=namespaces,
             ready_flag=ready_flag,
+            # kopf would otherwise make one from the user's name, which a numeric user without
+            # a passwd entry (a pod's runAsUser) does not have.
+            identity=Identity(identity),
         )
     finally:
         marker.cancel()
@@ -64,7 +70,7 @@ def run_operator(namespaces: list[str], cluster_wide: bool) -> int:
     """Run until interrupted. Scope: the given namespaces, else CRUCIBLE_WATCH_NAMESPACES
     (comma-separated), else every namespace."""
     try:
-        OperatorConfig.from_env()
+        config = OperatorConfig.from_env()
     except ConfigError as error:
         print(f"crucible operator: {error}", file=sys.stderr)
         return 2
@@ -74,5 +80,5 @@ def run_operator(namespaces: list[str], cluster_wide: bool) -> int:
     cluster_wide = cluster_wide or not namespaces
     address = os.environ.get("CRUCIBLE_HTTP_ADDRESS", "0.0.0.0")
     port = int(os.environ.get("CRUCIBLE_HTTP_PORT", "8080"))
-    asyncio.run(_serve(namespaces, cluster_wide, address, port))
+    asyncio.run(_serve(namespaces, cluster_wide, address, port, config.identity))
     return 0

@@ -159,6 +159,9 @@ class LocalCluster:
                 # Logs, exec and port-forward reach a real node's kubelet at its address on the
                 # node bridge (crucible.devcluster.node), as the admin.
                 "--kubelet-preferred-address-types=InternalIP,Hostname",
+                # A namespace's annotations may pin its pods to a node and tolerate its taints
+                # (the tests' namespaces for the real node, beside kwok's).
+                "--enable-admission-plugins=PodNodeSelector,PodTolerationRestriction",
                 f"--kubelet-client-certificate={pki.admin_cert}",
                 f"--kubelet-client-key={pki.admin_key}",
                 "--profiling=false",
@@ -190,6 +193,8 @@ class LocalCluster:
                 f"--root-ca-file={pki.ca_cert}",
                 "--use-service-account-credentials=false",
                 "--concurrent-job-syncs=5",
+                # Its default, /usr/libexec/kubernetes/..., would be made on the host for good.
+                f"--flex-volume-plugin-dir={self.workdir / 'flexvolume'}",
             ],
         )
         self._spawn(

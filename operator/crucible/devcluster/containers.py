@@ -25,6 +25,8 @@ REGISTRY_PROGRAM = "docker-registry"  # Debian's name for the CNCF distribution 
 # The name of the registry in the images' references, wherever it listens: each node's
 # containerd maps it to the registry's address (crucible.devcluster.node).
 REGISTRY_HOST = "localhost:5000"
+# The cgroup of the builds' RUN steps, removed after them (podman's default would stay).
+BUILD_CGROUP = "/crucible-build"
 
 
 class ContainerToolError(RuntimeError):
@@ -183,3 +185,18 @@ def registry(address: str, workdir: Path) -> Iterator[Registry]:
         yield running
     finally:
         running.stop()
+
+
+def remove_cgroups(parent: str, root: Path = Path("/sys/fs/cgroup")) -> None:
+    """Every cgroup under `parent` in every hierarchy, innermost first (once their processes
+    are gone, a cgroup is removed by rmdir)."""
+    for hierarchy in root.iterdir():
+        top = hierarchy / parent.lstrip("/")
+        if not top.is_dir():
+            continue
+        for folder in sorted(top.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if folder.is_dir():
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+        with contextlib.suppress(OSError):
+            top.rmdir()

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,13 @@ from pathlib import Path
 from crucible import __version__
 from crucible.devcluster.binaries import cache_dir, versions
 from crucible.devcluster.cluster import free_port
-from crucible.devcluster.containers import REGISTRY_HOST, ContainerTools, registry
+from crucible.devcluster.containers import (
+    BUILD_CGROUP,
+    REGISTRY_HOST,
+    ContainerTools,
+    registry,
+    remove_cgroups,
+)
 
 REPOSITORY = Path(__file__).resolve().parents[3]
 IMAGES = REPOSITORY / "images"
@@ -33,6 +41,7 @@ DEBIAN_MIRRORS = (
     "deb http://deb.debian.org/debian-security bookworm-security main",
 )
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+PUSH_PORT = 5000
 
 
 @dataclass(frozen=True)
@@ -168,7 +177,8 @@ class ImageBuilder:
         self.run("podman", "import", "--change", 'CMD ["python3"]', str(tarball), BASE_IMAGE)
 
     def build(self, image: Image, mounts: Sequence[str]) -> None:
-        args = ["bud", "--layers", "--network=host", f"--build-arg=BASE={BASE_IMAGE}"]
+        args = ["bud", "--layers", "--network=host", f"--cgroup-parent={BUILD_CGROUP}"]
+        args.append(f"--build-arg=BASE={BASE_IMAGE}")
         args += [f"--volume={m}" for m in mounts]
         self.run(
             "buildah", *args, "-f", str(image.dockerfile), "-t", image.local, str(image.context)
@@ -191,22 +201,55 @@ class ImageBuilder:
     def size(self, image: Image) -> int:
         return int(self.run("podman", "image", "inspect", "--format", "{{.Size}}", image.local))
 
+    def image_id(self, image: Image) -> str:
+        return self.run("podman", "image", "inspect", "--format", "{{.Id}}", image.local).strip()
+
 
 def references_file() -> Path:
     return cache_dir() / "images" / "images.json"
 
 
-def built_images() -> dict[str, str]:
-    """What the last `make images` pushed: image name → reference pinned by digest."""
+def _pushed() -> dict[str, dict[str, str]]:
+    """name → {"image": local image ID, "reference": where it was pushed, by digest}."""
     path = references_file()
-    if not path.exists():
-        raise FileNotFoundError(f"no images built yet ({path}): run `make images`")
-    found: dict[str, str] = json.loads(path.read_text())
+    found: dict[str, dict[str, str]] = json.loads(path.read_text()) if path.exists() else {}
     return found
 
 
+def built_images() -> dict[str, str]:
+    """What the last `make images` pushed: image name → reference pinned by digest."""
+    if not references_file().exists():
+        raise FileNotFoundError(f"no images built yet ({references_file()}): run `make images`")
+    return {name: pushed["reference"] for name, pushed in _pushed().items()}
+
+
+def push_address() -> str:
+    """The registry's address while images are pushed: the same from one build to the next
+    where it can be, since podman remembers by registry address which layers it holds
+    (another address would have it compress the torch layer again, ~50 s)."""
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", PUSH_PORT)) != 0:
+            return f"127.0.0.1:{PUSH_PORT}"
+    return f"127.0.0.1:{free_port()}"
+
+
+def _in_registry(address: str, reference: str) -> bool:
+    repository, _, digest = reference.partition("@")
+    name = repository.removeprefix(f"{REGISTRY_HOST}/").rpartition(":")[0]
+    request = urllib.request.Request(
+        f"http://{address}/v2/{name}/manifests/{digest}", method="HEAD"
+    )
+    request.add_header("Accept", "application/vnd.oci.image.manifest.v1+json")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
 def build_images(names: Sequence[str] = ()) -> dict[str, str]:
-    """Builds the images (all, or those named), pushes them, and records their references."""
+    """Builds the images (all, or those named), pushes those that changed, and records their
+    references."""
     images = [i for i in all_images() if not names or i.name in names]
     tools = ContainerTools()
     log = cache_dir() / "images" / "build.log"
@@ -232,17 +275,22 @@ def build_images(names: Sequence[str] = ()) -> dict[str, str]:
                 f"{builder.size(image) / 1e9:.2f} GB",
                 flush=True,
             )
-        references = built_images() if references_file().exists() else {}
-        address = f"127.0.0.1:{free_port()}"
+        pushed = _pushed()
+        address = push_address()
         with registry(address, Path(tmp) / "registry"):
-            for image in images:
-                if image.pushed:
-                    started = time.monotonic()
-                    references[image.name] = builder.push(image, address)
-                    print(
-                        f"{references[image.name]}: pushed in {time.monotonic() - started:.1f} s",
-                        flush=True,
-                    )
-    references_file().write_text(json.dumps(references, indent=2, sort_keys=True) + "\n")
+            for image in filter(lambda i: i.pushed, images):
+                started = time.monotonic()
+                identity = builder.image_id(image)
+                last = pushed.get(image.name, {})
+                if last.get("image") == identity and _in_registry(address, last["reference"]):
+                    continue
+                pushed[image.name] = {"image": identity, "reference": builder.push(image, address)}
+                print(
+                    f"{pushed[image.name]['reference']}: pushed in "
+                    f"{time.monotonic() - started:.1f} s",
+                    flush=True,
+                )
+    references_file().write_text(json.dumps(pushed, indent=2, sort_keys=True) + "\n")
+    remove_cgroups(BUILD_CGROUP)
     tools.cleanup()
-    return references
+    return built_images()

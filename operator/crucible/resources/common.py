@@ -227,8 +227,12 @@ def container_resources(resources: Resources, config: OperatorConfig) -> dict[st
     return {"requests": dict(amounts), "limits": dict(amounts)} if amounts else {}
 
 
-def scheduling(resources: Resources) -> dict[str, Any]:
+def scheduling(resources: Resources, config: OperatorConfig) -> dict[str, Any]:
+    """Where a pod may run: the spec's node selector and tolerations, and the GPU
+    RuntimeClass when it asks for GPUs."""
     spec: dict[str, Any] = {}
+    if resources.gpus and config.gpu_runtime_class:
+        spec["runtimeClassName"] = config.gpu_runtime_class
     if resources.node_selector:
         spec["nodeSelector"] = dict(resources.node_selector)
     if resources.tolerations:
@@ -296,7 +300,7 @@ def workload_pod(w: Workload) -> dict[str, Any]:
             "securityContext": RESTRICTED_POD,
             "containers": [container],
             "volumes": volumes,
-            **scheduling(w.resources),
+            **scheduling(w.resources, w.config),
         },
     }
 

@@ -259,7 +259,7 @@ def kserve_object(
         "spec": {
             "model": model,
             "replicas": spec.replicas,
-            "template": {"containers": [main], **scheduling(spec.serving.resources)},
+            "template": {"containers": [main], **scheduling(spec.serving.resources, config)},
         },
     }
     return _annotate(body, promoted)

@@ -219,7 +219,7 @@ def server(
                     "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
                     "containers": [container],
                     "volumes": [*volumes, {"name": "dshm", "emptyDir": {"medium": "Memory"}}],
-                    **scheduling(serving.resources),
+                    **scheduling(serving.resources, config),
                 },
             },
         },

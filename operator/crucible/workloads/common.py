@@ -22,8 +22,9 @@ from crucible.api.contract import REPORT_KEY, TaskBase, WorkloadReport
 
 log = logging.getLogger("crucible.workload")
 T = TypeVar("T", bound=TaskBase)
-# Where the kubelet reads the termination message; the dev runner points it elsewhere.
-TERMINATION_LOG_ENV = "CRUCIBLE_TERMINATION_LOG"
+# Where the kubelet reads the termination message (the pods' terminationMessagePath): a file
+# it creates in the container, so a workload run elsewhere leaves none.
+TERMINATION_LOG = Path("/dev/termination-log")
 
 
 class WorkloadError(RuntimeError):
@@ -41,10 +42,9 @@ def parse_task(argv: list[str] | None, task_type: type[T], description: str) -> 
 def fail(message: str) -> NoReturn:
     """End the pod with `message` as its termination message (what the operator reports)."""
     log.error(message)
-    with contextlib.suppress(OSError):
-        Path(os.environ.get(TERMINATION_LOG_ENV, "/dev/termination-log")).write_text(
-            message[-4000:]
-        )
+    if TERMINATION_LOG.exists():
+        with contextlib.suppress(OSError):
+            TERMINATION_LOG.write_text(message[-4000:])
     print(message, file=sys.stderr)
     raise SystemExit(1)
 
@@ -180,8 +180,8 @@ def sha256_of(path: Path) -> str:
 
 class Reporter:
     """Sends the WorkloadReport to the operator: into the run's report ConfigMap as the pod's
-    ServiceAccount (which may update only that one) — in-cluster, or through KUBECONFIG where
-    the dev runner runs the workload —; or, outside any cluster, into CRUCIBLE_REPORT_FILE."""
+    ServiceAccount (which may update only that one); or, outside any cluster, into
+    CRUCIBLE_REPORT_FILE."""
 
     def __init__(self, task: TaskBase) -> None:
         self.task = task
@@ -193,17 +193,14 @@ class Reporter:
         document = json.dumps(self.report.to_api())
         if self.file:
             Path(self.file).write_text(document)
-        elif os.environ.get("KUBERNETES_SERVICE_HOST") or os.environ.get("KUBECONFIG"):
+        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
             self._patch_config_map(document)
         log.info("report: %s", document)
 
     def _patch_config_map(self, document: str) -> None:
         from kubernetes import client, config
 
-        if os.environ.get("KUBERNETES_SERVICE_HOST"):
-            config.load_incluster_config()  # type: ignore[no-untyped-call]
-        else:
-            config.load_kube_config()  # type: ignore[no-untyped-call]
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
         try:
             client.CoreV1Api().patch_namespaced_config_map(
                 self.task.report_config_map, self.task.namespace, {"data": {REPORT_KEY: document}}
