@@ -4,7 +4,7 @@
 demo: setup images  ## the main job: the quickstart recipe on the local cluster
 	.venv/bin/crucible dev up
 
-test: setup lint  ## everything CI runs
+test: setup images lint  ## everything CI runs
 	.venv/bin/pytest
 
 setup:

@@ -111,6 +111,26 @@ class ContainerTools:
     def has_image(self, reference: str) -> bool:
         return self("podman", "image", "exists", reference, check=False).returncode == 0
 
+    def ancestry(self, reference: str) -> list[str]:
+        """The image's ID and its parents' (buildah records each layer's cache image)."""
+        chain = []
+        while reference:
+            found = self("podman", "image", "inspect", "--format", "{{.Id}} {{.Parent}}", reference)
+            image, _, reference = found.stdout.strip().partition(" ")
+            chain.append(image)
+        return chain
+
+    def prune_images(self, keep: list[str]) -> int:
+        """Remove every image that is neither one of `keep` nor a layer of theirs: the earlier
+        builds, which would otherwise fill the disk at several GB each. Their count."""
+        kept = {image for reference in keep for image in self.ancestry(reference)}
+        listed = self("podman", "images", "--all", "--quiet", "--no-trunc").stdout.split()
+        stale = [i.removeprefix("sha256:") for i in dict.fromkeys(listed)]
+        stale = [i for i in stale if i not in kept]
+        if stale:  # an image a container still uses stays
+            self("podman", "rmi", *stale, check=False)
+        return len(stale)
+
     def cleanup(self) -> None:
         """Remove podman's runtime state, once no container of ours is left."""
         if not self("podman", "ps", "--all", "--quiet", check=False).stdout.strip():
@@ -128,7 +148,7 @@ class Registry:
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _log: IO[bytes] | None = field(default=None, init=False)
 
-    def start(self, timeout: float = 30) -> None:
+    def _config(self) -> Path:
         if shutil.which(REGISTRY_PROGRAM) is None:
             raise ContainerToolError(
                 f"{REGISTRY_PROGRAM} not found: hack/setup.sh installs it (Debian's "
@@ -144,12 +164,26 @@ class Registry:
                     "log": {"level": "warn"},
                     "storage": {
                         "filesystem": {"rootdirectory": str(self.storage)},
-                        "delete": {"enabled": False},
+                        "delete": {"enabled": True},
                     },
                     "http": {"addr": self.address},
                 }
             )
         )
+        return config
+
+    def collect_garbage(self) -> None:
+        """Remove the blobs of images no tag names any more (the earlier builds); only while
+        it is not serving."""
+        assert self._process is None
+        subprocess.run(
+            [REGISTRY_PROGRAM, "garbage-collect", "--delete-untagged", str(self._config())],
+            check=True,
+            capture_output=True,
+        )
+
+    def start(self, timeout: float = 30) -> None:
+        config = self._config()
         self._log = (self.workdir / "registry.log").open("ab")
         self._process = processes.spawn(
             [REGISTRY_PROGRAM, "serve", str(config)], self._log, self.workdir

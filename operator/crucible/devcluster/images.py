@@ -87,11 +87,12 @@ def all_images() -> list[Image]:
     ]
 
 
-def debian_mirrors() -> Sequence[str]:
-    """Debian's mirrors as the host's apt knows them (corporate networks have their own); the
-    public ones where the host names none."""
+def debian_mirrors(root: Path = Path("/")) -> Sequence[str]:
+    """Debian bookworm's mirrors as the host's apt knows them (corporate networks have their
+    own); the public ones where the host names none."""
+    apt = root / "etc" / "apt"
     found = []
-    for path in [Path("/etc/apt/sources.list"), *Path("/etc/apt/sources.list.d").glob("*")]:
+    for path in [apt / "sources.list", *sorted((apt / "sources.list.d").glob("*"))]:
         if not path.is_file():
             continue
         text = path.read_text(errors="replace")
@@ -277,7 +278,7 @@ def build_images(names: Sequence[str] = ()) -> dict[str, str]:
             )
         pushed = _pushed()
         address = push_address()
-        with registry(address, Path(tmp) / "registry"):
+        with registry(address, Path(tmp) / "registry") as serving:
             for image in filter(lambda i: i.pushed, images):
                 started = time.monotonic()
                 identity = builder.image_id(image)
@@ -290,7 +291,10 @@ def build_images(names: Sequence[str] = ()) -> dict[str, str]:
                     f"{time.monotonic() - started:.1f} s",
                     flush=True,
                 )
+        serving.collect_garbage()
     references_file().write_text(json.dumps(pushed, indent=2, sort_keys=True) + "\n")
     remove_cgroups(BUILD_CGROUP)
+    removed = tools.prune_images([BASE_IMAGE, *(i.local for i in all_images())])
+    print(f"{removed} images of earlier builds removed", flush=True)
     tools.cleanup()
     return built_images()

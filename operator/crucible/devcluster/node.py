@@ -21,7 +21,7 @@ import json
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -255,6 +255,7 @@ class LocalNode:
             self._start_container()
             self._wire(deadline)
             self._wait_ready(deadline)
+            self._prune_images(built_images().values())
         except BaseException:
             self.stop()
             raise
@@ -524,6 +525,20 @@ class LocalNode:
         raise ControlPlaneError(
             f"the node {self.name} was not Ready in time; logs in {self.logs / 'crucible-node'}"
         )
+
+    def _prune_images(self, wanted: Iterable[str]) -> None:
+        """Remove from containerd's store the images of earlier builds, which the cache would
+        otherwise keep at several GB each: those whose manifest is none of `wanted`."""
+        digests = {reference.partition("@")[2] for reference in wanted}
+        listed = self.tools(
+            "podman", "exec", self.container, "ctr", "--namespace", "k8s.io", "images", "ls"
+        ).stdout.splitlines()[1:]
+        stale = [row.split()[0] for row in listed if row.split()[2] not in digests]
+        if stale:
+            self.tools(
+                "podman", "exec", self.container, "ctr", "--namespace", "k8s.io",
+                "images", "rm", *stale,
+            )  # fmt: skip
 
     def stopped(self) -> str | None:
         """Why the node is gone, if it is."""
