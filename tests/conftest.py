@@ -121,7 +121,9 @@ def node(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[Loca
             yield running
     finally:
         if request.session.testsfailed:
-            shutil.copytree(workdir / "node" / "log", LOGS / "node", dirs_exist_ok=True)
+            shutil.copytree(
+                workdir / "node" / "log", LOGS / "node", symlinks=True, dirs_exist_ok=True
+            )
             print(f"\nthe node's logs kept in {LOGS / 'node'}")
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -629,7 +629,22 @@ def coredns_manifests(image: str) -> list[dict[str, Any]]:
                         "serviceAccountName": "coredns",
                         "priorityClassName": "system-cluster-critical",
                         "dnsPolicy": "Default",
+                        # On a real node, whatever its taints: never on kwok's, beside it in
+                        # the tests' cluster, whose pods do not really run.
                         "tolerations": [{"operator": "Exists"}],
+                        "affinity": {
+                            "nodeAffinity": {
+                                "requiredDuringSchedulingIgnoredDuringExecution": {
+                                    "nodeSelectorTerms": [
+                                        {
+                                            "matchExpressions": [
+                                                {"key": NODE_LABEL, "operator": "Exists"}
+                                            ]
+                                        }
+                                    ]
+                                }
+                            }
+                        },
                         "securityContext": {
                             "runAsNonRoot": True,
                             "seccompProfile": {"type": "RuntimeDefault"},
