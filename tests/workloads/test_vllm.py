@@ -22,8 +22,7 @@ from crucible.workloads.common import WorkloadError
 from crucible.workloads.evaluate import evaluate
 from crucible.workloads.mcq import cloze, load_questions
 from crucible.workloads.synthesize import synthesize
-from tests.conftest import ROOT, wait_for
-from tests.workloads.conftest import ModelFactory
+from tests.conftest import ROOT, ModelFactory, wait_for
 from tests.workloads.test_evaluate import write_mcq
 from tests.workloads.test_synthesize import make_task as make_synth_task
 from tests.workloads.test_synthesize import write_notes
