@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from crucible.devcluster.cluster import LocalCluster
 from tests.conftest import EXAMPLES, ROOT
 
-INVALID = sorted((ROOT / "tests" / "invalid").glob("*.yaml"))
+INVALID_DIR = ROOT / "tests" / "invalid"
+INVALID = sorted(INVALID_DIR.glob("*.yaml"))
 
 
 def expectations(path: Path) -> list[str]:
@@ -27,16 +30,69 @@ def test_the_invalid_corpus_is_large_and_says_what_it_expects() -> None:
         assert expectations(path), f"{path.name} has no '# expect:' line"
 
 
+# What a message that says how to mend the mistake has: an imperative after the reason
+# ("…: use …", "…; remove …", "… or set …"), or an example value.
+FIX = re.compile(
+    r"(?:[:;,]|\bor|\bthen|\bto)\s+(?:set|remove|add|use|list|name|give|choose|create|correct|"
+    r"leave|raise|lower|write|make|rename|replace|keep|move|shorten|drop|point|pick|put|mark|"
+    r"serve)\b"
+    r"|\be\.g\.|\bfor example\b"
+)
+
+
 @pytest.mark.parametrize("path", INVALID, ids=lambda p: p.stem)
 def test_invalid_resource_is_rejected_naming_the_field(
     cluster: LocalCluster, namespace: str, path: Path
 ) -> None:
+    """Refused with the field named and, in words, what to change."""
     result = cluster.kubectl("create", "-n", namespace, "-f", str(path), check=False)
     assert result.returncode != 0, f"{path.name} was accepted"
     for expected in expectations(path):
         assert expected in result.stderr
+    # An unknown field is refused by the API server's decoder, before any schema: no rule of
+    # ours can add words to its message (which names the field).
+    if "strict decoding error: unknown field" not in result.stderr:
+        assert FIX.search(result.stderr), f"{path.name}: no fix in {result.stderr}"
     listed = cluster.kubectl("get", "crucible", "-n", namespace, "-o", "name").stdout
     assert not listed.strip()
+
+
+@pytest.mark.parametrize(
+    "path", sorted(INVALID_DIR.glob("*-name-too-long.yaml")), ids=lambda p: p.stem
+)
+def test_a_name_as_long_as_the_kind_allows_is_accepted(
+    cluster: LocalCluster, namespace: str, path: Path
+) -> None:
+    """One character fewer than the corpus's too-long name: the longest the rule allows."""
+    resource = yaml.safe_load(path.read_text())
+    resource["metadata"]["name"] = resource["metadata"]["name"][:-1]
+    cluster.kubectl_apply([resource], "-n", namespace)
+
+
+def test_a_name_with_a_dot_is_accepted_where_no_service_is_named_after_it(
+    cluster: LocalCluster, namespace: str
+) -> None:
+    """An EvalRun of endpoints alone, a SyntheticDataset whose teacher is an endpoint: they
+    serve nothing, so no Service takes their names, and a dot is a valid name's."""
+    endpoint = {"endpoint": {"url": "https://api.example.com/v1", "model": "gpt-4"}}
+    for path, name, spec in (
+        ("er-name-with-a-dot.yaml", "eval.v2", {"models": [{"name": "gpt", **endpoint}]}),
+        ("sds-name-with-a-dot.yaml", "qa.v2", {"teacher": endpoint}),
+    ):
+        resource = yaml.safe_load((INVALID_DIR / path).read_text())
+        resource["metadata"]["name"] = name
+        resource["spec"].update(spec)
+        cluster.kubectl_apply([resource], "-n", namespace)
+
+
+def test_weights_summing_to_zero_are_a_task_vector_where_normalize_is_off(
+    cluster: LocalCluster, namespace: str
+) -> None:
+    """What mm-weights-summing-to-zero refuses, with normalize false: the models added up as
+    weighted, a model minus another, which has a meaning."""
+    resource = yaml.safe_load((INVALID_DIR / "mm-weights-summing-to-zero.yaml").read_text())
+    resource["spec"]["parameters"] = {"normalize": False}
+    cluster.kubectl_apply([resource], "-n", namespace)
 
 
 @pytest.mark.parametrize(

@@ -18,19 +18,13 @@ import pytest
 from crucible.devcluster.cluster import LocalCluster
 from crucible.devcluster.images import built_images
 from crucible.devcluster.node import LocalNode
+from crucible.resources.common import RESTRICTED_CONTAINER
 from tests.cluster.conftest import OperatorFactory, ready_condition, status_of, wait_phase
 from tests.conftest import ModelFactory, wait_for
 from tests.workloads.scripted_server import ScriptedServer, serving
 from tests.workloads.test_synthesize import json_teacher
 
 API = "crucible.dev/v1alpha1"
-RESTRICTED = {
-    "allowPrivilegeEscalation": False,
-    "readOnlyRootFilesystem": True,
-    "runAsNonRoot": True,
-    "capabilities": {"drop": ["ALL"]},
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
 DOCS = {
     "intro.md": "# Crucible\nCrucible merges, fine-tunes and evaluates small models.\n\n"
     "## Lineage\nEach run names what it was made from.\n",
@@ -41,6 +35,12 @@ MCQ = (
     "What does Crucible fine-tune?,A. small models,B. databases,C. kernels,D. fonts,A\n"
     "What does an EvalRun score?,A. questions,B. disks,C. pods,D. nodes,A\n"
 )
+
+QA = "question,answer\nWhat is Crucible?,An operator.\n" * 4
+
+
+def config_map(name: str, data: dict[str, str]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": data}
 
 
 def images_env() -> dict[str, str]:
@@ -66,7 +66,7 @@ def pod(name: str, command: list[str], **container: Any) -> dict[str, Any]:
                     "name": name,
                     "image": built_images()["operator"],
                     "command": command,
-                    "securityContext": RESTRICTED,
+                    "securityContext": RESTRICTED_CONTAINER,
                     **container,
                 }
             ],
@@ -105,8 +105,15 @@ def test_pods_reach_each_other_by_service_name_and_the_api_server(
         [
             "python",
             "-c",
-            "import ssl, urllib.request as r\n"
-            "print(r.urlopen('http://web/', timeout=10).read().decode().strip())\n"
+            "import ssl, time, urllib.request as r\n"
+            # Like any client of a Service just created: kube-proxy routes it a moment after
+            # its pod is ready (until then, the connection is refused).
+            "for attempt in range(30):\n"
+            "    try:\n"
+            "        print(r.urlopen('http://web/', timeout=10).read().decode().strip())\n"
+            "        break\n"
+            "    except OSError:\n"
+            "        time.sleep(1)\n"
             "sa = '/var/run/secrets/kubernetes.io/serviceaccount/'\n"
             "request = r.Request('https://kubernetes.default.svc/version',\n"
             "    headers={'Authorization': 'Bearer ' + open(sa + 'token').read()})\n"
@@ -184,7 +191,7 @@ def postgres(password: str) -> list[dict[str, Any]]:
                                 ],
                                 "ports": [{"containerPort": 5432}],
                                 "readinessProbe": {"exec": {"command": ["pg_isready"]}},
-                                "securityContext": RESTRICTED,
+                                "securityContext": RESTRICTED_CONTAINER,
                                 "volumeMounts": [
                                     {"name": "data", "mountPath": "/var/lib/postgresql/data"},
                                     {"name": "tmp", "mountPath": "/tmp"},
@@ -297,24 +304,9 @@ def test_every_workload_runs_under_pod_security_restricted(
     cluster.kubectl_apply(
         [
             *postgres("not-a-secret"),
-            {
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "metadata": {"name": "docs"},
-                "data": DOCS,
-            },
-            {
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "metadata": {"name": "qa"},
-                "data": {"qa.csv": "question,answer\nWhat is Crucible?,An operator.\n" * 4},
-            },
-            {
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "metadata": {"name": "mcq"},
-                "data": {"mcq.csv": MCQ},
-            },
+            config_map("docs", DOCS),
+            config_map("qa", {"qa.csv": QA}),
+            config_map("mcq", {"mcq.csv": MCQ}),
         ],
         "-n",
         namespace,
@@ -389,12 +381,7 @@ def test_failures_are_explained_from_what_the_kubelet_reports(
     rag["metadata"]["name"] = "keyless"
     cluster.kubectl_apply(
         [
-            {
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "metadata": {"name": "docs"},
-                "data": DOCS,
-            },
+            config_map("docs", DOCS),
             {
                 "apiVersion": "v1",
                 "kind": "Secret",
@@ -449,12 +436,7 @@ def test_an_operator_down_while_a_real_workload_ends_loses_nothing(
     training["spec"]["hyperparameters"]["maxSteps"] = 8
     cluster.kubectl_apply(
         [
-            {
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "metadata": {"name": "qa"},
-                "data": {"qa.csv": "question,answer\nWhat is Crucible?,An operator.\n" * 4},
-            },
+            config_map("qa", {"qa.csv": QA}),
             training,
         ],
         "-n",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -10,20 +11,31 @@ import yaml
 
 from crucible.api.evalrun import EvalRunSpec
 from crucible.api.finetunejob import FineTuneJobSpec
-from crucible.api.kinds import EVAL_RUN, FINE_TUNE_JOB, MODEL_MERGE, RAG_INDEX, SYNTHETIC_DATASET
+from crucible.api.formats import DNS_1035_LABEL
+from crucible.api.kinds import (
+    EVAL_RUN,
+    EXPERIMENT,
+    FINE_TUNE_JOB,
+    MODEL_MERGE,
+    MODEL_SERVING,
+    RAG_INDEX,
+    SYNTHETIC_DATASET,
+)
 from crucible.api.modelmerge import ModelMergeSpec
 from crucible.api.ragindex import RagIndexSpec
 from crucible.api.syntheticdataset import DEFAULT_PROMPT, SyntheticDatasetSpec
 from crucible.config import OperatorConfig
 from crucible.resources import (
     evalrun,
+    experiment,
     finetunejob,
     modelmerge,
+    modelserving,
     ragindex,
     serving,
     syntheticdataset,
 )
-from crucible.resources.common import Owner, child_name
+from crucible.resources.common import Owner, child_name, report_name
 
 CONFIG = OperatorConfig.from_env({})
 
@@ -530,43 +542,84 @@ def test_synth_endpoint_teacher_key_comes_from_its_secret() -> None:
     assert "gpt-4" not in json.dumps(by_kind(children, "Job"))
 
 
-@pytest.mark.parametrize("builder", ["merge", "train", "rag", "eval", "synth"])
-def test_workload_pods_meet_the_restricted_profile(builder: str) -> None:
-    children = {
+RAG_SPEC = {
+    "source": {"git": {"url": "https://github.com/o/docs.git"}},
+    "database": {"connectionSecretRef": {"name": "pg", "key": "uri"}, "table": "docs"},
+}
+
+
+def children_of(builder: str, name: str = "run") -> list[dict[str, Any]]:
+    """The children of one workload run of each kind, named `name`."""
+    models = [serving.ServedModel("merged", "hf://o/m"), serving.ServedModel("tuned", "hf://o/t")]
+    return {
         "merge": lambda: modelmerge.build(
-            owner(MODEL_MERGE), merge_spec(), modelmerge.MergeInputs(["A", "B"], None), CONFIG
+            owner(MODEL_MERGE, name), merge_spec(), modelmerge.MergeInputs(["A", "B"], None), CONFIG
         ),
-        "train": lambda: finetunejob.build(owner(FINE_TUNE_JOB), ft_spec(), "hf://o/b", CONFIG),
+        "train": lambda: finetunejob.build(
+            owner(FINE_TUNE_JOB, name), ft_spec(), "hf://o/b", CONFIG
+        ),
         "rag": lambda: ragindex.build(
-            owner(RAG_INDEX),
-            RagIndexSpec.model_validate(
-                {
-                    "source": {"git": {"url": "https://github.com/o/docs.git"}},
-                    "database": {
-                        "connectionSecretRef": {"name": "pg", "key": "uri"},
-                        "table": "docs",
-                    },
-                }
-            ),
-            CONFIG,
+            owner(RAG_INDEX, name), RagIndexSpec.model_validate(RAG_SPEC), CONFIG
         ),
-        "eval": lambda: evalrun.eval_job(
-            owner(EVAL_RUN),
-            eval_spec(),
-            [serving.ServedModel("merged", "hf://o/m"), serving.ServedModel("tuned", "hf://o/t")],
-            None,
-            CONFIG,
-        ),
+        "eval": lambda: evalrun.eval_job(owner(EVAL_RUN, name), eval_spec(), models, None, CONFIG),
         "synth": lambda: syntheticdataset.build(
-            owner(SYNTHETIC_DATASET),
+            owner(SYNTHETIC_DATASET, name),
             synth_spec(),
             [serving.ServedModel("teacher", "hf://o/t")],
             CONFIG,
         ),
     }[builder]()
+
+
+@pytest.mark.parametrize("builder", ["merge", "train", "rag", "eval", "synth"])
+def test_workload_pods_meet_the_restricted_profile(builder: str) -> None:
+    children = children_of(builder)
     pod = by_kind(children, "Job")[0]["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     context = pod["containers"][0]["securityContext"]
     assert context["allowPrivilegeEscalation"] is False
     assert context["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_a_name_as_long_as_its_kind_allows_names_every_child_in_full() -> None:
+    """A resource named with as many characters as its kind's rule allows (ChildNames): each
+    child is `<name>-<suffix>` whole, at most 63 characters, no hash needed; the EvalRuns and
+    FineTuneJobs an Experiment makes fit their own kind's rule in turn."""
+    kinds = {
+        "merge": MODEL_MERGE,
+        "train": FINE_TUNE_JOB,
+        "rag": RAG_INDEX,
+        "eval": EVAL_RUN,
+        "synth": SYNTHETIC_DATASET,
+    }
+    for builder, kind in kinds.items():
+        name = "n" * kind.children.max_name
+        names = [c["metadata"]["name"] for c in children_of(builder, name)]
+        assert all(n.startswith(f"{name}-") and len(n) <= 63 for n in names), names
+        assert max(len(n) for n in names) - len(name) <= len(kind.children.longest), names
+    for kind, key in ((EVAL_RUN, "m"), (SYNTHETIC_DATASET, "rejected")):
+        name = "n" * kind.children.max_name
+        server = serving.server_name(owner(kind, name), key)
+        assert server == f"{name}-vllm-{key}" and len(server) <= 63
+    search = owner(EXPERIMENT, "s" * EXPERIMENT.children.max_name)
+    for job in (experiment.RANK_JOB, experiment.VERDICT_JOB):
+        assert report_name(search, job) == f"{search.name}-{job}-report"
+        assert len(report_name(search, job)) <= 63
+    for child, kind in (
+        (experiment.eval_run_name(search, "a-rather-long-task-name"), EVAL_RUN),
+        (experiment.fine_tune_name(search, "candidate", "a-rather-long-task"), FINE_TUNE_JOB),
+    ):
+        assert len(child) <= kind.children.max_name, child
+        assert child.startswith("s") and re.fullmatch(DNS_1035_LABEL.regex, child), child
+    serving_owner = owner(MODEL_SERVING, "d" * MODEL_SERVING.children.max_name)
+    assert len(modelserving.server_name(serving_owner)) == 63
+
+
+def test_a_child_name_made_of_long_user_names_is_shortened_whole() -> None:
+    """Even a suffix longer than the room left (an Experiment's candidate and task names) gives
+    a name within the bound, unique to what it was made of."""
+    long_suffix = "c" * 40 + "-" + "t" * 40
+    first = child_name("search", long_suffix, 56)
+    assert len(first) <= 56 and first.startswith("search-")
+    assert first != child_name("search", long_suffix + "x", 56)

@@ -85,9 +85,44 @@ def test_unions_are_refused() -> None:
         structural(schema, {}, "x")
 
 
-def test_exclusive_bounds_become_openapi_v3() -> None:
+def test_exclusive_bounds_become_openapi_v3_and_a_rule_that_says_what_to_choose() -> None:
     node = structural({"type": "number", "exclusiveMinimum": 0}, {}, "x")
-    assert node == {"type": "number", "minimum": 0, "exclusiveMinimum": True}
+    assert node == {
+        "type": "number",
+        "minimum": 0,
+        "exclusiveMinimum": True,
+        "x-kubernetes-validations": [
+            {
+                "rule": "self > 0.0",
+                "message": "must be greater than 0: choose a value in that range, e.g. 1",
+                "reason": "FieldValueInvalid",
+            }
+        ],
+    }
+    bounded = structural({"type": "integer", "minimum": 1, "maximum": 200, "default": 5}, {}, "x")
+    assert bounded["x-kubernetes-validations"][0] == {
+        "rule": "self >= 1 && self <= 200",
+        "message": "must be at least 1 and at most 200: choose a value in that range, e.g. 5",
+        "reason": "FieldValueInvalid",
+    }
+
+
+def test_list_maps_say_what_to_do_about_a_duplicate_key() -> None:
+    node = structural(
+        {
+            "type": "array",
+            "items": {"type": "object", "properties": {}},
+            "minItems": 1,
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name"],
+        },
+        {},
+        "x",
+    )
+    assert [r["message"] for r in node["x-kubernetes-validations"]] == [
+        "needs at least 1 item: list one",
+        "two items have the same name: give each its own",
+    ]
 
 
 def test_crds_cli_writes_the_files(tmp_path: Path) -> None:

@@ -86,6 +86,31 @@ def test_unschedulable_pod_is_reported() -> None:
     assert "nvidia.com/gpu" in outcome.message
 
 
+def test_a_container_waiting_for_its_configuration_outranks_a_stale_failed_mount() -> None:
+    """The kubelet's first try of a ConfigMap volume can fail while its cache fills: the event
+    stays after the retry that worked. A container waiting for a missing Secret key is what
+    holds the pod now, and the status says so."""
+    waiting = pod(
+        {
+            "waiting": {
+                "reason": "CreateContainerConfigError",
+                "message": "couldn't find key uri in Secret team/pg",
+            }
+        },
+        phase="Pending",
+    )
+    stale = {waiting["metadata"]["name"]: "failed to sync configmap cache: timed out"}
+    outcome = job_outcome(job(), [waiting], stale)
+    assert outcome.reason == "InputNotFound"
+    assert "(CreateContainerConfigError): couldn't find key uri in Secret team/pg" in (
+        outcome.message
+    )
+    # With the containers not created yet, the mount failure is the news.
+    mounting = pod({"waiting": {"reason": "ContainerCreating"}}, phase="Pending")
+    outcome = job_outcome(job(), [mounting], {mounting["metadata"]["name"]: "no such ConfigMap"})
+    assert "cannot mount its volumes (FailedMount): no such ConfigMap" in outcome.message
+
+
 def test_failed_attempt_with_retries_left_is_still_running() -> None:
     outcome = job_outcome(job(), [pod({"terminated": {"exitCode": 1, "reason": "Error"}})])
     assert (outcome.phase, outcome.reason) == (Phase.RUNNING, "Retrying")

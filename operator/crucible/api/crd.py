@@ -82,8 +82,79 @@ def structural(schema: dict[str, Any], defs: dict[str, Any], path: str) -> dict[
         out["type"] = "string"
     if "type" not in out and not out.get("x-kubernetes-int-or-string"):
         raise SchemaError(f"{path}: no type")
+    said = [*_bounds_in_words(out), *_unique_keys_in_words(out)]
+    if said:
+        out["x-kubernetes-validations"] = [*said, *out.get("x-kubernetes-validations", [])]
     # Readers of the YAML look for these first.
     return {k: out[k] for k in sorted(out, key=lambda k: _KEY_ORDER.get(k, len(_KEY_ORDER)))}
+
+
+def _literal(value: float, type_: str) -> str:
+    return repr(float(value)) if type_ == "number" else str(int(value))
+
+
+def _bounds_in_words(node: dict[str, Any]) -> list[dict[str, Any]]:
+    """The schema's bounds again as a rule whose message says what to choose: the API
+    server's own ("should be greater than or equal to 1") only says what is wrong."""
+    type_ = node.get("type")
+    if type_ == "array" and node.get("minItems"):
+        n = node["minItems"]
+        return [
+            cel(
+                f"size(self) >= {n}",
+                f"needs at least {n} item{'s' if n > 1 else ''}: list "
+                + ("one" if n == 1 else str(n)),
+                reason="FieldValueInvalid",
+            )
+        ]
+    if type_ not in ("integer", "number") or not {"minimum", "maximum"} & node.keys():
+        return []
+    low, high = node.get("minimum"), node.get("maximum")
+    strict_low, strict_high = node.get("exclusiveMinimum"), node.get("exclusiveMaximum")
+    checks, words = [], []
+    if low is not None:
+        checks.append(f"self {'>' if strict_low else '>='} {_literal(low, type_)}")
+        words.append(f"{'greater than' if strict_low else 'at least'} {low}")
+    if high is not None:
+        checks.append(f"self {'<' if strict_high else '<='} {_literal(high, type_)}")
+        words.append(f"{'less than' if strict_high else 'at most'} {high}")
+    default = node.get("default")
+    if default is not None:
+        example = default
+    elif low is not None and not strict_low:
+        example = low
+    elif high is not None and not strict_high:
+        example = high
+    elif low is not None and high is not None:
+        example = (low + high) / 2
+    elif low is not None:
+        example = low + 1
+    else:
+        assert high is not None
+        example = high - 1
+    return [
+        cel(
+            " && ".join(checks),
+            f"must be {' and '.join(words)}: choose a value in that range, e.g. {example}",
+            reason="FieldValueInvalid",
+        )
+    ]
+
+
+def _unique_keys_in_words(node: dict[str, Any]) -> list[dict[str, Any]]:
+    """A list map's keys once each, in words: the API server's own message ("Duplicate
+    value") does not say what to do."""
+    if node.get("x-kubernetes-list-type") != "map":
+        return []
+    keys = node["x-kubernetes-list-map-keys"]
+    same = " && ".join(f"y.{k} == x.{k}" for k in keys)
+    return [
+        cel(
+            f"self.all(x, self.exists_one(y, {same}))",
+            f"two items have the same {' and '.join(keys)}: give each its own",
+            reason="FieldValueInvalid",
+        )
+    ]
 
 
 def _property(schema: dict[str, Any], defs: dict[str, Any], path: str) -> dict[str, Any]:
@@ -116,7 +187,10 @@ def openapi_schema(kind: Kind) -> dict[str, Any]:
             "status": part(kind.status, f"Observed state of the {kind.kind}, set by Crucible."),
         },
         "required": ["spec"],
-        **({} if kind.long_lived else {"x-kubernetes-validations": [IMMUTABLE_ONCE_STARTED]}),
+        "x-kubernetes-validations": [
+            *kind.name_rules(),
+            *([] if kind.long_lived else [IMMUTABLE_ONCE_STARTED]),
+        ],
     }
 
 

@@ -120,6 +120,14 @@ class EvalRunSpec(EvaluationData):
             field_path=".constrainAnswers",
             reason="FieldValueForbidden",
         ),
+        cel(
+            "!has(self.judge) || size(self.models) >= 2",
+            "spec.judge compares the answers of two models at a time, and spec.models has "
+            "one: add a model to compare it with (a hosted baseline endpoint, say), or remove "
+            "spec.judge",
+            field_path=".judge",
+            reason="FieldValueInvalid",
+        ),
     )
 
     models: list[EvalModel] = Field(
@@ -165,7 +173,9 @@ class EvalRunSpec(EvaluationData):
         max_length=MAX_TEXT,
     )
     judge: Judge | None = Field(
-        default=None, description="Pairwise LLM-as-judge comparison of the models' answers."
+        default=None,
+        description="Pairwise LLM-as-judge comparison of the models' answers; needs two "
+        "models or more (with one there is no pair to compare, and it is refused).",
     )
     serving: Serving = defaulted(
         Serving(),

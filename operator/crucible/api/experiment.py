@@ -174,7 +174,8 @@ class ExperimentSpec(ApiModel):
         ),
         cel(
             "self.candidates.exists(c, c.name == self.validation.baseline)",
-            "spec.validation.baseline must be the name of one of spec.candidates",
+            "spec.validation.baseline must be the name of one of spec.candidates: set it to "
+            "one of their names",
             field_path=".validation.baseline",
             reason="FieldValueInvalid",
         ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Annotated
 
 from pydantic import Field
 
@@ -17,6 +18,10 @@ from crucible.api.common import (
     RunStatus,
 )
 from crucible.api.formats import OBJECT_NAME, ObjectName
+
+# A module's name in a model (q_proj, model.layers.0.mlp.down_proj): bounded, so that the API
+# server can afford the rule that none is listed twice.
+MAX_MODULE_NAME = 128
 
 
 class TrainingMethod(StrEnum):
@@ -95,13 +100,22 @@ class Lora(ApiModel):
     r: int = Field(default=16, ge=1, le=4096, description="Rank of the adapter matrices.")
     alpha: int = Field(default=32, ge=1, le=8192, description="LoRA scaling numerator (alpha/r).")
     dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the adapter input.")
-    target_modules: list[str] = Field(
+    target_modules: list[Annotated[str, Field(min_length=1, max_length=MAX_MODULE_NAME)]] = Field(
         default_factory=lambda: ["all-linear"],
-        json_schema_extra={"default": ["all-linear"]},
+        json_schema_extra={
+            "default": ["all-linear"],
+            "x-kubernetes-validations": [
+                cel(
+                    "self.all(m, self.exists_one(n, n == m))",
+                    "spec.lora.targetModules: a module is listed twice: list each module once",
+                    reason="FieldValueInvalid",
+                )
+            ],
+        },
         min_length=1,
         max_length=MAX_LIST,
-        description="Module names to adapt, e.g. q_proj, v_proj; all-linear adapts every "
-        "linear layer but the output head.",
+        description="Module names to adapt, each once, e.g. q_proj, v_proj; all-linear adapts "
+        "every linear layer but the output head.",
     )
     load_in_4bit: bool = Field(
         default=False,

@@ -31,10 +31,10 @@ class Format:
     def message(self) -> str:
         return f"must be {self.what}: {self.words}, e.g. {self.example}"
 
-    def rule(self) -> dict[str, Any]:
-        """The CEL rule the API server checks, with the message in words."""
+    def rule(self, subject: str = "self") -> dict[str, Any]:
+        """The CEL rule the API server checks on `subject`, with the message in words."""
         literal = "'" + f"^(?:{self.regex})$".replace("\\", "\\\\").replace("'", "\\'") + "'"
-        return {"rule": f"self.matches({literal})", "message": self.message}
+        return {"rule": f"{subject}.matches({literal})", "message": self.message}
 
     def check(self, value: str) -> str:
         """The same check in the operator."""
@@ -74,6 +74,14 @@ DNS_LABEL = Format(
     "[a-z0-9]([-a-z0-9]*[a-z0-9])?",
     "lowercase letters, digits and '-', starting and ending with a letter or digit",
     "nitro-docs",
+)
+# What a Service's name must be (and so the name of a resource whose children include one).
+DNS_1035_LABEL = Format(
+    "a DNS-1035 label",
+    "[a-z]([-a-z0-9]*[a-z0-9])?",
+    "lowercase letters, digits and '-', starting with a letter and ending with a letter or "
+    "digit (no '.')",
+    "quickstart-eval",
 )
 OBJECT_NAME = Format(
     "the name of a Kubernetes object",
@@ -140,6 +148,7 @@ QUANTITY = Format(
 
 FORMATS = (
     DNS_LABEL,
+    DNS_1035_LABEL,
     OBJECT_NAME,
     OBJECT_KEY,
     MODEL_URI,

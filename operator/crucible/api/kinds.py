@@ -3,18 +3,40 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from crucible.api.base import ApiModel
+from crucible.api.base import ApiModel, cel
 from crucible.api.common import TERMINAL_PHASES, Phase
 from crucible.api.evalrun import EvalRunSpec, EvalRunStatus
 from crucible.api.experiment import ExperimentSpec, ExperimentStatus
 from crucible.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus
+from crucible.api.formats import DNS_1035_LABEL
 from crucible.api.modelmerge import ModelMergeSpec, ModelMergeStatus
 from crucible.api.modelserving import ModelServingSpec, ModelServingStatus
 from crucible.api.ragindex import RagIndexSpec, RagIndexStatus
 from crucible.api.syntheticdataset import SyntheticDatasetSpec, SyntheticDatasetStatus
 
 CATEGORY = "crucible"
+# A child's name is also a label value (crucible.dev/name, job-name) and may be a Service's.
+MAX_CHILD_NAME = 63
+
+
+@dataclass(frozen=True)
+class ChildNames:
+    """The names Crucible gives a resource's children, `<name><suffix>`: what the resource's
+    own name must allow. A suffix made of other names (a model's, a task's) is shortened with
+    a hash where it would not fit; the fixed ones bound the name's length."""
+
+    longest: str  # the longest fixed suffix, e.g. "-verdict-report"
+    example: str  # a name that fits
+    # The children that are Services, in words, and when the resource has them (CEL, on the
+    # resource); none: its name may also have dots.
+    services: str | None = None
+    served: str = "true"
+
+    @property
+    def max_name(self) -> int:
+        return MAX_CHILD_NAME - len(self.longest)
 
 
 @dataclass(frozen=True)
@@ -34,6 +56,10 @@ class Kind:
     description: str
     spec: type[ApiModel]
     status: type[ApiModel]
+    children: ChildNames
+    # Rules on the whole resource (its spec beside its metadata.name), e.g. no reference to
+    # itself.
+    rules: tuple[dict[str, Any], ...] = ()
     headline_columns: tuple[PrinterColumn, ...] = field(default_factory=tuple)
     # A run ends (Succeeded or Failed) and its spec is then fixed; a long-lived kind is never
     # over: its spec may change at any time and every change is reconciled.
@@ -42,6 +68,35 @@ class Kind:
     @property
     def singular(self) -> str:
         return self.kind.lower()
+
+    def name_rules(self) -> list[dict[str, Any]]:
+        """The API server's rules for the resource's own name (on the CRD's root), so that a
+        name its children cannot take is refused at creation."""
+        names = self.children
+        rules = [
+            cel(
+                f"self.metadata.name.size() <= {names.max_name}",
+                f"metadata.name: at most {names.max_name} characters: Crucible names "
+                f"the {self.kind}'s children after it, the longest <name>{names.longest}, and "
+                f"such a name has at most {MAX_CHILD_NAME}; choose a shorter name, e.g. "
+                f"{names.example}",
+                reason="FieldValueInvalid",
+            )
+        ]
+        if names.services is not None:
+            fmt = DNS_1035_LABEL.rule("self.metadata.name")
+            rules.append(
+                cel(
+                    fmt["rule"]
+                    if names.served == "true"
+                    else f"!({names.served}) || {fmt['rule']}",
+                    f"metadata.name: {names.services} are named after it, and a Service's "
+                    f"name must be {DNS_1035_LABEL.what}: use {DNS_1035_LABEL.words}, e.g. "
+                    f"{names.example}",
+                    reason="FieldValueInvalid",
+                )
+            )
+        return [*rules, *self.rules]
 
     def over(self, phase: str | None) -> bool:
         """Whether a resource in `phase` is done with: a run that succeeded or failed, which
@@ -55,6 +110,28 @@ class Kind:
 
     def succeeded(self, phase: str | None) -> bool:
         return phase == (Phase.RUNNING if self.long_lived else Phase.SUCCEEDED)
+
+
+def not_itself(
+    kind: str, field: str, source: str, what: str, *, each: bool = False
+) -> dict[str, Any]:
+    """A rule that the model source at `source` (CEL, on the resource; with `each`, every one
+    of a list) names no modelRef to the resource itself: it would wait for its own output."""
+    names_itself = (
+        "has({s}.modelRef) && {s}.modelRef.kind == '" + kind + "' "
+        "&& {s}.modelRef.name == self.metadata.name"
+    )
+    rule = (
+        f"!{source}.exists(m, {names_itself.format(s='m')})"
+        if each
+        else f"!has({source}) || !({names_itself.format(s=source)})"
+    )
+    return cel(
+        rule,
+        f"{field}.modelRef: names this {kind} itself, which would wait for its own output for "
+        f"ever; {what}",
+        reason="FieldValueInvalid",
+    )
 
 
 PHASE_COLUMN = PrinterColumn("Phase", "string", ".status.phase", "Phase of the run.")
@@ -71,6 +148,17 @@ MODEL_MERGE = Kind(
     "new model in the model store.",
     spec=ModelMergeSpec,
     status=ModelMergeStatus,
+    children=ChildNames(longest="-report", example="nitro-merge"),
+    rules=(
+        not_itself(
+            "ModelMerge",
+            "spec.models[]",
+            "self.spec.models",
+            "name another model to merge",
+            each=True,
+        ),
+        not_itself("ModelMerge", "spec.baseModel", "self.spec.baseModel", "name another model"),
+    ),
     headline_columns=(OUTPUT_COLUMN,),
 )
 FINE_TUNE_JOB = Kind(
@@ -80,6 +168,10 @@ FINE_TUNE_JOB = Kind(
     description="FineTuneJob trains a LoRA/QLoRA adapter (SFT or DPO) on a base model.",
     spec=FineTuneJobSpec,
     status=FineTuneJobStatus,
+    children=ChildNames(longest="-report", example="nitro-sft"),
+    rules=(
+        not_itself("FineTuneJob", "spec.baseModel", "self.spec.baseModel", "name another model"),
+    ),
     headline_columns=(
         PrinterColumn("Step", "integer", ".status.progress.step", "Training steps done."),
         PrinterColumn("Loss", "number", ".status.progress.loss", "Latest training loss.", 1),
@@ -93,6 +185,7 @@ RAG_INDEX = Kind(
     description="RagIndex chunks documents, embeds them and upserts them into pgvector.",
     spec=RagIndexSpec,
     status=RagIndexStatus,
+    children=ChildNames(longest="-report", example="nitro-docs"),
     headline_columns=(
         PrinterColumn("Chunks", "integer", ".status.chunks", "Chunks in the index."),
         PrinterColumn("Table", "string", ".status.table", "pgvector table.", 1),
@@ -106,6 +199,13 @@ EVAL_RUN = Kind(
     "optionally with RAG and an LLM judge.",
     spec=EvalRunSpec,
     status=EvalRunStatus,
+    children=ChildNames(
+        longest="-report",
+        example="nitro-eval-v2",
+        services="its vLLM servers' Services (<name>-vllm-<model>)",
+        served="self.spec.models.exists(m, !has(m.endpoint)) || "
+        "(has(self.spec.judge) && !has(self.spec.judge.endpoint))",
+    ),
     headline_columns=(
         PrinterColumn("Best", "number", ".status.bestAccuracy", "Best mean accuracy."),
         PrinterColumn("Model", "string", ".status.bestModel", "Model with the best accuracy."),
@@ -120,6 +220,14 @@ SYNTHETIC_DATASET = Kind(
     "documents, for fine-tuning.",
     spec=SyntheticDatasetSpec,
     status=SyntheticDatasetStatus,
+    children=ChildNames(
+        longest="-vllm-rejected",
+        example="nitro-qa",
+        services="the Services of the teacher and rejected model it serves "
+        "(<name>-vllm-teacher, <name>-vllm-rejected)",
+        served="!has(self.spec.teacher.endpoint) || "
+        "(has(self.spec.rejectedModel) && !has(self.spec.rejectedModel.endpoint))",
+    ),
     headline_columns=(
         PrinterColumn("Pairs", "integer", ".status.pairs.kept", "Pairs kept."),
         PrinterColumn("Chunks", "integer", ".status.chunks", "Chunks sent to the teacher.", 1),
@@ -136,6 +244,11 @@ EXPERIMENT = Kind(
     "task.",
     spec=ExperimentSpec,
     status=ExperimentStatus,
+    children=ChildNames(
+        longest="-verdict-report",
+        example="base-search",
+        services="its EvalRuns (<name>-<task>) and their vLLM servers' Services",
+    ),
     headline_columns=(
         PrinterColumn("Stage", "string", ".status.progress.stage", "Stage of the search."),
         PrinterColumn("Leader", "string", ".status.ranking[0].model", "Best-ranked model."),
@@ -154,6 +267,11 @@ MODEL_SERVING = Kind(
     "version of its spec only when an EvalRun's results pass its gate.",
     spec=ModelServingSpec,
     status=ModelServingStatus,
+    children=ChildNames(
+        longest="-vllm",
+        example="docs-assistant",
+        services="its vLLM server's Deployment and Service (<name>-vllm)",
+    ),
     headline_columns=(
         PrinterColumn(
             "Serving", "string", ".status.promoted.servedModelName", "Model being served."

@@ -142,6 +142,34 @@ class ModelMergeSpec(ApiModel):
             reason="FieldValueForbidden",
         ),
         cel(
+            "self.method != 'linear' || size(self.models) >= 2",
+            "spec.models: a linear merge of one model is that model again: list two or more",
+            field_path=".models",
+            reason="FieldValueInvalid",
+        ),
+        cel(
+            "self.method != 'slerp' || size(self.models) != 2 || "
+            "!(has(self.models[0].uri) && has(self.models[1].uri) && "
+            "self.models[0].uri == self.models[1].uri) && "
+            "!(has(self.models[0].modelRef) && has(self.models[1].modelRef) && "
+            "self.models[0].modelRef == self.models[1].modelRef)",
+            "spec.models: slerp between a model and itself gives that model at any t: name "
+            "two different models",
+            field_path=".models",
+            reason="FieldValueInvalid",
+        ),
+        cel(
+            "(has(self.parameters) && has(self.parameters.normalize) && "
+            "!self.parameters.normalize) || !self.models.all(m, has(m.weight)) || "
+            "self.models.map(m, m.weight).sum() != 0.0",
+            "spec.models[].weight: the weights sum to 0 and the merge divides by their sum: "
+            "give weights whose sum is not 0 (e.g. 0.7 and 0.3), or set "
+            "spec.parameters.normalize: false to add the models up as weighted (a task "
+            "vector, say)",
+            field_path=".models",
+            reason="FieldValueInvalid",
+        ),
+        cel(
             _method_in(METHODS_WITH_DENSITY) + " || self.models.all(m, !has(m.density))",
             "spec.models[].density only applies to ties, dare_*, della* and breadcrumbs*: "
             "remove it or choose one of those methods",
@@ -163,7 +191,10 @@ class ModelMergeSpec(ApiModel):
     models: list[MergeInput] = Field(
         min_length=1,
         max_length=MAX_LIST,
-        description="The models to merge, each a uri or modelRef with optional weight and density.",
+        description="The models to merge, each a uri or modelRef with optional weight and "
+        "density. Refused, as they could only give a meaningless merge: a linear merge of one "
+        "model (that model again), a slerp of a model with itself (that model at any t), and "
+        "weights that sum to 0 while normalize is on (a division by zero).",
     )
     parameters: MergeParameters | None = Field(
         default=None, description="Method-wide parameters such as t for slerp."

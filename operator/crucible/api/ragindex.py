@@ -79,9 +79,20 @@ class DocumentSource(ApiModel):
     pvc: PvcPath | None = Field(default=None, description="A folder on a PersistentVolumeClaim.")
     include: list[str] = Field(
         default_factory=lambda: ["**/*.md", "**/*.mdx", "**/*.txt"],
-        json_schema_extra={"default": ["**/*.md", "**/*.mdx", "**/*.txt"]},
+        json_schema_extra={
+            "default": ["**/*.md", "**/*.mdx", "**/*.txt"],
+            "x-kubernetes-validations": [
+                cel(
+                    "size(self) > 0",
+                    "include: no pattern, so no file would be read: list the files' "
+                    "patterns (e.g. **/*.md), or leave include out for Markdown and text",
+                    reason="FieldValueInvalid",
+                )
+            ],
+        },
         max_length=64,
-        description="Glob patterns of the files to index.",
+        description="Glob patterns of the files to index; at least one (an empty list would "
+        "match nothing, and is refused).",
     )
 
 

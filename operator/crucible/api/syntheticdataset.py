@@ -82,8 +82,8 @@ class SyntheticDatasetSpec(ApiModel):
         ),
         cel(
             "!has(self.prompt) || self.prompt.contains('{chunk}')",
-            "spec.prompt must contain the placeholder {chunk} where the excerpt goes "
-            "({pairs} is replaced by spec.pairsPerChunk)",
+            "spec.prompt must contain the placeholder {chunk}: put {chunk} where the excerpt "
+            "goes ({pairs} is replaced by spec.pairsPerChunk)",
             field_path=".prompt",
             reason="FieldValueInvalid",
         ),

@@ -237,6 +237,26 @@ class Engine:
             for target in targets:
                 self.dependents.setdefault(target, set()).add(key)
 
+    def reference_cycle(
+        self, namespace: str, start: tuple[str, str], via: tuple[str, str]
+    ) -> list[tuple[str, str]] | None:
+        """The references that lead from `via` back to `start` (kind, name), as the path
+        start → via → … → start, in the watches' view of the namespace; None without one."""
+        if via == start:
+            return [start, start]
+        stack, seen = [[start, via]], {via}
+        while stack:
+            path = stack.pop()
+            kind, name = path[-1]
+            for _, ref_kind, ref_name in sorted(self.references.get((kind, namespace, name), ())):
+                step = (ref_kind, ref_name)
+                if step == start:
+                    return [*path, start]
+                if step not in seen and ref_kind in self.controllers:
+                    seen.add(step)
+                    stack.append([*path, step])
+        return None
+
     # -- reconciling ----------------------------------------------------------------------
 
     async def lookup_run(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
@@ -274,6 +294,7 @@ class Engine:
                 for k in self.owned.get((namespace, kind, owner.label), ())
                 if k in self.runs
             ],
+            lambda via: self.reference_cycle(namespace, (kind, owner.name), via),
         )
         with RECONCILE_SECONDS.labels(kind).time():
             result = await self.controllers[kind].reconcile(ctx)

@@ -98,6 +98,9 @@ class Context:
     created: Callable[[dict[str, Any]], None]
     # The Crucible resources this run made (an Experiment's), as the watches last saw them.
     owned_runs: Callable[[], list[dict[str, Any]]] = list
+    # The references leading from a resource (kind, name) back to this run, as the path from
+    # it to itself; None where they do not.
+    reference_cycle: Callable[[tuple[str, str]], list[tuple[str, str]] | None] = lambda _: None
 
     @property
     def generation(self) -> int:
@@ -129,6 +132,14 @@ async def dependency(ctx: Context, kind: Kind, name: str, field_path: str) -> di
         )
     status = kind.status.model_validate(found.get("status") or {})
     assert isinstance(status, RunStatus)
+    cycle = ctx.reference_cycle((kind.kind, name)) if status.phase != Phase.SUCCEEDED else None
+    if cycle is not None:
+        raise FailedError(
+            Reason.INVALID_REFERENCE,
+            f"{field_path}: a reference cycle, "
+            + " → ".join(f"{k} {n!r}" for k, n in cycle)
+            + ": each would wait for the other for ever; remove one of these references",
+        )
     if status.phase == Phase.FAILED:
         ready = status.ready()
         why = f": {ready.message}" if ready is not None and ready.message else ""

@@ -47,15 +47,20 @@ class Owner:
         return name_label(self.name)
 
 
-def child_name(owner_name: str, suffix: str) -> str:
-    """`<owner>-<suffix>`, shortened with a hash when it would pass 63 characters, so it can
-    also be a label value, a Service name and a container hostname."""
+def child_name(owner_name: str, suffix: str, max_length: int = MAX_NAME) -> str:
+    """`<owner>-<suffix>`, shortened with a hash when it would pass `max_length`: 63, so it can
+    also be a label value, a Service name and a container hostname; less for a child that is
+    itself a Crucible resource, whose own children are named after it."""
     name = f"{owner_name}-{suffix}"
-    if len(name) <= MAX_NAME:
+    if len(name) <= max_length:
         return name
     digest = hashlib.sha256(owner_name.encode()).hexdigest()[:8]
-    keep = MAX_NAME - len(suffix) - len(digest) - 2
-    return f"{owner_name[:keep].rstrip('-.')}-{digest}-{suffix}"
+    keep = max_length - len(suffix) - len(digest) - 2
+    if keep >= 1:
+        return f"{owner_name[:keep].rstrip('-.')}-{digest}-{suffix}"
+    # The suffix alone is too long (it is made of the user's names): all of it hashed.
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: max_length - len(digest) - 1].rstrip('-.')}-{digest}"
 
 
 def name_label(name: str) -> str:

@@ -43,11 +43,13 @@ JUDGEMENTS_FILE = "judgements.jsonl"  # what an EvalRun's judge wrote (workloads
 
 
 def fine_tune_name(owner: Owner, candidate: str, task: str) -> str:
-    return child_name(owner.name, f"{candidate}-{task}")
+    """A FineTuneJob's name, short enough for that kind's own children."""
+    return child_name(owner.name, f"{candidate}-{task}", FINE_TUNE_JOB.children.max_name)
 
 
 def eval_run_name(owner: Owner, task: str) -> str:
-    return child_name(owner.name, task)
+    """An EvalRun's name, short enough for that kind's own children."""
+    return child_name(owner.name, task, EVAL_RUN.children.max_name)
 
 
 def _run(owner: Owner, kind: str, name: str, role: str, spec: Any) -> dict[str, Any]:

@@ -78,11 +78,24 @@ def pod_failure(pods: list[dict[str, Any]]) -> Outcome | None:
 
 def pod_blocked(pods: list[dict[str, Any]], mount_failures: Mapping[str, str]) -> Outcome | None:
     """A pending pod that cannot start yet, with the scheduler's or the kubelet's words
-    (`mount_failures`: the kubelet's FailedMount events, by pod name)."""
+    (`mount_failures`: the kubelet's FailedMount events, by pod name). A container that waits
+    for its configuration says more than a FailedMount event: it comes after the volumes are
+    mounted, so any such event before it is stale (the kubelet's first try of a ConfigMap
+    volume can fail while its cache fills, and the event outlives the retry that worked)."""
     for pod in _newest_first(pods):
         if (pod.get("status") or {}).get("phase") != "Pending":
             continue
         name = pod["metadata"]["name"]
+        for container in _statuses(pod):
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in CONFIG_WAIT_REASONS:
+                return Outcome(
+                    Phase.WAITING,
+                    Reason.INPUT_NOT_FOUND,
+                    f"pod {name} waits ({waiting['reason']}): "
+                    f"{waiting.get('message', '').strip()}; create what it names and the run "
+                    "goes on",
+                )
         if name in mount_failures:
             return Outcome(
                 Phase.WAITING,
@@ -97,18 +110,7 @@ def pod_blocked(pods: list[dict[str, Any]], mount_failures: Mapping[str, str]) -
                 return Outcome(
                     Phase.PENDING,
                     Reason.UNSCHEDULABLE,
-                    f"pod {pod['metadata']['name']} cannot be scheduled: "
-                    f"{condition.get('message', '')}",
-                )
-        for container in _statuses(pod):
-            waiting = (container.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") in CONFIG_WAIT_REASONS:
-                return Outcome(
-                    Phase.WAITING,
-                    Reason.INPUT_NOT_FOUND,
-                    f"pod {pod['metadata']['name']} waits ({waiting['reason']}): "
-                    f"{waiting.get('message', '').strip()}; create what it names and the run "
-                    "goes on",
+                    f"pod {name} cannot be scheduled: {condition.get('message', '')}",
                 )
     return None
 
