@@ -48,6 +48,33 @@ def leftovers(workdir: Path) -> str:
     return "\n".join(line for line in found.splitlines() if "pgrep" not in line)
 
 
+def stopped(process: subprocess.Popen[bytes]) -> int:
+    """SIGTERM, as Ctrl-C: dev up removes what it made. SIGKILL only if it hangs, which would
+    leave the cluster's bridge and cgroups behind (and fail the next test's host check)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(180)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.wait()
+
+
+def scrape(url: str, timeout: float = 60) -> str:
+    """/metrics through dev up's port-forward, which follows the leader: a connection made
+    while it moves to a new replica is retried."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                text: str = response.read().decode()
+                return text
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+
+
 def wait_for_output(
     process: subprocess.Popen[bytes], log: Path, pattern: str, timeout: float
 ) -> str:
@@ -104,12 +131,10 @@ def run_until_done(tmp_path: Path, examples: str, timeout: float = 1500) -> Fini
                 check=True,
             ).stdout
         )["items"]
-        metrics = urllib.request.urlopen(metrics_url.group(1), timeout=10).read().decode()
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(120) == 130
+        metrics = scrape(metrics_url.group(1))
     finally:
-        if process.poll() is None:
-            process.kill()
+        code = stopped(process)
+    assert code == 130
     assert not leftovers(workdir)
     assert not changes(before, host_state())
     assert not list((workdir / "store").rglob("*.partial-*"))
@@ -271,11 +296,9 @@ def test_stopping_dev_up_mid_run_leaves_nothing_behind(tmp_path: Path) -> None:
             assert process.poll() is None, Path(log.name).read_text()[-3000:]
             time.sleep(0.5)
         assert training.search(Path(log.name).read_text()), "the fine-tune never started"
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(120) == 130
     finally:
-        if process.poll() is None:
-            process.kill()
+        code = stopped(process)
+    assert code == 130
     assert not leftovers(workdir)
     assert not changes(before, host_state())
     store = workdir / "store" / NAMESPACE

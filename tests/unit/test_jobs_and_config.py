@@ -54,6 +54,34 @@ def test_exit_code_and_termination_message() -> None:
     assert outcome.message == "container main exited with code 2: row 7: no answer"
 
 
+UNKNOWN = {
+    "terminated": {
+        "exitCode": 137,
+        "reason": "ContainerStatusUnknown",
+        "message": "The container could not be located when the pod was terminated",
+    }
+}
+
+
+def test_a_container_the_kubelet_lost_says_less_than_one_that_failed_itself() -> None:
+    failed = pod({"terminated": {"exitCode": 1, "reason": "Error", "message": "no host nowhere"}})
+    lost = pod(UNKNOWN)
+    lost["metadata"]["creationTimestamp"] = "2026-01-01T00:01:00Z"  # newer
+    outcome = job_outcome(job(("Failed", "BackoffLimitExceeded")), [lost, failed])
+    assert outcome.message == "container main exited with code 1: no host nowhere"
+
+
+def test_an_evicted_pod_says_why_the_kubelet_stopped_it() -> None:
+    evicted = pod(
+        UNKNOWN, reason="Evicted", message="The node was low on resource: ephemeral-storage."
+    )
+    outcome = job_outcome(job(("Failed", "BackoffLimitExceeded")), [evicted])
+    assert outcome.message == (
+        "container main exited with code 137: "
+        "Evicted: The node was low on resource: ephemeral-storage."
+    )
+
+
 def test_deadline_exceeded() -> None:
     outcome = job_outcome(job(("Failed", "DeadlineExceeded")), [])
     assert (outcome.phase, outcome.reason) == (Phase.FAILED, "DeadlineExceeded")

@@ -332,6 +332,9 @@ class LocalNode:
                 "  restrict_oom_score_adj = true",
                 f"[{cri}.containerd]",
                 '  snapshotter = "overlayfs"',
+                # The compressed layers go once unpacked: the images are several GB each, and
+                # the registry keeps them anyway.
+                "  discard_unpacked_layers = true",
                 '  default_runtime_name = "runc"',
                 f"[{cri}.containerd.runtimes.runc]",
                 '  runtime_type = "io.containerd.runc.v2"',

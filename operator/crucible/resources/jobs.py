@@ -15,6 +15,9 @@ IMAGE_PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "E
 # The kubelet cannot create the container until something the pod names exists (a Secret or
 # ConfigMap key of its environment): the run waits, and goes on once it is created.
 CONFIG_WAIT_REASONS = ("CreateContainerConfigError", "CreateContainerError")
+# What the kubelet reports for a container of a stopped pod that it cannot find (one
+# evicted or deleted while it waited or ran): it says nothing of the workload itself.
+UNKNOWN_CONTAINER_REASON = "ContainerStatusUnknown"
 NONE: Mapping[str, str] = MappingProxyType({})
 
 
@@ -42,38 +45,54 @@ def _newest_first(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", reverse=True)
 
 
+def _container_failure(pod: dict[str, Any], container: dict[str, Any]) -> Outcome | None:
+    state = container.get("state") or {}
+    waiting = state.get("waiting") or {}
+    if waiting.get("reason") in IMAGE_PULL_REASONS:
+        return Outcome(
+            Phase.FAILED,
+            Reason.IMAGE_PULL_FAILED,
+            f"image {container.get('image')} of container {container['name']} cannot be "
+            f"pulled ({waiting['reason']}): {waiting.get('message', '').strip()}".rstrip(": "),
+        )
+    terminated = state.get("terminated") or {}
+    if not terminated or terminated.get("exitCode", 0) == 0:
+        return None
+    if terminated.get("reason") == "OOMKilled":
+        return Outcome(
+            Phase.FAILED,
+            Reason.OOM_KILLED,
+            f"container {container['name']} ran out of memory and was killed "
+            "(exit code 137): raise spec.resources.memory or reduce the batch size",
+        )
+    detail = (terminated.get("message") or "").strip()
+    if terminated.get("reason") == UNKNOWN_CONTAINER_REASON:
+        # The kubelet stopped the pod before the container ran or ended (an eviction, a
+        # deletion): the pod's own reason says why.
+        status = pod.get("status") or {}
+        detail = ": ".join(filter(None, [status.get("reason"), status.get("message")])) or detail
+    return Outcome(
+        Phase.FAILED,
+        Reason.ERROR,
+        f"container {container['name']} exited with code {terminated['exitCode']}"
+        + (f": {detail[-2000:]}" if detail else ""),
+    )
+
+
 def pod_failure(pods: list[dict[str, Any]]) -> Outcome | None:
-    """The most telling failure among the pods, newest first."""
-    for pod in _newest_first(pods):
-        for container in _statuses(pod):
-            state = container.get("state") or {}
-            waiting = state.get("waiting") or {}
-            if waiting.get("reason") in IMAGE_PULL_REASONS:
-                return Outcome(
-                    Phase.FAILED,
-                    Reason.IMAGE_PULL_FAILED,
-                    f"image {container.get('image')} of container {container['name']} cannot be "
-                    f"pulled ({waiting['reason']}): {waiting.get('message', '').strip()}".rstrip(
-                        ": "
-                    ),
-                )
-            terminated = state.get("terminated") or {}
-            if terminated and terminated.get("exitCode", 0) != 0:
-                if terminated.get("reason") == "OOMKilled":
-                    return Outcome(
-                        Phase.FAILED,
-                        Reason.OOM_KILLED,
-                        f"container {container['name']} ran out of memory and was killed "
-                        "(exit code 137): raise spec.resources.memory or reduce the batch size",
-                    )
-                detail = (terminated.get("message") or "").strip()
-                return Outcome(
-                    Phase.FAILED,
-                    Reason.ERROR,
-                    f"container {container['name']} exited with code {terminated['exitCode']}"
-                    + (f": {detail[-2000:]}" if detail else ""),
-                )
-    return None
+    """The most telling failure among the pods, newest first: a container's own failure
+    before one the kubelet could no longer find."""
+    found = [
+        (outcome, container)
+        for pod in _newest_first(pods)
+        for container in _statuses(pod)
+        if (outcome := _container_failure(pod, container)) is not None
+    ]
+    for outcome, container in found:
+        terminated = (container.get("state") or {}).get("terminated") or {}
+        if terminated.get("reason") != UNKNOWN_CONTAINER_REASON:
+            return outcome
+    return found[0][0] if found else None
 
 
 def pod_blocked(pods: list[dict[str, Any]], mount_failures: Mapping[str, str]) -> Outcome | None:
