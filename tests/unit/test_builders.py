@@ -250,6 +250,25 @@ def test_single_gpu_training_runs_one_process() -> None:
     }
 
 
+def test_continued_pretraining_mounts_its_documents_and_names_no_dataset() -> None:
+    spec = FineTuneJobSpec.model_validate(
+        {
+            "baseModel": {"uri": "hf://o/base"},
+            "method": "cpt",
+            "documents": {"configMap": {"name": "docs"}, "include": ["**/*.md"]},
+        }
+    )
+    children = finetunejob.build(owner(FINE_TUNE_JOB), spec, "hf://o/base", CONFIG)
+    task = json.loads(by_kind(children, "ConfigMap")[1]["data"]["task.json"])
+    assert task["method"] == "cpt"
+    assert "dataset" not in task
+    assert task["documents"] == {"documentsPath": "/data/documents", "include": ["**/*.md"]}
+    volumes = {
+        v["name"]: v for v in by_kind(children, "Job")[0]["spec"]["template"]["spec"]["volumes"]
+    }
+    assert volumes["documents"]["configMap"] == {"name": "docs"}
+
+
 def test_multi_gpu_training_runs_torchrun_with_shared_memory() -> None:
     spec = ft_spec(
         resources={"gpus": 4},

@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
-from crucible.api.contract import DatasetInput, FineTuneTask
+from crucible.api.contract import DatasetInput, DocumentsInput, FineTuneTask
 from crucible.api.finetunejob import Hyperparameters, Lora
 from crucible.workloads.common import WorkloadError
 from crucible.workloads.datasets import load_examples
-from crucible.workloads.finetune import train
+from crucible.workloads.documents import Document
+from crucible.workloads.finetune import document_blocks, train
 from tests.conftest import NITRO, ModelFactory, requires_nitro
 
 torch = pytest.importorskip("torch")
@@ -73,6 +74,50 @@ def test_sft_loss_falls_on_a_memorisable_set(tmp_path: Path, make_model: ModelFa
     assert all(math.isfinite(loss) for loss in result.losses)
     assert mean(result.losses[-4:]) < 0.7 * mean(result.losses[:4])
     assert (tmp_path / "ft" / "adapter" / "adapter_config.json").exists()
+
+
+def test_continued_pretraining_learns_the_documents_text(
+    tmp_path: Path, make_model: ModelFactory
+) -> None:
+    """method cpt: the documents split at their headers into blocks of at most maxLength
+    tokens, trained on whole, until the model has their text by heart."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "crucible.md").write_text(
+        "# Crucible\nCrucible is a Kubernetes operator for small models.\n\n"
+        "## Storage\nResults live in the model store, a PersistentVolumeClaim.\n"
+    )
+    (docs / "notes.txt").write_text("ignored: not included")
+    task = make_task(
+        tmp_path,
+        make_model(1),
+        docs,
+        method="cpt",
+        dataset=None,
+        documents=DocumentsInput(documents_path=str(docs), include=["**/*.md"]),
+    )
+    result = train(task)
+    assert result.global_step == 24
+    assert mean(result.losses[-4:]) < 0.7 * mean(result.losses[:4])
+    assert (tmp_path / "ft" / "adapter" / "adapter_config.json").exists()
+
+
+def test_documents_become_blocks_within_max_length(
+    tmp_path: Path, make_model: ModelFactory
+) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(make_model(1))
+    long_section = "word " * 300
+    document = Document("a.md", f"# One\nshort.\n\n## Two\n{long_section}\n", "sha")
+    blocks = document_blocks([document], tokenizer, 64)
+    lengths = [
+        len(tokenizer(r["text"], add_special_tokens=False)["input_ids"]) for r in blocks.rows
+    ]
+    assert blocks.rows[0]["text"] == "# One\nshort."
+    assert blocks.rows[1]["text"].startswith("## Two")
+    assert max(lengths) <= 64 + 2  # a block decoded and tokenized again may shift a token
+    assert sum(lengths) >= len(tokenizer(long_section.strip())["input_ids"])
 
 
 def test_dpo_prefers_the_chosen_answers(tmp_path: Path, make_model: ModelFactory) -> None:

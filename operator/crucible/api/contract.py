@@ -62,11 +62,18 @@ class DatasetInput(DataFile):
     on_invalid_row: InvalidRowPolicy = Field(description="Fail or Skip on bad rows.")
 
 
+class DocumentsInput(ApiModel):
+    git: GitSource | None = Field(default=None, description="Repository to check out.")
+    documents_path: str | None = Field(default=None, description="Local folder of documents.")
+    include: list[str]
+
+
 class FineTuneTask(TaskBase):
     workload: Literal["finetune"] = "finetune"
     base_model_uri: str = Field(description="Model to adapt (full weights).")
     method: TrainingMethod
-    dataset: DatasetInput
+    dataset: DatasetInput | None = Field(default=None, description="Rows (sft, dpo).")
+    documents: DocumentsInput | None = Field(default=None, description="Documents (cpt).")
     lora: Lora
     hyperparameters: Hyperparameters
     merge_adapter: bool
@@ -74,12 +81,6 @@ class FineTuneTask(TaskBase):
     merged_path: str | None = Field(default=None, description="Where merged weights go.")
     checkpoint_path: str = Field(description="Checkpoints, for resuming after a restart.")
     gpus: int = Field(ge=0, description="GPUs, one training process each.")
-
-
-class DocumentsInput(ApiModel):
-    git: GitSource | None = Field(default=None, description="Repository to check out.")
-    documents_path: str | None = Field(default=None, description="Local folder of documents.")
-    include: list[str]
 
 
 class RagTask(TaskBase, DocumentsInput):
@@ -126,6 +127,9 @@ class EvalTask(TaskBase):
     judge: ChatEndpoint | None = None
     judge_prompt: str | None = None
     bootstrap_samples: int = 1000
+    lineage: dict[str, str] = Field(
+        default_factory=dict, description="Each model in words, for the report."
+    )
 
 
 class SynthTask(TaskBase, DocumentsInput):

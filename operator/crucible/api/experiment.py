@@ -72,6 +72,16 @@ class ExperimentTask(ApiModel):
 class FineTuneTemplate(ApiModel):
     """The FineTuneJob every (candidate, task) gets; its base model and data are filled in."""
 
+    model_config = api_config(
+        cel(
+            "self.method != 'cpt'",
+            "spec.fineTune.method: a task trains on its dataset's rows, and cpt reads "
+            "documents: use sft or dpo",
+            field_path=".method",
+            reason="FieldValueInvalid",
+        )
+    )
+
     method: TrainingMethod = Field(
         default=TrainingMethod.SFT, description="sft or dpo (dpo needs preference data)."
     )

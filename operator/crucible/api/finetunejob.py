@@ -18,6 +18,7 @@ from crucible.api.common import (
     RunStatus,
 )
 from crucible.api.formats import OBJECT_NAME, ObjectName
+from crucible.api.ragindex import DocumentSource
 
 # A module's name in a model (q_proj, model.layers.0.mlp.down_proj): bounded, so that the API
 # server can afford the rule that none is listed twice.
@@ -27,6 +28,7 @@ MAX_MODULE_NAME = 128
 class TrainingMethod(StrEnum):
     SFT = "sft"
     DPO = "dpo"
+    CPT = "cpt"  # continued pre-training on documents
 
 
 class DatasetFormat(StrEnum):
@@ -170,7 +172,21 @@ class FineTuneJobSpec(ApiModel):
 
     model_config = api_config(
         cel(
-            "self.method != 'dpo' || self.dataset.format == 'preference'",
+            "self.method != 'cpt' || (has(self.documents) && !has(self.dataset))",
+            "spec.method cpt trains on documents: set spec.documents (a source as a "
+            "RagIndex's: configMap, git or pvc) and remove spec.dataset",
+            field_path=".documents",
+            reason="FieldValueRequired",
+        ),
+        cel(
+            "self.method == 'cpt' || (has(self.dataset) && !has(self.documents))",
+            "spec.documents are read by method cpt (continued pre-training) alone: set "
+            "method: cpt, or give spec.dataset rows for sft or dpo and remove spec.documents",
+            field_path=".dataset",
+            reason="FieldValueRequired",
+        ),
+        cel(
+            "self.method != 'dpo' || !has(self.dataset) || self.dataset.format == 'preference'",
             "spec.dataset.format must be preference for method dpo: give rows of prompt, "
             "chosen and rejected, or use method sft",
             field_path=".dataset.format",
@@ -184,7 +200,7 @@ class FineTuneJobSpec(ApiModel):
             reason="FieldValueInvalid",
         ),
         cel(
-            "self.method != 'sft' || self.dataset.format != 'preference'",
+            "self.method != 'sft' || !has(self.dataset) || self.dataset.format != 'preference'",
             "spec.dataset.format preference is for method dpo: use chat or prompt-completion "
             "data with sft, or set method: dpo",
             field_path=".dataset.format",
@@ -197,9 +213,18 @@ class FineTuneJobSpec(ApiModel):
     )
     method: TrainingMethod = Field(
         default=TrainingMethod.SFT,
-        description="sft (supervised fine-tuning) or dpo (direct preference optimisation).",
+        description="sft (supervised fine-tuning on spec.dataset), dpo (direct preference "
+        "optimisation on spec.dataset) or cpt (continued pre-training on spec.documents: the "
+        "model reads them as plain text, domain-adaptive pre-training).",
     )
-    dataset: Dataset = Field(description="Training data and its format.")
+    dataset: Dataset | None = Field(
+        default=None, description="Training rows and their format (sft and dpo)."
+    )
+    documents: DocumentSource | None = Field(
+        default=None,
+        description="Documents to continue pre-training on (cpt): split at markdown headers, "
+        "then into windows of spec.hyperparameters.maxLength tokens, each trained on whole.",
+    )
     lora: Lora = defaulted(
         Lora(),
         description="LoRA/QLoRA adapter settings.",

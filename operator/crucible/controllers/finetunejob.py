@@ -7,7 +7,7 @@ from typing import Any
 
 from crucible.api.common import DataSource, Phase, PvcPath, Reason
 from crucible.api.contract import WorkloadReport
-from crucible.api.finetunejob import FineTuneJobSpec
+from crucible.api.finetunejob import Dataset, FineTuneJobSpec
 from crucible.api.kinds import FINE_TUNE_JOB, SYNTHETIC_DATASET
 from crucible.api.syntheticdataset import SyntheticFormat
 from crucible.controllers.lifecycle import (
@@ -32,18 +32,18 @@ class TrainingInputs:
     dataset: DataSource | None  # where a datasetRef resolved to; None: spec.dataset as is
 
 
-async def synthetic_data(ctx: Context, spec: FineTuneJobSpec) -> DataSource:
+async def synthetic_data(ctx: Context, dataset: Dataset) -> DataSource:
     """The train split of the referenced SyntheticDataset, once it has succeeded."""
-    assert spec.dataset.dataset_ref is not None
+    assert dataset.dataset_ref is not None
     field = "spec.dataset.datasetRef"
-    name = spec.dataset.dataset_ref.name
+    name = dataset.dataset_ref.name
     found = await dependency(ctx, SYNTHETIC_DATASET, name, field)
     made = found["spec"].get("format", SyntheticFormat.CHAT)
-    if made != spec.dataset.format:
+    if made != dataset.format:
         raise FailedError(
             Reason.INVALID_REFERENCE,
             f"{field}: SyntheticDataset {name!r} writes {made} rows but spec.dataset.format is "
-            f"{spec.dataset.format}; set spec.dataset.format: {made} (chat trains with sft, "
+            f"{dataset.format}; set spec.dataset.format: {made} (chat trains with sft, "
             "preference with dpo) or reference another SyntheticDataset",
         )
     claim, _, path = found["status"]["outputUri"].removeprefix("pvc://").partition("/")
@@ -56,18 +56,29 @@ class FineTuneJobController(RunController[FineTuneJobSpec, TrainingInputs]):
 
     def references(self, spec: FineTuneJobSpec) -> list[Reference]:
         refs = model_references([spec.base_model])
-        if spec.dataset.dataset_ref is not None:
-            refs.append(Reference(SYNTHETIC_DATASET.kind, spec.dataset.dataset_ref.name))
-        if spec.dataset.config_map is not None:
-            refs.append(Reference("ConfigMap", spec.dataset.config_map.name))
+        dataset, documents = spec.dataset, spec.documents
+        if dataset is not None and dataset.dataset_ref is not None:
+            refs.append(Reference(SYNTHETIC_DATASET.kind, dataset.dataset_ref.name))
+        for config_map in (
+            dataset.config_map if dataset is not None else None,
+            documents.config_map if documents is not None else None,
+        ):
+            if config_map is not None:
+                refs.append(Reference("ConfigMap", config_map.name))
         return refs
 
     async def resolve(self, ctx: Context, spec: FineTuneJobSpec) -> TrainingInputs:
         base = await resolve_full_weights(ctx, spec.base_model, "spec.baseModel")
-        if spec.dataset.config_map is not None:
-            ref = spec.dataset.config_map
+        if spec.documents is not None and spec.documents.config_map is not None:
+            name = spec.documents.config_map.name
+            await config_map_key(ctx, name, None, "spec.documents.configMap")
+        dataset = spec.dataset
+        if dataset is None:
+            return TrainingInputs(base, None)
+        if dataset.config_map is not None:
+            ref = dataset.config_map
             await config_map_key(ctx, ref.name, ref.key, "spec.dataset.configMap")
-        data = await synthetic_data(ctx, spec) if spec.dataset.dataset_ref is not None else None
+        data = await synthetic_data(ctx, dataset) if dataset.dataset_ref is not None else None
         return TrainingInputs(base, data)
 
     def build(

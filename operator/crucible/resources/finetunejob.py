@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from crucible.api.common import DataSource
-from crucible.api.contract import DatasetInput, FineTuneTask
+from crucible.api.contract import DatasetInput, DocumentsInput, FineTuneTask
 from crucible.api.finetunejob import FineTuneJobSpec
 from crucible.config import OperatorConfig
 from crucible.resources.common import (
@@ -18,7 +18,7 @@ from crucible.resources.common import (
     workload_children,
     workload_command,
 )
-from crucible.resources.datasets import mount_data
+from crucible.resources.datasets import mount_data, mount_documents
 
 ROLE = "train"
 SHM = (
@@ -48,20 +48,32 @@ def build(
     config: OperatorConfig,
     dataset: DataSource | None = None,
 ) -> list[dict[str, Any]]:
-    """`dataset` is where a spec.dataset.datasetRef resolved to; otherwise spec.dataset."""
-    data = mount_data(dataset or spec.dataset, config)
-    claims = pvc_claims([base_model_uri]) + data.claims
-    task = FineTuneTask(
-        **task_fields(owner, config, claims, outputs(owner, spec, config)["outputUri"]),
-        base_model_uri=base_model_uri,
-        method=spec.method,
-        dataset=DatasetInput(
+    """`dataset` is where a spec.dataset.datasetRef resolved to; otherwise spec.dataset (or,
+    for continued pre-training, spec.documents)."""
+    rows: DatasetInput | None = None
+    documents: DocumentsInput | None = None
+    if spec.documents is not None:
+        data = mount_documents(spec.documents, config)
+        documents = DocumentsInput(
+            git=spec.documents.git, documents_path=data.path, include=spec.documents.include
+        )
+    else:
+        assert spec.dataset is not None
+        data = mount_data(dataset or spec.dataset, config)
+        rows = DatasetInput(
             path=data.path,
             uri=data.uri,
             format=spec.dataset.format,
             system_prompt=spec.dataset.system_prompt,
             on_invalid_row=spec.dataset.on_invalid_row,
-        ),
+        )
+    claims = pvc_claims([base_model_uri]) + data.claims
+    task = FineTuneTask(
+        **task_fields(owner, config, claims, outputs(owner, spec, config)["outputUri"]),
+        base_model_uri=base_model_uri,
+        method=spec.method,
+        dataset=rows,
+        documents=documents,
         lora=spec.lora,
         hyperparameters=spec.hyperparameters,
         merge_adapter=spec.merge_adapter,

@@ -1,14 +1,16 @@
-"""The fine-tune workload: LoRA/QLoRA with peft, SFT or DPO with trl, resuming from its last
+"""The fine-tune workload: LoRA/QLoRA with peft, SFT or DPO with trl (or continued
+pre-training on documents, as language modelling on their text), resuming from its last
 checkpoint after a restart, reporting progress, saving the adapter (and merged weights)."""
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crucible.api.contract import FineTuneTask
+from crucible.api.contract import DatasetInput, FineTuneTask
 from crucible.api.finetunejob import InvalidRowPolicy, TrainingMethod, TrainingProgress
 from crucible.workloads.common import (
     Reporter,
@@ -20,6 +22,7 @@ from crucible.workloads.common import (
     write_json,
 )
 from crucible.workloads.datasets import Examples, load_examples
+from crucible.workloads.documents import Document, documents_of
 
 REPORT_EVERY_SECONDS = 10.0
 
@@ -32,17 +35,54 @@ class TrainResult:
     skipped: dict[str, int]
 
 
-def data_file(task: FineTuneTask, cache: Path) -> Path:
-    if task.dataset.path:
-        return Path(task.dataset.path)
-    assert task.dataset.uri
-    local = resolve_uri(task.dataset.uri, task.mounts, cache)
+def data_file(task: FineTuneTask, dataset: DatasetInput, cache: Path) -> Path:
+    if dataset.path:
+        return Path(dataset.path)
+    assert dataset.uri
+    local = resolve_uri(dataset.uri, task.mounts, cache)
     if local.is_file():
         return local
     files = sorted(p for p in local.rglob("*") if p.suffix in (".jsonl", ".json", ".csv"))
     if not files:
-        raise WorkloadError(f"{task.dataset.uri}: no .jsonl, .json or .csv file in it")
+        raise WorkloadError(f"{dataset.uri}: no .jsonl, .json or .csv file in it")
     return files[0]
+
+
+def document_blocks(documents: list[Document], tokenizer: Any, max_length: int) -> Examples:
+    """Continued pre-training's rows: each document split at its markdown headers, then each
+    section into windows of `max_length` tokens, so that no text is cut off by the trainer
+    and a block starts where a section does."""
+    blocks = Examples(rows=[])
+    for document in documents:
+        sections = re.split(r"\n(?=#{1,6} )", document.text)
+        for section in (s.strip() for s in sections):
+            ids = tokenizer(section, add_special_tokens=False)["input_ids"]
+            for start in range(0, len(ids), max_length):
+                text = tokenizer.decode(ids[start : start + max_length]).strip()
+                if text:
+                    blocks.rows.append({"text": text})
+                    blocks.numbers.append(len(blocks.rows))
+    if not blocks.rows:
+        raise WorkloadError("spec.documents: no text to train on in the documents found")
+    return blocks
+
+
+def training_rows(task: FineTuneTask, tokenizer: Any, cache: Path) -> Examples:
+    """The rows to train on: the dataset's, or the documents' blocks for continued
+    pre-training."""
+    max_length = task.hyperparameters.max_length
+    if task.documents is not None:
+        documents = documents_of(task.documents, cache)
+        blocks = document_blocks(documents, tokenizer, max_length)
+        log.info("documents: %d, in %d blocks", len(documents), len(blocks.rows))
+        return blocks
+    assert task.dataset is not None
+    dataset = task.dataset
+    path = data_file(task, dataset, cache)
+    examples = load_examples(path, dataset.format, dataset.system_prompt, dataset.on_invalid_row)
+    drop_over_length(examples, tokenizer, max_length, path, dataset.on_invalid_row)
+    log.info("dataset %s: %d rows, skipped %s", path, len(examples.rows), dict(examples.skipped))
+    return examples
 
 
 def drop_over_length(
@@ -151,16 +191,11 @@ def train(task: FineTuneTask, callbacks: tuple[Any, ...] = ()) -> TrainResult:
     reporter = Reporter(task)
     cache = Path(task.output_path) / ".cache"
     base = resolve_uri(task.base_model_uri, task.mounts, cache)
-    path = data_file(task, cache)
     hyper, lora = task.hyperparameters, task.lora
     tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    examples = load_examples(
-        path, task.dataset.format, task.dataset.system_prompt, task.dataset.on_invalid_row
-    )
-    drop_over_length(examples, tokenizer, hyper.max_length, path, task.dataset.on_invalid_row)
-    log.info("dataset %s: %d rows, skipped %s", path, len(examples.rows), dict(examples.skipped))
+    examples = training_rows(task, tokenizer, cache)
     model = load_model(base, task)
     peft_config = LoraConfig(
         r=lora.r,
