@@ -31,8 +31,10 @@ fi
 # Debian's packages: prometheus and promtool for the metrics and alert-rule tests (its daemon is
 # not started: the tests run their own on 127.0.0.1); for the images and the local node,
 # buildah and podman (with runc, conmon and catatonit), mmdebstrap for the base image and the
-# CNCF distribution registry. No daemon is started: each runs only while something uses it.
-PACKAGES=(prometheus buildah podman runc conmon catatonit mmdebstrap docker-registry)
+# CNCF distribution registry; Chromium and a font for the test that opens the HTML reports.
+# No daemon is started: each runs only while something uses it.
+PACKAGES=(prometheus buildah podman runc conmon catatonit mmdebstrap docker-registry
+  chromium fonts-dejavu-core)
 missing=()
 for package in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \

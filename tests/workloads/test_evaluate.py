@@ -266,6 +266,10 @@ def test_scores_are_exact_and_every_answer_is_recorded(tmp_path: Path) -> None:
     assert (paired["a"], paired["b"], paired["test"]) == ("half", "oracle", "McNemar")
     assert paired["difference"] == -0.5 and paired["pValue"] == pytest.approx(2 / 2**10)
     assert by_model["half"].scoring == "Generation" and by_model["half"].accuracy_norm is None
+    # The report beside them shows these figures (tests/report opens such pages in Chromium).
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert 'data-figure="accuracy" data-model="half" data-rag="false" data-value="0.5"' in report
+    assert 'data-figure="p-value"' in report and report.count("<svg") == 3
 
 
 def test_retries_never_lose_or_double_count(tmp_path: Path) -> None:

@@ -72,6 +72,9 @@ def test_the_ranking_pools_every_task_and_is_recomputable_from_the_store(
         (r["model"], r["rating"], r["ci95Low"]) for r in sent["ranking"]
     ]
     assert json.loads((tmp_path / "out" / "ranking.json").read_text())["comparisons"] == 360
+    report = (tmp_path / "out" / "report.html").read_text()
+    first = sent["ranking"][0]
+    assert f'data-figure="rating" data-model="a" data-value="{first["rating"]!r}"' in report
 
 
 def test_the_held_out_verdict_is_the_winners_lead_over_the_best_other(

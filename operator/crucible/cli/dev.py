@@ -11,6 +11,7 @@ import base64
 import secrets
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -27,6 +28,7 @@ from crucible.devcluster.cluster import LocalCluster, folder_claim, free_port
 from crucible.devcluster.images import REPOSITORY, built_images
 from crucible.devcluster.models import prepare_models
 from crucible.devcluster.node import local_nodes
+from crucible.metrics.report import REPORT_FILE
 
 STORE_CLAIM = "crucible-models"
 DATABASE_SECRET = "postgres"  # key "uri": what examples/quickstart's RagIndex reads
@@ -151,24 +153,94 @@ def database_url(cluster: LocalCluster) -> str:
     return f"postgresql://crucible:{password}@{host}:5432/rag"
 
 
-def leader_pod(cluster: LocalCluster, timeout: float = 120) -> str:
+def leader_pod(cluster: LocalCluster) -> str | None:
     """The operator replica holding the leader Lease: the one whose /metrics has the runs."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = cluster.kubectl(
-            "get",
-            "lease",
-            RELEASE,
-            "-n",
-            RELEASE_NAMESPACE,
-            "-o",
-            "jsonpath={.spec.holderIdentity}",
-            check=False,
+    found = cluster.kubectl(
+        "get",
+        "lease",
+        RELEASE,
+        "-n",
+        RELEASE_NAMESPACE,
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+        check=False,
+    )
+    if found.returncode != 0 or not found.stdout:
+        return None
+    return found.stdout
+
+
+class MetricsForward:
+    """`kubectl port-forward` from one local port to the leader's /metrics, moved to the new
+    leader when the Lease changes hands (a replica restarted or evicted) and restarted if it
+    exits: the address dev up printed stays the one to scrape."""
+
+    def __init__(self, cluster: LocalCluster, workdir: Path) -> None:
+        self.cluster = cluster
+        self.port = free_port()
+        self.log = (workdir / "port-forward.log").open("ab")
+        self.workdir = workdir
+        self.pod: str | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/metrics"
+
+    def start(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.follow():
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"no operator replica took the Lease {RELEASE_NAMESPACE}/{RELEASE}"
+                )
+            time.sleep(1)
+
+    def follow(self) -> bool:
+        """Forward to the current leader; whether a forward runs."""
+        leader = leader_pod(self.cluster)
+        running = self.process is not None and self.process.poll() is None
+        if leader is None or (running and leader == self.pod):
+            return running
+        self.stop()
+        self.pod = leader
+        self.process = processes.spawn(
+            [
+                str(self.cluster.binaries.kubectl),
+                f"--kubeconfig={self.cluster.kubeconfig}",
+                "port-forward",
+                "-n",
+                RELEASE_NAMESPACE,
+                f"pod/{leader}",
+                f"{self.port}:http-metrics",
+            ],
+            self.log,
+            self.workdir,
         )
-        if found.returncode == 0 and found.stdout:
-            return found.stdout
-        time.sleep(1)
-    raise TimeoutError(f"no operator replica took the Lease {RELEASE_NAMESPACE}/{RELEASE}")
+        return True
+
+    def stop(self) -> None:
+        if self.process is not None:
+            processes.stop(self.process)
+            self.process = None
+
+    def close(self) -> None:
+        self.stop()
+        self.log.close()
+
+
+def reports(items: list[dict[str, Any]], store: Path) -> list[Path]:
+    """The HTML reports the eval and rank workloads wrote beside their results, in the
+    store's folder on this machine."""
+    found = []
+    for item in items:
+        uri = (item.get("status") or {}).get("resultsUri") or ""
+        if item["kind"] in ("EvalRun", "Experiment") and uri.startswith("pvc://"):
+            path = store / uri.removeprefix("pvc://").partition("/")[2]
+            report = path.parent / REPORT_FILE
+            if report.exists():
+                found.append(report)
+    return found
 
 
 def watch(
@@ -176,6 +248,7 @@ def watch(
     kubeconfig: Path,
     alive: Callable[[], str | None],
     *,
+    store: Path,
     once: bool,
     timeout: float,
 ) -> int:
@@ -194,6 +267,8 @@ def watch(
         if not done and items and all(kind.settled(p) for kind, p in phases):
             done = True
             print("\n" + leaderboard_table(items), flush=True)
+            for report in reports(items, store):
+                print(f"report: {report}", flush=True)
             if once:
                 return 0 if all(kind.succeeded(p) for kind, p in phases) else 1
             print("all done; still serving the API until Ctrl-C", flush=True)
@@ -243,36 +318,29 @@ def dev_up(
             prepare_models(store)
             cluster.kubectl_apply([database_secret(namespace, database_url(cluster))])
 
-            metrics_port = free_port()
-            forward_log = cleanup.enter_context((workdir / "port-forward.log").open("wb"))
-            forward = processes.spawn(
-                [
-                    str(cluster.binaries.kubectl),
-                    f"--kubeconfig={cluster.kubeconfig}",
-                    "port-forward",
-                    "-n",
-                    RELEASE_NAMESPACE,
-                    f"pod/{leader_pod(cluster)}",
-                    f"{metrics_port}:http-metrics",
-                ],
-                forward_log,
-                workdir,
-            )
-            cleanup.callback(processes.stop, forward)
+            metrics = MetricsForward(cluster, workdir)
+            cleanup.callback(metrics.close)
+            metrics.start()
 
             how = "-k" if (examples / "kustomization.yaml").exists() else "-f"
             print(cluster.kubectl("apply", "-n", namespace, how, str(examples)).stdout, flush=True)
             print(
                 f"KUBECONFIG={cluster.kubeconfig}\n"
-                f"metrics: http://127.0.0.1:{metrics_port}/metrics\n"
+                f"metrics: {metrics.url}\n"
                 f"logs: {node.logs} (the node's, and its pods' under pods/); Ctrl-C stops "
                 "everything.",
                 flush=True,
             )
+
+            def alive() -> str | None:
+                metrics.follow()
+                return node.stopped()
+
             return watch(
                 namespace,
                 cluster.kubeconfig,
-                node.stopped,
+                alive,
+                store=store,
                 once=once,
                 timeout=timeout,
             )

@@ -65,6 +65,15 @@ def _leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from crucible.cli.report import write_report
+
+    store = Path(args.store) if args.store else None
+    output = Path(args.output) if args.output else None
+    print(write_report(args.run, args.namespace, output, args.kubeconfig, store))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crucible", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -139,6 +148,21 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "leaderboard":
             command.add_argument("evalrun", nargs="?", help="only this EvalRun")
         command.set_defaults(func=func)
+    report = commands.add_parser(
+        "report", help="an EvalRun's or an Experiment's results as one self-contained HTML file"
+    )
+    report.add_argument("run", help="evalrun/NAME or experiment/NAME")
+    report.add_argument("-n", "--namespace", default="crucible-demo", help="namespace")
+    report.add_argument("-o", "--output", help="file to write (default: <kind>-<name>.html)")
+    report.add_argument(
+        "--store",
+        help="the model store's folder, for the per-question grid (default: .dev/store, "
+        "where `crucible dev up` keeps it)",
+    )
+    report.add_argument(
+        "--kubeconfig", help="default: $KUBECONFIG, else the one `crucible dev up` wrote"
+    )
+    report.set_defaults(func=_report)
     return parser
 
 

@@ -20,6 +20,7 @@ from crucible.controllers.lifecycle import (
 )
 from crucible.controllers.registry import register
 from crucible.controllers.serving import ServedInputs, ServingController
+from crucible.metrics.report import lineage
 from crucible.resources import evalrun
 from crucible.resources.common import report_name
 from crucible.resources.serving import ServedModel, ServedTarget
@@ -31,6 +32,30 @@ OUTPUT_HEADS = frozenset({"lm_head", "embed_out"})
 @dataclass(frozen=True)
 class EvalInputs(ServedInputs):
     rag: evalrun.RagInputs | None
+    lineage: dict[str, str]  # each model in words, for the report
+
+
+async def made_of(ctx: Context, sources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ModelMerges and FineTuneJobs the model sources were made from, all the way down
+    (as far as they exist)."""
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    todo = [s["modelRef"] for s in sources if s.get("modelRef")]
+    while todo:
+        ref = todo.pop()
+        key = (ref["kind"], ref["name"])
+        if key in found:
+            continue
+        body = await ctx.lookup_run(ref["kind"], ctx.owner.namespace, ref["name"])
+        if body is None:
+            continue
+        found[key] = {**body, "kind": ref["kind"]}
+        spec = body.get("spec") or {}
+        todo += [
+            s["modelRef"]
+            for s in [spec.get("baseModel"), *spec.get("models", [])]
+            if s and s.get("modelRef")
+        ]
+    return list(found.values())
 
 
 async def rag_inputs(ctx: Context, spec: EvalRunSpec) -> evalrun.RagInputs | None:
@@ -82,12 +107,15 @@ class EvalRunController(ServingController[EvalRunSpec, EvalInputs]):
             if source is not None and source.config_map is not None:
                 ref = source.config_map
                 await config_map_key(ctx, ref.name, ref.key, f"{field}.configMap")
-        return EvalInputs(served, rag)
+        models = [m.to_api() for m in spec.models]
+        return EvalInputs(served, rag, lineage(models, await made_of(ctx, models)))
 
     def build(
         self, ctx: Context, spec: EvalRunSpec, inputs: EvalInputs, served: list[ServedModel]
     ) -> list[dict[str, Any]]:
-        return evalrun.eval_job(ctx.owner, spec, served, inputs.rag, ctx.config)
+        return evalrun.eval_job(
+            ctx.owner, spec, served, inputs.rag, ctx.config, lineage=inputs.lineage
+        )
 
     def from_report(
         self, ctx: Context, spec: EvalRunSpec, report: WorkloadReport | None, phase: Phase

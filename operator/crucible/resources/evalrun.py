@@ -58,8 +58,11 @@ def eval_job(
     served: list[ServedModel],
     rag: RagInputs | None,
     config: OperatorConfig,
+    *,
+    lineage: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """The eval Job's children; `served` are the models (and judge) the run serves itself."""
+    """The eval Job's children; `served` are the models (and judge) the run serves itself;
+    `lineage` says what each model was made from, for the workload's report."""
     urls = model_urls(owner, served)
     env: list[dict[str, Any]] = []
     endpoints = [
@@ -109,6 +112,7 @@ def eval_job(
         judge=judge,
         judge_prompt=spec.judge.prompt if spec.judge else None,
         bootstrap_samples=spec.judge.bootstrap_samples if spec.judge else 0,
+        lineage=lineage or {},
     )
     return workload_children(
         Workload(

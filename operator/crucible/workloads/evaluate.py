@@ -22,8 +22,10 @@ from typing import IO, Any
 
 import aiohttp
 
+from crucible.api.common import Phase
 from crucible.api.contract import ChatEndpoint, EvalTask
-from crucible.api.evalrun import JudgeRating, ModelResult, PairedTest, Scoring
+from crucible.api.evalrun import EvalRunStatus, JudgeRating, ModelResult, PairedTest, Scoring
+from crucible.metrics.report import REPORT_FILE, Answered, evalrun_report
 from crucible.workloads.common import (
     Reporter,
     WorkloadError,
@@ -688,6 +690,23 @@ def evaluate(task: EvalTask, retriever: Retriever | None = None) -> list[ModelRe
             with (staging / JUDGED_ANSWERS_FILE).open("w") as stream:
                 for (model, item), text in sorted(judged_answers.items()):
                     stream.write(json.dumps({"model": model, "item": item, "text": text}) + "\n")
+        (staging / REPORT_FILE).write_text(
+            evalrun_report(
+                task.name,
+                task.namespace,
+                EvalRunStatus(
+                    phase=Phase.SUCCEEDED,
+                    results=results or None,
+                    paired_tests=paired or None,
+                    judge_ratings=ratings or None,
+                    results_uri=task.output_uri + "results.jsonl",
+                ),
+                answers=[
+                    Answered(a.model, a.rag, a.question, a.correct) for a in answers if a.round == 0
+                ],
+                lineage=task.lineage,
+            )
+        )
         write_json(
             staging / "summary.json",
             {

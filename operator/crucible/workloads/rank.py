@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from crucible.api.common import Phase
 from crucible.api.contract import RankTask
 from crucible.api.evalrun import JudgeRating
-from crucible.api.experiment import HeldOutVerdict, RankedModel
+from crucible.api.experiment import ExperimentStatus, HeldOutVerdict, RankedModel
+from crucible.metrics.report import REPORT_FILE, experiment_report
 from crucible.workloads.common import (
     Reporter,
     WorkloadError,
@@ -122,6 +124,10 @@ def rank(task: RankTask) -> None:
             for comparison in comparisons:
                 stream.write(json.dumps(comparison) + "\n")
         write_json(staging / RANKING_FILE, document)
+        shown = ExperimentStatus.model_validate(
+            {"phase": Phase.SUCCEEDED, "comparisons": len(judgements), **reporter_fields}
+        )
+        (staging / REPORT_FILE).write_text(experiment_report(task.name, task.namespace, shown))
     reporter.update(
         comparisons=len(judgements),
         results_uri=task.output_uri + RANKING_FILE,
