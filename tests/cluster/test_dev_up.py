@@ -18,19 +18,32 @@ from typing import Any
 
 import pytest
 
+from crucible.api.evalrun import EvalRunStatus
+from crucible.api.experiment import ExperimentStatus
 from crucible.devcluster.binaries import find_binaries
+from crucible.metrics.report import REPORT_FILE
 from crucible.workloads.stats import lead, rate
+from tests.browser import blank, open_page
 from tests.conftest import EXAMPLES, ROOT
 from tests.hoststate import changes, host_state
+from tests.report.pages import (
+    Key,
+    evalrun_figures,
+    experiment_figures,
+    figures,
+    key,
+    numbers,
+)
 
 NAMESPACE = "crucible-demo"
 
 
+CLI = [sys.executable, "-m", "crucible.cli.main"]
+
+
 def dev_up(workdir: Path, examples: str = "quickstart", *extra: str) -> list[str]:
     return [
-        sys.executable,
-        "-m",
-        "crucible.cli.main",
+        *CLI,
         "dev",
         "up",
         "--workdir",
@@ -97,6 +110,34 @@ def series(metrics: str, name: str) -> dict[tuple[str, str], float]:
     return found
 
 
+def paired(status: dict[str, Any], a: tuple[str, bool], b: tuple[str, bool]) -> dict[str, Any]:
+    """The status's paired test of setting `a` against `b` (model, rag), as a minus b."""
+    for test in status["pairedTests"]:
+        first, second = (test["a"], test["aRag"]), (test["b"], test["bRag"])
+        if (first, second) == (a, b):
+            return dict(test)
+        if (first, second) == (b, a):
+            return {
+                **test,
+                "difference": -test["difference"],
+                "ci95Low": -test["ci95High"],
+                "ci95High": -test["ci95Low"],
+            }
+    raise AssertionError(f"no paired test of {a} and {b}: {status['pairedTests']}")
+
+
+def assert_shown(page: Path, expected: dict[Key, float], screenshot: Path) -> dict[Key, str]:
+    """`page` in Chromium: no error, not blank, its figures `expected`; the screenshot is
+    kept (README's is one)."""
+    seen = open_page(page)
+    assert seen.errors == [], page
+    assert not blank(seen.screenshot), page
+    shown = figures(seen.dom)
+    assert numbers(shown) == expected, page
+    screenshot.write_bytes(seen.screenshot)
+    return shown
+
+
 @dataclass
 class Finished:
     """What `crucible dev up` showed and served once every resource was done."""
@@ -105,6 +146,7 @@ class Finished:
     output: str
     resources: dict[str, dict[str, Any]]  # "Kind/name" → the object
     metrics: str
+    reports: dict[str, Path]  # "kind/name" → what `crucible report kind/name` wrote
 
 
 def run_until_done(tmp_path: Path, examples: str, timeout: float = 1500) -> Finished:
@@ -132,6 +174,19 @@ def run_until_done(tmp_path: Path, examples: str, timeout: float = 1500) -> Fini
             ).stdout
         )["items"]
         metrics = scrape(metrics_url.group(1))
+        reports = {}
+        for item in listed:
+            if item["kind"] in ("EvalRun", "Experiment"):
+                run = f"{item['kind'].lower()}/{item['metadata']['name']}"
+                reports[run] = tmp_path / f"{item['metadata']['name']}.html"
+                subprocess.run(
+                    [
+                        *CLI, "report", run, "-n", NAMESPACE, "-o", str(reports[run]),
+                        f"--kubeconfig={kubeconfig.group(1)}", f"--store={workdir / 'store'}",
+                    ],
+                    check=True,
+                    cwd=ROOT,
+                )  # fmt: skip
     finally:
         code = stopped(process)
     assert code == 130
@@ -139,16 +194,17 @@ def run_until_done(tmp_path: Path, examples: str, timeout: float = 1500) -> Fini
     assert not changes(before, host_state())
     assert not list((workdir / "store").rglob("*.partial-*"))
     resources = {f"{r['kind']}/{r['metadata']['name']}": r for r in listed}
-    return Finished(workdir, text, resources, metrics)
+    return Finished(workdir, text, resources, metrics, reports)
 
 
 @pytest.mark.cluster
 @pytest.mark.timeout(1800)
 def test_quickstart_runs_end_to_end(tmp_path: Path) -> None:
-    """The real model through the whole recipe. What is asserted is what holds robustly on 40
-    questions: retrieval lifts the base model by a margin its paired interval supports, and
-    the leaderboard shows the EvalRun's status and /metrics; the fine-tune's effect is too
-    small on this model to assert either way (README)."""
+    """The real model through the whole recipe: retrieval lifts the base model, and so does
+    the fine-tune (continued pre-training on the docs, merged, then SFT on Q&A pairs), each by
+    a margin McNemar's test supports on 40 questions; with retrieval, the fine-tuned model is
+    not worse than the base by more than its paired interval allows. The leaderboard shows the
+    EvalRun's status and /metrics, and its report in Chromium shows the same figures."""
     done = run_until_done(tmp_path, "quickstart")
     text, workdir, metrics = done.output, done.workdir, done.metrics
     assert len(done.resources) == 6
@@ -181,16 +237,18 @@ def test_quickstart_runs_end_to_end(tmp_path: Path) -> None:
     assert shown.keys() == by_row.keys() and len(shown) == 6
     accuracy = series(metrics, "crucible_eval_accuracy")
     lower = series(metrics, "crucible_eval_accuracy_ci95_lower")
-    for key, row in shown.items():
-        r = by_row[key]
-        right = [a["correct"] for a in answers if (a["model"], "yes" if a["rag"] else "no") == key]
+    for setting, row in shown.items():
+        r = by_row[setting]
+        right = [
+            a["correct"] for a in answers if (a["model"], "yes" if a["rag"] else "no") == setting
+        ]
         assert r["accuracyMean"] == sum(right) / 40
         assert row[3:6] == [
             "LogLikelihood",
             f"{r['accuracyMean']:.3f}",
             f"[{r['ci95Low']:.3f},",
         ]
-        labels = (key[0], "true" if key[1] == "yes" else "false")
+        labels = (setting[0], "true" if setting[1] == "yes" else "false")
         assert accuracy[labels] == r["accuracyMean"] and lower[labels] == r["ci95Low"]
 
     # Retrieval lifts the base model, by a margin its paired interval and McNemar support.
@@ -200,6 +258,20 @@ def test_quickstart_runs_end_to_end(tmp_path: Path) -> None:
         if (t["a"], t["aRag"], t["b"], t["bRag"]) == ("base", True, "base", False)
     ]
     assert lift["difference"] > 0 and lift["ci95Low"] > 0 and lift["pValue"] < 0.05
+
+    # The fine-tune lifts the model without retrieval, and costs nothing measurable with it.
+    tuned_alone = paired(status, ("tuned", False), ("base", False))
+    assert tuned_alone["difference"] > 0 and tuned_alone["pValue"] < 0.05
+    tuned_with_rag = paired(status, ("tuned", True), ("base", True))
+    assert tuned_with_rag["ci95High"] >= 0
+
+    # The report, as `crucible report` writes it and as the eval workload left it in the
+    # store (whose path dev up printed), shows exactly the status's figures in Chromium.
+    printed = re.findall(r"^report: (\S+)$", text, re.MULTILINE)
+    assert printed == [str(store / "evalruns" / "quickstart-eval" / REPORT_FILE)]
+    expected = evalrun_figures(EvalRunStatus.model_validate(status))
+    for page in (done.reports["evalrun/quickstart-eval"], Path(printed[0])):
+        assert_shown(page, expected, tmp_path / f"{page.stem}.png")
 
     # The fine-tuned model is promoted to serving exactly when its gate holds on those figures
     # (with retrieval, its interval above the base model's mean without it).
@@ -278,6 +350,17 @@ def test_experiment_example_runs_end_to_end(tmp_path: Path) -> None:
     assert re.search(rf"^base-search +1 +{winner} +candidate", done.output, re.MULTILINE)
     assert re.search(r"^base-search +measure +" + winner, done.output, re.MULTILINE)
     assert f'experiment="base-search",model="{winner}"' in done.metrics
+
+    # Its report shows the status's ratings and verdict in Chromium; the rank workload's copy
+    # is among the reports dev up printed.
+    shown = assert_shown(
+        done.reports["experiment/base-search"],
+        experiment_figures(ExperimentStatus.model_validate(status)),
+        tmp_path / "base-search.png",
+    )
+    assert shown[key("held-out-holds")] == ("yes" if verdict["holds"] else "no")
+    printed = re.findall(r"^report: (\S+)$", done.output, re.MULTILINE)
+    assert any(Path(path).parent.name == "base-search" for path in printed), printed
 
 
 @pytest.mark.cluster

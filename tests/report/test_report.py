@@ -4,7 +4,6 @@ page is the status's own."""
 
 from __future__ import annotations
 
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -14,36 +13,9 @@ from crucible.api.evalrun import EvalRunStatus
 from crucible.api.experiment import ExperimentStatus
 from crucible.metrics.report import Answered, evalrun_report, experiment_report
 from tests.browser import blank, open_page
+from tests.report.pages import evalrun_figures, experiment_figures, figures, key, numbers
 
 pytest.importorskip("matplotlib")
-
-
-class Figures(HTMLParser):
-    """The page's figures: every cell marked data-figure, by its marks, with its value."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.found: dict[tuple[tuple[str, str], ...], str] = {}
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        marks = {k.removeprefix("data-"): v or "" for k, v in attrs if k.startswith("data-")}
-        if "figure" in marks and "value" in marks:
-            value = marks.pop("value")
-            self.found[tuple(sorted(marks.items()))] = value
-
-
-def figures(dom: str) -> dict[tuple[tuple[str, str], ...], str]:
-    parser = Figures()
-    parser.feed(dom)
-    return parser.found
-
-
-def key(figure: str, **marks: Any) -> tuple[tuple[str, str], ...]:
-    spelled = {
-        k.replace("_", "-"): str(v).lower() if isinstance(v, bool) else str(v)
-        for k, v in marks.items()
-    }
-    return tuple(sorted({"figure": figure, **spelled}.items()))
 
 
 def result(
@@ -109,27 +81,7 @@ def test_an_evalrun_report_shows_its_status_whole(tmp_path: Path) -> None:
     seen = open_page(page)
     assert seen.errors == []
     assert not blank(seen.screenshot)
-    shown = figures(seen.dom)
-    expected = {}
-    for r in EVAL.results or []:
-        for figure, value in (
-            ("accuracy", r.accuracy_mean),
-            ("ci95-low", r.ci95_low),
-            ("ci95-high", r.ci95_high),
-            ("stddev", r.accuracy_stddev),
-            ("accuracy-norm", r.accuracy_norm),
-            ("rounds", r.n),
-            ("questions", r.questions),
-        ):
-            if value is not None:
-                expected[key(figure, model=r.model, rag=r.rag)] = value
-    for t in EVAL.paired_tests or []:
-        pair = {"a": t.a, "a_rag": t.a_rag, "b": t.b, "b_rag": t.b_rag}
-        expected[key("difference", **pair)] = t.difference
-        expected[key("difference-ci95-low", **pair)] = t.ci95_low
-        expected[key("difference-ci95-high", **pair)] = t.ci95_high
-        expected[key("p-value", **pair)] = t.p_value
-    assert {k: float(v) for k, v in shown.items()} == {k: float(v) for k, v in expected.items()}
+    assert numbers(figures(seen.dom)) == evalrun_figures(EVAL)
     assert seen.dom.count("<svg") == 3  # accuracy, paired differences, per question
     assert "FineTuneJob sft (sft of ModelMerge merge (slerp of hf://o/a))" in seen.dom
 
@@ -168,28 +120,9 @@ def test_an_experiment_report_shows_its_ratings_and_verdict(tmp_path: Path) -> N
     seen = open_page(page)
     assert seen.errors == []
     assert not blank(seen.screenshot)
-    expected = {}
-    for r in EXPERIMENT.ranking or []:
-        expected[key("rating", model=r.model)] = r.rating
-        expected[key("rating-ci95-low", model=r.model)] = r.ci95_low
-        expected[key("rating-ci95-high", model=r.model)] = r.ci95_high
-    for task in EXPERIMENT.task_rankings or []:
-        for r in task.ratings:
-            expected[key("task-rating", model=r.model, task=task.task)] = r.rating
-            expected[key("task-rating-ci95-low", model=r.model, task=task.task)] = r.ci95_low
-            expected[key("task-rating-ci95-high", model=r.model, task=task.task)] = r.ci95_high
-    verdict = EXPERIMENT.held_out
-    assert verdict is not None
-    for r in verdict.ratings:
-        expected[key("held-out-rating", model=r.model)] = r.rating
-        expected[key("held-out-rating-ci95-low", model=r.model)] = r.ci95_low
-        expected[key("held-out-rating-ci95-high", model=r.model)] = r.ci95_high
-    expected[key("held-out-lead")] = verdict.rating_difference
-    expected[key("held-out-ci95-low")] = verdict.ci95_low
-    expected[key("held-out-ci95-high")] = verdict.ci95_high
     shown = figures(seen.dom)
-    assert shown.pop(key("held-out-holds")) == "no"
-    assert {k: float(v) for k, v in shown.items()} == expected
+    assert shown[key("held-out-holds")] == "no"
+    assert numbers(shown) == experiment_figures(EXPERIMENT)
 
 
 def test_a_page_with_an_error_is_caught(tmp_path: Path) -> None:
