@@ -149,7 +149,7 @@ class Finished:
     reports: dict[str, Path]  # "kind/name" → what `crucible report kind/name` wrote
 
 
-def run_until_done(tmp_path: Path, examples: str, timeout: float = 1500) -> Finished:
+def run_until_done(tmp_path: Path, examples: str, timeout: float) -> Finished:
     """`crucible dev up` on `examples` until every resource is done; then its resources and
     its operator's /metrics are read, and it is stopped (leaving nothing behind)."""
     workdir = tmp_path / "dev"
@@ -198,14 +198,14 @@ def run_until_done(tmp_path: Path, examples: str, timeout: float = 1500) -> Fini
 
 
 @pytest.mark.cluster
-@pytest.mark.timeout(1800)
+@pytest.mark.timeout(2700)
 def test_quickstart_runs_end_to_end(tmp_path: Path) -> None:
     """The real model through the whole recipe: retrieval lifts the base model, and so does
     the fine-tune (continued pre-training on the docs, merged, then SFT on Q&A pairs), each by
     a margin McNemar's test supports on 40 questions; with retrieval, the fine-tuned model is
     not worse than the base by more than its paired interval allows. The leaderboard shows the
     EvalRun's status and /metrics, and its report in Chromium shows the same figures."""
-    done = run_until_done(tmp_path, "quickstart")
+    done = run_until_done(tmp_path, "quickstart", timeout=2400)
     text, workdir, metrics = done.output, done.workdir, done.metrics
     assert len(done.resources) == 6
     for name in (
