@@ -360,7 +360,8 @@ def test_experiment_example_runs_end_to_end(tmp_path: Path) -> None:
     )
     assert shown[key("held-out-holds")] == ("yes" if verdict["holds"] else "no")
     printed = re.findall(r"^report: (\S+)$", done.output, re.MULTILINE)
-    assert any(Path(path).parent.name == "base-search" for path in printed), printed
+    rank = done.workdir / "store" / NAMESPACE / "experiments" / "base-search" / "rank"
+    assert str(rank / REPORT_FILE) in printed, printed
 
 
 @pytest.mark.cluster
