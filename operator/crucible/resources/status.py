@@ -8,9 +8,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from crucible.api.common import TERMINAL_PHASES, Condition, Phase, Reason, RunStatus
-
-READY = "Ready"
+from crucible.api.common import TERMINAL_PHASES, Condition, ConditionType, Phase, Reason, RunStatus
 
 
 def now() -> datetime:
@@ -48,7 +46,7 @@ def phase_fields(
     and, once a run is over, completionTime. A run is Ready once it has succeeded; a long-lived
     resource (a ModelServing) while it is Running, and it is never over."""
     ready = Condition(
-        type=READY,
+        type=ConditionType.READY,
         status="True" if phase == (Phase.RUNNING if long_lived else Phase.SUCCEEDED) else "False",
         reason=reason,
         message=message,
