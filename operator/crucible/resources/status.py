@@ -63,6 +63,21 @@ def phase_fields(
     return fields
 
 
+def merge_patch(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns `before` into `after`: changed values,
+    objects patched key by key, and null for each key `after` no longer has (a plain merge of
+    `after` would leave those in place)."""
+    patch: dict[str, Any] = {key: None for key in before if key not in after}
+    for key, value in after.items():
+        old = before.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            if nested := merge_patch(old, value):
+                patch[key] = nested
+        elif value != old or key not in before:
+            patch[key] = value
+    return patch
+
+
 def comparable(status: RunStatus) -> dict[str, Any]:
     """The status as the API spells it, without the times that change on every computation
     (so an unchanged status is not written again)."""
