@@ -4,17 +4,16 @@ bad value stops the operator with the variable named, not a reconcile loop later
 from __future__ import annotations
 
 import os
-import re
 import socket
 from collections.abc import Mapping
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 
 from crucible import __version__
+from crucible.api.formats import DnsLabel, ResourceName
 
-DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-RESOURCE_NAME = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$")
 DEFAULT_REGISTRY = "ghcr.io/crucible-dev"
 
 ImageRef = Annotated[str, Field(min_length=1, pattern=r"^\S+$")]
@@ -29,38 +28,78 @@ class OperatorConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, populate_by_name=True, extra="forbid")
 
-    model_store_pvc: str = Field(
+    model_store_pvc: DnsLabel = Field(
         default="crucible-models",
         alias="CRUCIBLE_MODEL_STORE_PVC",
         description="PersistentVolumeClaim holding models, adapters and results; one per "
         "namespace of runs, under this name.",
     )
-    model_store_mount: str = Field(default="/models", alias="CRUCIBLE_MODEL_STORE_MOUNT")
+    model_store_mount: str = Field(
+        default="/models",
+        alias="CRUCIBLE_MODEL_STORE_MOUNT",
+        description="Where the workload pods mount the model store (an absolute path).",
+    )
     merge_image: ImageRef = Field(
-        default=f"{DEFAULT_REGISTRY}/crucible-merge:{__version__}", alias="CRUCIBLE_MERGE_IMAGE"
+        default=f"{DEFAULT_REGISTRY}/crucible-merge:{__version__}",
+        alias="CRUCIBLE_MERGE_IMAGE",
+        description="Image of the ModelMerge Jobs (images/merge).",
     )
     train_image: ImageRef = Field(
-        default=f"{DEFAULT_REGISTRY}/crucible-train:{__version__}", alias="CRUCIBLE_TRAIN_IMAGE"
+        default=f"{DEFAULT_REGISTRY}/crucible-train:{__version__}",
+        alias="CRUCIBLE_TRAIN_IMAGE",
+        description="Image of the FineTuneJob Jobs (images/train).",
     )
     rag_image: ImageRef = Field(
-        default=f"{DEFAULT_REGISTRY}/crucible-rag:{__version__}", alias="CRUCIBLE_RAG_IMAGE"
+        default=f"{DEFAULT_REGISTRY}/crucible-rag:{__version__}",
+        alias="CRUCIBLE_RAG_IMAGE",
+        description="Image of the RagIndex Jobs (images/rag).",
     )
     eval_image: ImageRef = Field(
-        default=f"{DEFAULT_REGISTRY}/crucible-eval:{__version__}", alias="CRUCIBLE_EVAL_IMAGE"
+        default=f"{DEFAULT_REGISTRY}/crucible-eval:{__version__}",
+        alias="CRUCIBLE_EVAL_IMAGE",
+        description="Image of the EvalRun, SyntheticDataset and ranking Jobs (images/eval).",
     )
-    vllm_image: ImageRef = Field(default="vllm/vllm-openai:v0.11.0", alias="CRUCIBLE_VLLM_IMAGE")
-    image_pull_policy: str = Field(default="IfNotPresent", alias="CRUCIBLE_IMAGE_PULL_POLICY")
-    gpu_resource: str = Field(default="nvidia.com/gpu", alias="CRUCIBLE_GPU_RESOURCE")
-    gpu_runtime_class: str | None = Field(
+    vllm_image: ImageRef = Field(
+        default="vllm/vllm-openai:v0.11.0",
+        alias="CRUCIBLE_VLLM_IMAGE",
+        description="Image of the vLLM servers of EvalRuns, SyntheticDatasets and ModelServings.",
+    )
+    image_pull_policy: str = Field(
+        default="IfNotPresent",
+        alias="CRUCIBLE_IMAGE_PULL_POLICY",
+        description="imagePullPolicy of every container Crucible makes: Always, IfNotPresent "
+        "or Never.",
+    )
+    gpu_resource: ResourceName = Field(
+        default="nvidia.com/gpu",
+        alias="CRUCIBLE_GPU_RESOURCE",
+        description="The extended resource a run's GPUs are requested as.",
+    )
+    gpu_runtime_class: DnsLabel | None = Field(
         default=None,
         alias="CRUCIBLE_GPU_RUNTIME_CLASS",
         description="RuntimeClass of the pods that request GPUs (e.g. nvidia, which the "
         "NVIDIA GPU Operator creates where containerd's default runtime is not NVIDIA's); "
         "unset: the node's default runtime.",
     )
-    watch_namespaces: tuple[str, ...] = Field(default=(), alias="CRUCIBLE_WATCH_NAMESPACES")
-    kueue_queue: str | None = Field(default=None, alias="CRUCIBLE_KUEUE_QUEUE")
-    job_backoff_limit: int = Field(default=2, ge=0, le=100, alias="CRUCIBLE_JOB_BACKOFF_LIMIT")
+    watch_namespaces: tuple[DnsLabel, ...] = Field(
+        default=(),
+        alias="CRUCIBLE_WATCH_NAMESPACES",
+        description="Comma-separated namespaces to watch when `crucible operator` is given "
+        "neither --namespace nor --all-namespaces; unset: every namespace.",
+    )
+    kueue_queue: DnsLabel | None = Field(
+        default=None,
+        alias="CRUCIBLE_KUEUE_QUEUE",
+        description="Kueue LocalQueue the Jobs start suspended in; unset: no queue.",
+    )
+    job_backoff_limit: int = Field(
+        default=2,
+        ge=0,
+        le=100,
+        alias="CRUCIBLE_JOB_BACKOFF_LIMIT",
+        description="backoffLimit of the workload Jobs: pod failures retried before a run fails.",
+    )
     workers: int = Field(
         default=16,
         ge=1,
@@ -84,14 +123,16 @@ class OperatorConfig(BaseModel):
         alias="CRUCIBLE_ERROR_BACKOFF",
         description="First retry delay after an unexpected error; doubles up to 5 minutes.",
     )
-    leader_election_namespace: str | None = Field(
+    leader_election_namespace: DnsLabel | None = Field(
         default=None,
         alias="CRUCIBLE_LEADER_ELECTION_NAMESPACE",
         description="Namespace of the Lease that elects the one active replica; unset, this "
         "replica is always active.",
     )
-    leader_election_lease: str = Field(
-        default="crucible-operator", alias="CRUCIBLE_LEADER_ELECTION_LEASE"
+    leader_election_lease: DnsLabel = Field(
+        default="crucible-operator",
+        alias="CRUCIBLE_LEADER_ELECTION_LEASE",
+        description="Name of that Lease.",
     )
     lease_duration: float = Field(
         default=15.0,
@@ -107,23 +148,22 @@ class OperatorConfig(BaseModel):
         ),
         alias="CRUCIBLE_IDENTITY",
         min_length=1,
+        description="This replica's name in the Lease; default: $POD_NAME, else host and "
+        "process id.",
     )
-
-    @field_validator(
-        "model_store_pvc", "kueue_queue", "leader_election_namespace", "gpu_runtime_class"
+    http_address: str = Field(
+        default="0.0.0.0",
+        min_length=1,
+        alias="CRUCIBLE_HTTP_ADDRESS",
+        description="Address /healthz and /metrics are served on.",
     )
-    @classmethod
-    def _dns_name(cls, value: str | None) -> str | None:
-        if value is not None and not DNS_NAME.match(value):
-            raise ValueError("must be a lowercase DNS name, e.g. crucible-models")
-        return value
-
-    @field_validator("gpu_resource")
-    @classmethod
-    def _resource_name(cls, value: str) -> str:
-        if not RESOURCE_NAME.match(value):
-            raise ValueError("must be an extended resource name, e.g. nvidia.com/gpu")
-        return value
+    http_port: int = Field(
+        default=8080,
+        ge=1,
+        le=65535,
+        alias="CRUCIBLE_HTTP_PORT",
+        description="Port /healthz and /metrics are served on.",
+    )
 
     @field_validator("image_pull_policy")
     @classmethod
@@ -143,11 +183,7 @@ class OperatorConfig(BaseModel):
     @classmethod
     def _namespaces(cls, value: object) -> object:
         if isinstance(value, str):
-            names = tuple(n.strip() for n in value.split(",") if n.strip())
-            bad = [n for n in names if not DNS_NAME.match(n)]
-            if bad:
-                raise ValueError(f"not namespace names: {', '.join(bad)}")
-            return names
+            return tuple(n.strip() for n in value.split(",") if n.strip())
         return value
 
     @classmethod
@@ -165,11 +201,18 @@ class OperatorConfig(BaseModel):
             ]
             raise ConfigError("invalid operator configuration: " + "; ".join(problems)) from None
 
-    def image_for(self, workload: str) -> str:
-        images = {
-            "merge": self.merge_image,
-            "train": self.train_image,
-            "rag": self.rag_image,
-            "eval": self.eval_image,
-        }
-        return images[workload]
+
+def settings_table() -> str:
+    """README's table of the settings, from their declarations."""
+    rows = ["| variable | default | what it sets |", "| --- | --- | --- |"]
+    for field in OperatorConfig.model_fields.values():
+        rows.append(f"| `{field.alias}` | {_default(field)} | {field.description} |")
+    return "\n".join(rows) + "\n"
+
+
+def _default(field: FieldInfo) -> str:
+    if field.default_factory is not None:
+        return "(per replica)"
+    if field.default in (None, ()):
+        return "unset"
+    return f"`{field.default}`"

@@ -216,6 +216,22 @@ def test_a_gated_promotion_serves_on_pass_and_keeps_the_previous_model_on_fail( 
         assert again["promoted"]["promotedAt"] == live["promoted"]["promotedAt"]
         assert served_model(cluster, namespace)[0] == uid
 
+        # Without a gate the spec is promoted as it is, and the last verdict leaves the status
+        # and /metrics (a merge of the new status alone would have kept it).
+        assert again["gate"]["holds"] is True
+        del spec["spec"]["gate"]
+        apply([spec])
+        ungated = wait_promoted(cluster, namespace, True, "Promoted")
+        assert ungated["promoted"]["generation"] == 6 and "gate" not in ungated["promoted"]
+        assert "gate" not in ungated
+        metrics = generate_latest(REGISTRY).decode()
+        assert f'crucible_model_serving_info{{generation="6",{live_labels}}} 1.0' in metrics
+        assert not [
+            line
+            for line in metrics.splitlines()
+            if line.startswith("crucible_model_serving_gate_holds{") and namespace in line
+        ]
+
     # The runtime cannot change under a live server.
     refused = cluster.kubectl(
         "patch", "msv", "assistant", "-n", namespace, "--type=merge",

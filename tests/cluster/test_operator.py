@@ -125,3 +125,22 @@ def test_operator_command_serves_health_and_metrics(
     )
     cluster.kubectl("delete", "ri", "nitro-docs", "-n", namespace)
     assert process.poll() is None
+
+
+def test_the_cli_reads_the_cluster_with_the_operators_credentials(
+    cluster: LocalCluster, namespace: str
+) -> None:
+    """`crucible status` builds its client as the operator does, from the kubeconfig given."""
+    cluster.kubectl("create", "-n", namespace, "-f", str(EXAMPLES / "nitro"))
+    shown = subprocess.run(
+        [
+            sys.executable, "-m", "crucible.cli.main", "status", "-n", namespace,
+            f"--kubeconfig={cluster.kubeconfig}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={k: v for k, v in os.environ.items() if k != "KUBECONFIG"},
+    ).stdout  # fmt: skip
+    rows = {tuple(line.split()[:2]) for line in shown.splitlines()[1:]}
+    assert {("SyntheticDataset", "nitro-qa"), ("ModelMerge", "stealth-merge")} <= rows

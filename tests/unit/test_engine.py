@@ -17,7 +17,7 @@ from crucible.controllers.engine import Engine, WorkQueue
 from crucible.controllers.lifecycle import Context, status_of
 from crucible.controllers.registry import CONTROLLERS
 from crucible.resources.common import Owner, labels
-from crucible.resources.status import comparable
+from crucible.resources.status import comparable, merge_patch
 
 
 def test_a_key_is_queued_once_and_never_handed_to_two_workers() -> None:
@@ -186,3 +186,25 @@ def test_an_unchanged_status_compares_equal_whatever_its_timestamps() -> None:
     done = status_of(ctx, Phase.SUCCEEDED, Reason.SUCCEEDED, "done", {})
     assert comparable(done) != comparable(first)
     assert done.completion_time is not None
+
+
+def test_the_status_patch_removes_what_the_new_status_no_longer_has() -> None:
+    before = {
+        "phase": "Running",
+        "gate": {"holds": True, "generation": 5},
+        "promoted": {"generation": 5, "gate": {"holds": True}, "modelUri": "hf://o/a"},
+        "conditions": [{"type": "Ready", "status": "True"}],
+    }
+    after = {
+        "phase": "Running",
+        "promoted": {"generation": 6, "modelUri": "hf://o/a"},
+        "conditions": [{"type": "Ready", "status": "True"}],
+        "url": "http://assistant-vllm.team.svc:8000/v1",
+    }
+    patch = merge_patch(before, after)
+    assert patch == {
+        "gate": None,
+        "promoted": {"generation": 6, "gate": None},
+        "url": "http://assistant-vllm.team.svc:8000/v1",
+    }
+    assert merge_patch(after, after) == {}

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from crucible.api.crd import render_crds
-from crucible.api.formats import FORMATS
+from crucible.api.formats import FORMATS, ModelLocation
 
 GO_CHECKER = """package main
 
@@ -157,3 +157,32 @@ def test_each_format_checks_alike_in_the_operator_and_the_api_server(go_checker:
                 in_python = False
                 assert str(error) == fmt.message and "e.g." in fmt.message
             assert in_python == in_go, f"{fmt.what} on {text!r}: Go {in_go}"
+
+
+@pytest.mark.parametrize(
+    ("uri", "scheme", "root", "path", "revision"),
+    [
+        ("pvc://models/team/evalruns/bench/", "pvc", "models", "team/evalruns/bench/", ""),
+        ("hf://HuggingFaceTB/SmolLM2-135M@main", "hf", "HuggingFaceTB/SmolLM2-135M", "", "main"),
+        ("hf://datasets/org/name", "hf", "datasets/org/name", "", ""),
+        ("s3://bucket/models/a", "s3", "bucket", "models/a", ""),
+    ],
+)  # fmt: skip
+def test_a_model_uri_is_read_once_into_its_parts(
+    uri: str, scheme: str, root: str, path: str, revision: str
+) -> None:
+    location = ModelLocation.parse(uri)
+    assert (location.scheme, location.root, location.path, location.revision) == (
+        scheme,
+        root,
+        path,
+        revision,
+    )
+    assert str(location) == uri
+    assert ModelLocation.claim_of(uri) == (root if scheme == "pvc" else None)
+
+
+def test_a_uri_of_another_scheme_is_refused_with_the_schemes_to_use() -> None:
+    with pytest.raises(ValueError, match="unsupported scheme; use pvc://, hf:// or s3://"):
+        ModelLocation.parse("gs://bucket/model")
+    assert ModelLocation.claim_of("https://example.com/model") is None

@@ -193,3 +193,21 @@ def test_operator_refuses_to_start_with_a_bad_setting() -> None:
     assert "CRUCIBLE_GPU_RESOURCE='nvidia gpu': must be an extended resource name" in (
         result.stderr
     )
+
+
+def test_readme_lists_every_setting_as_declared() -> None:
+    from crucible.config import settings_table
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    shown = readme.split("<!-- settings: generated from crucible.config.settings_table() -->\n")
+    assert len(shown) == 2, "README's settings table lost its markers"
+    assert shown[1].split("<!-- /settings -->")[0] == settings_table()
+    assert all(field.description for field in OperatorConfig.model_fields.values())
+
+
+def test_http_settings_are_checked_with_the_others() -> None:
+    config = OperatorConfig.from_env({"CRUCIBLE_HTTP_PORT": "9090"})
+    assert (config.http_address, config.http_port) == ("0.0.0.0", 9090)
+    with pytest.raises(ConfigError, match="CRUCIBLE_HTTP_PORT='http'"):
+        OperatorConfig.from_env({"CRUCIBLE_HTTP_PORT": "http"})

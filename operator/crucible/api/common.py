@@ -302,9 +302,22 @@ class Phase(StrEnum):
 TERMINAL_PHASES = (Phase.SUCCEEDED.value, Phase.FAILED.value)
 
 
+class ConditionType(StrEnum):
+    """The conditions a Crucible resource reports, declared beside their reasons (as Kubeflow
+    Trainer's trainjob_types.go does)."""
+
+    # Every kind: True once the run has succeeded (a ModelServing: while it serves); its
+    # reason is one of Reason's, by phase, and its message says why.
+    READY = "Ready"
+    # A ModelServing: True when the current spec is the generation served (reason Promoted);
+    # False with the reason it is not (GateNotMet, a waiting or failed input's reason).
+    PROMOTED = "Promoted"
+
+
 class Reason(StrEnum):
-    """Why a run is in its phase: the reason of its Ready condition, one vocabulary for every
-    kind (as Kubeflow Trainer and KAITO declare theirs beside the API types)."""
+    """Why a run is in its phase: the reason of its Ready condition (and of a ModelServing's
+    Promoted), one vocabulary for every kind (as Kubeflow Trainer and KAITO declare theirs
+    beside the API types)."""
 
     # Pending: the Job exists but does not run yet.
     QUEUED = "Queued"  # suspended in its Kueue queue
@@ -347,6 +360,8 @@ class Reason(StrEnum):
     MISSING_REPORT = "MissingReport"
     CHILD_FAILED = "ChildFailed"  # a child the run cannot do without failed
     NO_COMPARISONS = "NoComparisons"  # an Experiment had nothing the judge could compare
+    # Of an Experiment's status.failures: a task left with fewer than two models to compare.
+    TOO_FEW_MODELS = "TooFewModels"
 
 
 class Condition(ApiModel):
@@ -392,7 +407,7 @@ class RunStatus(ApiModel):
 
     def ready(self) -> Condition | None:
         """The Ready condition, whose reason and message say why the run is in its phase."""
-        return next((c for c in self.conditions or [] if c.type == "Ready"), None)
+        return next((c for c in self.conditions or [] if c.type == ConditionType.READY), None)
 
 
 class ServingStatus(RunStatus):

@@ -15,6 +15,7 @@ from crucible.api.common import (
     EXACTLY_ONE_MODEL,
     MAX_TEXT,
     ModelSource,
+    Reason,
     Resources,
     RunStatus,
     Serving,
@@ -298,7 +299,7 @@ class ChildFailure(ApiModel):
 
     kind: str = Field(description="Kind of the child.")
     name: str = Field(description="Name of the child.")
-    reason: str = Field(description="Reason of its Ready condition.")
+    reason: Reason = Field(description="Reason of its Ready condition, or TooFewModels.")
     message: str = Field(description="Why it failed, as it says.", max_length=4096)
     consequence: str = Field(description="What the experiment does without it.")
 

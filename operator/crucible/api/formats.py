@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field
@@ -104,6 +105,47 @@ MODEL_URI = Format(
     "pvc://claim/path, in printable ASCII without spaces",
     "hf://HuggingFaceTB/SmolLM2-135M-Instruct",
 )
+
+
+class Scheme(StrEnum):
+    PVC = "pvc"
+    HF = "hf"
+    S3 = "s3"
+
+
+@dataclass(frozen=True)
+class ModelLocation:
+    """A model URI (MODEL_URI's, or a run's output) read once: `root` is the claim, the hub's
+    repository or the bucket; `path` the path in the claim or the prefix in the bucket;
+    `revision` the hub's, if any."""
+
+    scheme: Scheme
+    root: str
+    path: str = ""
+    revision: str = ""
+
+    @classmethod
+    def parse(cls, uri: str) -> ModelLocation:
+        scheme, separator, rest = uri.partition("://")
+        if not separator or scheme not in {s.value for s in Scheme}:
+            raise ValueError(f"{uri}: unsupported scheme; use pvc://, hf:// or s3://")
+        if scheme == Scheme.HF:
+            name, _, revision = rest.partition("@")
+            return cls(Scheme.HF, name, revision=revision)
+        root, _, path = rest.partition("/")
+        return cls(Scheme(scheme), root, path)
+
+    @classmethod
+    def claim_of(cls, uri: str) -> str | None:
+        """The PersistentVolumeClaim a pvc:// URI lives on; None for any other URI."""
+        return cls.parse(uri).root if uri.startswith(f"{Scheme.PVC}://") else None
+
+    def __str__(self) -> str:
+        if self.scheme == Scheme.HF:
+            return f"hf://{self.root}" + (f"@{self.revision}" if self.revision else "")
+        return f"{self.scheme}://{self.root}/{self.path}"
+
+
 DATA_URI = Format(
     "a data URI",
     f"s3://[a-z0-9][-a-z0-9.]*/{PRINTABLE}+"

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from crucible.api.formats import ModelLocation
 from crucible.api.kinds import KINDS_BY_NAME
 from crucible.cli.status import custom_objects, leaderboard_table, list_resources, status_table
 from crucible.devcluster import processes
@@ -235,9 +236,8 @@ def reports(items: list[dict[str, Any]], store: Path) -> list[Path]:
     found = []
     for item in items:
         uri = (item.get("status") or {}).get("resultsUri") or ""
-        if item["kind"] in ("EvalRun", "Experiment") and uri.startswith("pvc://"):
-            path = store / uri.removeprefix("pvc://").partition("/")[2]
-            report = path.parent / REPORT_FILE
+        if item["kind"] in ("EvalRun", "Experiment") and ModelLocation.claim_of(uri) is not None:
+            report = (store / ModelLocation.parse(uri).path).parent / REPORT_FILE
             if report.exists():
                 found.append(report)
     return found

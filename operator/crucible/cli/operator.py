@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 import threading
 
@@ -76,9 +75,9 @@ def run_operator(namespaces: list[str], cluster_wide: bool) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if not namespaces and not cluster_wide:
-        namespaces = [n for n in os.environ.get("CRUCIBLE_WATCH_NAMESPACES", "").split(",") if n]
+        namespaces = list(config.watch_namespaces)
     cluster_wide = cluster_wide or not namespaces
-    address = os.environ.get("CRUCIBLE_HTTP_ADDRESS", "0.0.0.0")
-    port = int(os.environ.get("CRUCIBLE_HTTP_PORT", "8080"))
-    asyncio.run(_serve(namespaces, cluster_wide, address, port, config.identity))
+    asyncio.run(
+        _serve(namespaces, cluster_wide, config.http_address, config.http_port, config.identity)
+    )
     return 0

@@ -22,14 +22,16 @@ DEV_KUBECONFIG = Path(".dev/cluster/admin.kubeconfig")
 
 
 def custom_objects(kubeconfig: str | None = None) -> Any:
-    """An API client for Crucible's resources: the kubeconfig given, $KUBECONFIG, or the one
-    `crucible dev up` wrote."""
-    from kubernetes import client, config
+    """An API client for Crucible's resources, with the operator's credentials: the
+    kubeconfig given, $KUBECONFIG, or the one `crucible dev up` wrote."""
+    from kubernetes import client
+
+    from crucible.controllers.kube import client_configuration
 
     path = kubeconfig or os.environ.get("KUBECONFIG")
     if path is None and DEV_KUBECONFIG.exists():
         path = str(DEV_KUBECONFIG)
-    return client.CustomObjectsApi(config.new_client_from_config(path))  # type: ignore[no-untyped-call]
+    return client.CustomObjectsApi(client.ApiClient(client_configuration(path)))
 
 
 def list_resources(custom: Any, namespace: str) -> list[dict[str, Any]]:

@@ -52,7 +52,7 @@ from crucible.resources.common import (
     Owner,
     name_label,
 )
-from crucible.resources.status import comparable
+from crucible.resources.status import comparable, merge_patch
 
 logger = logging.getLogger("crucible.engine")
 
@@ -301,7 +301,8 @@ class Engine:
         status = result.status
         RECONCILES.labels(kind, status.phase or Phase.PENDING).inc()
         if comparable(status) != comparable(current):
-            patched = await self.kube.patch_status(kind, namespace, name, status.to_api())
+            patch = merge_patch(current.to_api(), status.to_api())
+            patched = await self.kube.patch_status(kind, namespace, name, patch)
             if patched is None:
                 return None  # deleted meanwhile
             if newer(patched, self.runs.get(key)):

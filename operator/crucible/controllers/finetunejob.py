@@ -8,6 +8,7 @@ from typing import Any
 from crucible.api.common import DataSource, Phase, PvcPath, Reason
 from crucible.api.contract import WorkloadReport
 from crucible.api.finetunejob import Dataset, FineTuneJobSpec
+from crucible.api.formats import ModelLocation
 from crucible.api.kinds import FINE_TUNE_JOB, SYNTHETIC_DATASET
 from crucible.api.syntheticdataset import SyntheticFormat
 from crucible.controllers.lifecycle import (
@@ -46,8 +47,10 @@ async def synthetic_data(ctx: Context, dataset: Dataset) -> DataSource:
             f"{dataset.format}; set spec.dataset.format: {made} (chat trains with sft, "
             "preference with dpo) or reference another SyntheticDataset",
         )
-    claim, _, path = found["status"]["outputUri"].removeprefix("pvc://").partition("/")
-    return DataSource(pvc=PvcPath(claim_name=claim, path=f"{path.rstrip('/')}/{TRAIN_FILE}"))
+    output = ModelLocation.parse(found["status"]["outputUri"])
+    return DataSource(
+        pvc=PvcPath(claim_name=output.root, path=f"{output.path.rstrip('/')}/{TRAIN_FILE}")
+    )
 
 
 class FineTuneJobController(RunController[FineTuneJobSpec, TrainingInputs]):

@@ -50,14 +50,17 @@ class ChildConflictError(RuntimeError):
     """An object with a child's name exists and belongs to someone else."""
 
 
-def client_configuration() -> client.Configuration:
-    """In a pod its ServiceAccount, elsewhere the kubeconfig KUBECONFIG names."""
+def client_configuration(kubeconfig: str | None = None) -> client.Configuration:
+    """The credentials of every client Crucible makes, the operator's and the CLI's: the
+    kubeconfig given; else in a pod its ServiceAccount; else the kubeconfig KUBECONFIG names
+    (~/.kube/config without it)."""
     configuration = client.Configuration()
-    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
         config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     else:
         config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
+            config_file=kubeconfig or os.environ.get("KUBECONFIG"),
+            client_configuration=configuration,
         )
     return configuration
 

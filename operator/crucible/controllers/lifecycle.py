@@ -461,10 +461,10 @@ async def run_workload(
 
 
 async def reconcile(ctl: RunController[Any, Any], ctx: Context) -> Result:
-    """One reconcile of one run: the status it should have now. Status is written as a merge
-    patch, which never removes a field: what this reconcile does not derive (a fine-tune's last
-    progress while its pod is re-queued) is kept as it is, so an unchanged run compares equal
-    and is not written again."""
+    """One reconcile of one run: the status it should have now. What this reconcile does not
+    derive (a fine-tune's last progress while its pod is re-queued) is kept from the current
+    status, so an unchanged run compares equal and is not written again; the engine writes
+    the difference, which removes what the new status no longer has."""
     kept = ctx.current.model_dump(exclude_none=True, exclude={"phase", "conditions"})
     try:
         spec = ctl.kind.spec.model_validate(ctx.body.get("spec") or {})

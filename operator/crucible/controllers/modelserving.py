@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from crucible.api.common import (
     Condition,
+    ConditionType,
     Phase,
     Reason,
     RunStatus,
@@ -39,7 +40,6 @@ from crucible.resources import modelserving as ms
 from crucible.resources.serving import ServedModel, Server, servers_for
 from crucible.resources.status import describe_validation_error, now, set_condition
 
-PROMOTED = "Promoted"
 KSERVE_DISCOVERY = f"/apis/{ms.KSERVE_API_VERSION}"
 # Nothing announces KServe's CRDs being installed, nor (unwatched) its objects' status.
 KSERVE_RECHECK_SECONDS = 30.0
@@ -221,7 +221,7 @@ def serving_status(
             message += f"; {judged.message}"
     status = status_of(ctx, phase, reason, message, fields)
     condition = Condition(
-        type=PROMOTED,
+        type=ConditionType.PROMOTED,
         status="True" if judged.promoted else "False",
         reason=judged.reason,
         message=judged.message,

@@ -12,6 +12,7 @@ from typing import Any
 from crucible.api import GROUP
 from crucible.api.common import Resources
 from crucible.api.contract import REPORT_KEY, TASK_DIR, TASK_FILE, TASK_PATH, TaskBase
+from crucible.api.formats import ModelLocation
 from crucible.api.kinds import Kind
 from crucible.config import OperatorConfig
 
@@ -123,10 +124,9 @@ def pvc_claims(uris: list[str]) -> list[str]:
     """PersistentVolumeClaims the pvc:// URIs live on, in first-seen order."""
     claims: list[str] = []
     for uri in uris:
-        if uri.startswith("pvc://"):
-            claim = uri.removeprefix("pvc://").split("/", 1)[0]
-            if claim not in claims:
-                claims.append(claim)
+        claim = ModelLocation.claim_of(uri)
+        if claim is not None and claim not in claims:
+            claims.append(claim)
     return claims
 
 

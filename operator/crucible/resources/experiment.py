@@ -190,7 +190,7 @@ def _failure(kind: str, name: str, status: RunStatus, consequence: str) -> Child
     return ChildFailure(
         kind=kind,
         name=name,
-        reason=ready.reason if ready else "Failed",
+        reason=ready.reason if ready else Reason.CHILD_FAILED,
         message=(ready.message if ready else "")[:4096],
         consequence=consequence,
     )
@@ -276,7 +276,7 @@ class _Plan:
                 ChildFailure(
                     kind="Task",
                     name=task.name,
-                    reason="TooFewModels",
+                    reason=Reason.TOO_FEW_MODELS,
                     message=f"{models} model(s) left to compare on task {task.name}",
                     consequence=f"task {task.name} is left out of the ranking",
                 )

@@ -10,6 +10,7 @@ from typing import Any
 
 from crucible.api.common import Endpoint, InferenceTarget, Serving
 from crucible.api.contract import ChatEndpoint
+from crucible.api.formats import ModelLocation, Scheme
 from crucible.config import OperatorConfig
 from crucible.resources.common import (
     RESTRICTED_CONTAINER,
@@ -119,12 +120,11 @@ def server_url(owner: Owner, model: str) -> str:
 
 def _model_location(uri: str, mounts: dict[str, str]) -> tuple[str, list[str]]:
     """vLLM's --model value and extra arguments for a model URI."""
-    if uri.startswith("pvc://"):
-        claim, _, path = uri.removeprefix("pvc://").partition("/")
-        return f"{mounts[claim]}/{path}".rstrip("/"), []
-    if uri.startswith("hf://"):
-        name, _, revision = uri.removeprefix("hf://").partition("@")
-        return name, ["--revision", revision] if revision else []
+    parsed = ModelLocation.parse(uri)
+    if parsed.scheme == Scheme.PVC:
+        return f"{mounts[parsed.root]}/{parsed.path}".rstrip("/"), []
+    if parsed.scheme == Scheme.HF:
+        return parsed.root, ["--revision", parsed.revision] if parsed.revision else []
     return uri, ["--load-format", "runai_streamer"]  # s3://
 
 

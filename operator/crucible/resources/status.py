@@ -8,9 +8,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from crucible.api.common import TERMINAL_PHASES, Condition, Phase, Reason, RunStatus
-
-READY = "Ready"
+from crucible.api.common import TERMINAL_PHASES, Condition, ConditionType, Phase, Reason, RunStatus
 
 
 def now() -> datetime:
@@ -48,7 +46,7 @@ def phase_fields(
     and, once a run is over, completionTime. A run is Ready once it has succeeded; a long-lived
     resource (a ModelServing) while it is Running, and it is never over."""
     ready = Condition(
-        type=READY,
+        type=ConditionType.READY,
         status="True" if phase == (Phase.RUNNING if long_lived else Phase.SUCCEEDED) else "False",
         reason=reason,
         message=message,
@@ -63,6 +61,21 @@ def phase_fields(
     if phase in TERMINAL_PHASES and not long_lived:
         fields["completion_time"] = current.completion_time or now()
     return fields
+
+
+def merge_patch(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns `before` into `after`: changed values,
+    objects patched key by key, and null for each key `after` no longer has (a plain merge of
+    `after` would leave those in place)."""
+    patch: dict[str, Any] = {key: None for key in before if key not in after}
+    for key, value in after.items():
+        old = before.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            if nested := merge_patch(old, value):
+                patch[key] = nested
+        elif value != old or key not in before:
+            patch[key] = value
+    return patch
 
 
 def comparable(status: RunStatus) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any, NoReturn, TypeVar
 from pydantic import BaseModel
 
 from crucible.api.contract import REPORT_KEY, TaskBase, WorkloadReport
+from crucible.api.formats import ModelLocation, Scheme
 
 log = logging.getLogger("crucible.workload")
 T = TypeVar("T", bound=TaskBase)
@@ -82,25 +83,26 @@ def resolve_uri(uri: str, mounts: dict[str, str], cache: Path) -> Path:
     fetched with huggingface_hub (HF_TOKEN and HF_HUB_OFFLINE apply); s3://bucket/prefix is
     fetched with an S3 client (the usual AWS_* variables apply).
     """
-    if uri.startswith("pvc://"):
-        claim, _, path = uri.removeprefix("pvc://").partition("/")
-        if claim not in mounts:
-            raise WorkloadError(f"{uri}: PersistentVolumeClaim {claim!r} is not mounted")
-        local = inside(Path(mounts[claim]), path, uri)
+    try:
+        parsed = ModelLocation.parse(uri)
+    except ValueError as error:
+        raise WorkloadError(str(error)) from error
+    if parsed.scheme == Scheme.PVC:
+        if parsed.root not in mounts:
+            raise WorkloadError(f"{uri}: PersistentVolumeClaim {parsed.root!r} is not mounted")
+        local = inside(Path(mounts[parsed.root]), parsed.path, uri)
         if not local.exists():
             raise WorkloadError(f"{uri}: {local} does not exist")
         return local
-    if uri.startswith("hf://"):
-        return _from_hub(uri, cache)
-    if uri.startswith("s3://"):
-        return _from_s3(uri, cache)
-    raise WorkloadError(f"{uri}: unsupported scheme; use pvc://, hf:// or s3://")
+    if parsed.scheme == Scheme.HF:
+        return _from_hub(parsed, cache)
+    return _from_s3(parsed, cache)
 
 
-def _from_hub(uri: str, cache: Path) -> Path:
+def _from_hub(uri: ModelLocation, cache: Path) -> Path:
     from huggingface_hub import snapshot_download
 
-    name, _, revision = uri.removeprefix("hf://").partition("@")
+    name, revision = uri.root, uri.revision
     repo_type = "model"
     if name.startswith("datasets/"):
         repo_type, name = "dataset", name.removeprefix("datasets/")
@@ -117,7 +119,7 @@ def _from_hub(uri: str, cache: Path) -> Path:
         raise WorkloadError(f"{uri}: cannot download from the Hugging Face Hub: {error}") from error
 
 
-def _from_s3(uri: str, cache: Path) -> Path:
+def _from_s3(uri: ModelLocation, cache: Path) -> Path:
     """Download every object under an S3 prefix. boto3 cannot share an environment with the
     kubernetes client (python-dateutil), so this uses MinIO's S3 client: AWS_ENDPOINT_URL
     (default AWS), AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION apply."""
@@ -125,7 +127,7 @@ def _from_s3(uri: str, cache: Path) -> Path:
 
     from minio import Minio
 
-    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    bucket, prefix = uri.root, uri.path
     endpoint = urlparse(os.environ.get("AWS_ENDPOINT_URL") or "https://s3.amazonaws.com")
     client = Minio(
         endpoint.netloc,
