@@ -19,15 +19,8 @@ from tests.cluster.conftest import (
     wait_phase,
     write_report,
 )
-from tests.cluster.test_reconcile import (
-    eval_run,
-    finetune,
-    inputs,
-    merge,
-    rag_index,
-    result,
-)
 from tests.conftest import ROOT
+from tests.manifests import eval_run, finetune, inputs, merge, rag_index, result
 
 CHART = str(ROOT / "charts" / "crucible")
 

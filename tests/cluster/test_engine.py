@@ -36,8 +36,9 @@ from tests.cluster.conftest import (
     wait_phase,
     write_report,
 )
-from tests.cluster.test_reconcile import eval_run, finetune, inputs, merge, objects, result
+from tests.cluster.test_reconcile import objects
 from tests.conftest import wait_for
+from tests.manifests import eval_run, finetune, inputs, merge, result
 
 HELD = {"resources": {"gpus": 0, "image": HOLD_IMAGE}}
 

@@ -23,59 +23,7 @@ from tests.cluster.conftest import (
 )
 from tests.cluster.test_reconcile import objects
 from tests.conftest import wait_for
-
-API = "crucible.dev/v1alpha1"
-BOUND = 2
-
-
-def data(name: str) -> dict[str, Any]:
-    return {"configMap": {"name": name, "key": "data.jsonl"}}
-
-
-def task(name: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "dataset": data(f"{name}-qa"),
-        "evaluation": {"prompts": data(f"{name}-p")},
-    }
-
-
-def experiment() -> dict[str, Any]:
-    none = {"gpus": 0}
-    return {
-        "apiVersion": API,
-        "kind": "Experiment",
-        "metadata": {"name": "search"},
-        "spec": {
-            "candidates": [
-                {"name": "a", "uri": "pvc://crucible-models/models/a"},
-                {"name": "b", "uri": "pvc://crucible-models/models/b"},
-            ],
-            "tasks": [task("docs"), task("ops")],
-            "heldOut": task("faq"),
-            "fineTune": {"resources": none},
-            "evaluation": {"resources": none, "serving": {"resources": none}},
-            "judge": {"uri": "pvc://crucible-models/models/judge", "bootstrapSamples": 10},
-            "baselines": [
-                {"name": "hosted", "endpoint": {"url": "http://hosted.example/v1", "model": "m"}}
-            ],
-            "validation": {"top": 1, "baseline": "a"},
-            "maxConcurrentJobs": BOUND,
-        },
-    }
-
-
-def inputs() -> list[dict[str, Any]]:
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": n},
-            "data": {"data.jsonl": ""},
-        }
-        for t in ("docs", "ops", "faq")
-        for n in (f"{t}-qa", f"{t}-p")
-    ]
+from tests.manifests import MAX_CONCURRENT_JOBS, experiment, experiment_inputs, judged
 
 
 def children(cluster: LocalCluster, namespace: str) -> dict[str, dict[str, Any]]:
@@ -108,7 +56,7 @@ def settle(cluster: LocalCluster, namespace: str, expected: set[str]) -> dict[st
     time.sleep(1.0)  # room for a reconcile that would wrongly start more
     found = children(cluster, namespace)
     assert set(found) == expected, sorted(set(found) ^ expected)
-    assert active(found) <= BOUND, {
+    assert active(found) <= MAX_CONCURRENT_JOBS, {
         k: (v.get("status") or {}).get("phase") for k, v in found.items()
     }
     return found
@@ -118,28 +66,11 @@ def finish_job(cluster: LocalCluster, namespace: str, job: str, exit_code: int =
     finish_pod(cluster, namespace, running_pod(cluster, namespace, job), exit_code)
 
 
-def judged(models: list[str]) -> dict[str, Any]:
-    """An eval workload's report on open prompts: the judge's ratings only."""
-    return {
-        "judgeRatings": [
-            {
-                "model": m,
-                "rating": 1050 - 50 * i,
-                "ci95Low": 1000 - 50 * i,
-                "ci95High": 1100 - 50 * i,
-            }
-            for i, m in enumerate(models)
-        ],
-        "judgeComparisons": 12,
-        "resultsUri": "pvc://crucible-models/x/results.jsonl",
-    }
-
-
 @pytest.mark.pod_security_baseline
 def test_an_experiment_fans_out_within_its_bound_and_reaches_a_verdict(  # noqa: PLR0915
     cluster: LocalCluster, namespace: str, model_store: str, operator: OperatorFactory
 ) -> None:
-    cluster.kubectl_apply(inputs(), "-n", namespace)
+    cluster.kubectl_apply(experiment_inputs(), "-n", namespace)
     held = {"CRUCIBLE_TRAIN_IMAGE": HOLD_IMAGE, "CRUCIBLE_EVAL_IMAGE": HOLD_IMAGE}
     with operator(**held):
         cluster.kubectl_apply([experiment()], "-n", namespace)
@@ -163,7 +94,7 @@ def test_an_experiment_fans_out_within_its_bound_and_reaches_a_verdict(  # noqa:
             ),
             what="the progress counts",
         )
-        assert progress["stage"] == "Search" and progress["active"] == BOUND
+        assert progress["stage"] == "Search" and progress["active"] == MAX_CONCURRENT_JOBS
 
         # One fine-tune fails, the other succeeds: the task is evaluated without the failed
         # one (against the baseline), and the next task's first fine-tune takes a slot.
@@ -296,7 +227,7 @@ def play_small_experiment(cluster: LocalCluster, namespace: str) -> dict[str, An
     """Run `small_experiment` to its verdict with an operator whose training Jobs complete by
     themselves (kwok) and whose eval-image Jobs are held: write their reports, end their pods.
     Returns the final status."""
-    cluster.kubectl_apply([*inputs(), small_experiment()], "-n", namespace)
+    cluster.kubectl_apply([*experiment_inputs(), small_experiment()], "-n", namespace)
     models = ["a", "hosted"]
     write_report(cluster, namespace, "small-docs", judged(models), wait=True)
     finish_job(cluster, namespace, "small-docs-eval")

@@ -20,49 +20,11 @@ from tests.cluster.conftest import (
     wait_phase,
     write_report,
 )
-from tests.cluster.test_reconcile import inputs, objects, result
+from tests.cluster.test_reconcile import objects
 from tests.conftest import wait_for
+from tests.manifests import API, gated_serving, inputs, scored_eval_run, scored_report
 
-API = "crucible.dev/v1alpha1"
 (MCQ,) = [doc for doc in inputs() if doc["metadata"]["name"] == "mcq"]
-
-
-def eval_run(name: str, tuned_uri: str) -> dict[str, Any]:
-    return {
-        "apiVersion": API,
-        "kind": "EvalRun",
-        "metadata": {"name": name},
-        "spec": {
-            "models": [
-                {"name": "base", "uri": "hf://org/base"},
-                {"name": "tuned", "uri": tuned_uri},
-            ],
-            "dataset": {"configMap": {"name": "mcq", "key": "mcq.csv"}},
-            "scoring": "LogLikelihood",
-            "serving": {"resources": {"gpus": 0}},
-        },
-    }
-
-
-def serving(model_uri: str, eval_name: str, candidate: str = "tuned") -> dict[str, Any]:
-    return {
-        "apiVersion": API,
-        "kind": "ModelServing",
-        "metadata": {"name": "assistant"},
-        "spec": {
-            "model": {"uri": model_uri},
-            "replicas": 2,
-            "serving": {"resources": {"gpus": 0}},
-            "gate": {
-                "evalRunRef": {"name": eval_name},
-                "candidate": {"model": candidate},
-                "rules": [
-                    {"intervalAboveMean": {"model": "base"}},
-                    {"pairedBetter": {"model": "base", "alpha": 0.05}},
-                ],
-            },
-        },
-    }
 
 
 def finish_eval(
@@ -70,19 +32,7 @@ def finish_eval(
 ) -> None:
     """Play the eval workload: base scores 0.40, tuned `tuned`, with their paired test."""
     pod = running_pod(cluster, namespace, f"{name}-eval")
-    base, mine = result("base", False, [0.40]), result("tuned", False, [tuned])
-    paired = {
-        "a": "tuned",
-        "aRag": False,
-        "b": "base",
-        "bRag": False,
-        "difference": round(tuned - 0.40, 4),
-        "ci95Low": round(tuned - 0.40 - 0.1, 4),
-        "ci95High": round(tuned - 0.40 + 0.1, 4),
-        "test": "McNemar",
-        "pValue": p_value,
-    }
-    write_report(cluster, namespace, name, {"results": [base, mine], "pairedTests": [paired]})
+    write_report(cluster, namespace, name, scored_report(tuned, p_value))
     finish_pod(cluster, namespace, pod)
     wait_phase(cluster, namespace, "er", name, "Succeeded")
 
@@ -130,7 +80,7 @@ def test_a_gated_promotion_serves_on_pass_and_keeps_the_previous_model_on_fail( 
     apply([MCQ])
     with operator(CRUCIBLE_EVAL_IMAGE=HOLD_IMAGE):
         # The gate's EvalRun does not exist yet: the ModelServing waits, naming the field.
-        apply([serving("hf://org/tuned-v1", "eval-v1")])
+        apply([gated_serving("hf://org/tuned-v1", "eval-v1")])
         waiting = wait_phase(cluster, namespace, "msv", "assistant", "Waiting")
         ready = condition(waiting, "Ready")
         assert ready["reason"] == "DependencyNotFound"
@@ -138,7 +88,7 @@ def test_a_gated_promotion_serves_on_pass_and_keeps_the_previous_model_on_fail( 
         assert objects(cluster, namespace, "deployment", "assistant") == []
 
         # v1 beats the base model: its interval [0.55, 0.65] lies above 0.40, p = 0.001.
-        apply([eval_run("eval-v1", "hf://org/tuned-v1")])
+        apply([scored_eval_run("eval-v1", "hf://org/tuned-v1")])
         finish_eval(cluster, namespace, "eval-v1", tuned=0.60, p_value=0.001)
         live = wait_phase(cluster, namespace, "msv", "assistant", "Running")
         assert live["promoted"]["generation"] == 1
@@ -160,9 +110,9 @@ def test_a_gated_promotion_serves_on_pass_and_keeps_the_previous_model_on_fail( 
         assert args[args.index("--served-model-name") + 1] == "assistant"
 
         # v2 does not: 0.42 against 0.40, p = 0.6. It is not promoted; v1 keeps serving.
-        apply([eval_run("eval-v2", "hf://org/tuned-v2")])
+        apply([scored_eval_run("eval-v2", "hf://org/tuned-v2")])
         finish_eval(cluster, namespace, "eval-v2", tuned=0.42, p_value=0.6)
-        apply([serving("hf://org/tuned-v2", "eval-v2")])
+        apply([gated_serving("hf://org/tuned-v2", "eval-v2")])
         held = wait_promoted(cluster, namespace, False, "GateNotMet")
         assert held["phase"] == "Running"
         assert held["promoted"]["generation"] == 1
@@ -192,7 +142,7 @@ def test_a_gated_promotion_serves_on_pass_and_keeps_the_previous_model_on_fail( 
 
         # A gate on a model the EvalRun did not score cannot be judged: it says which field
         # and what the EvalRun has; v1 still serves.
-        apply([serving("hf://org/tuned-v2", "eval-v2", candidate="tuned-v3")])
+        apply([gated_serving("hf://org/tuned-v2", "eval-v2", candidate="tuned-v3")])
         unjudged = wait_promoted(cluster, namespace, False, "InvalidReference")
         message = condition(unjudged, "Promoted")["message"]
         assert message.startswith("spec.gate.candidate: EvalRun 'eval-v2' has no result for")
@@ -200,7 +150,7 @@ def test_a_gated_promotion_serves_on_pass_and_keeps_the_previous_model_on_fail( 
         assert unjudged["promoted"]["generation"] == 1
 
         # A gate whose candidate is another model than the one served refuses to promote it.
-        apply([serving("hf://org/tuned-v3", "eval-v1")])
+        apply([gated_serving("hf://org/tuned-v3", "eval-v1")])
         other = wait_promoted(cluster, namespace, False, "InvalidReference")
         assert (
             "scored 'tuned' from another source than spec.model"
@@ -208,7 +158,7 @@ def test_a_gated_promotion_serves_on_pass_and_keeps_the_previous_model_on_fail( 
         )
 
         # Back to v1's own evaluation with two replicas more: promoted in place, same object.
-        spec = serving("hf://org/tuned-v1", "eval-v1")
+        spec = gated_serving("hf://org/tuned-v1", "eval-v1")
         spec["spec"]["replicas"] = 3
         apply([spec])
         again = wait_promoted(cluster, namespace, True, "Promoted")

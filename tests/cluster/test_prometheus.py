@@ -26,8 +26,8 @@ from tests.cluster.conftest import (
     write_report,
 )
 from tests.cluster.test_experiment import play_small_experiment
-from tests.cluster.test_reconcile import inputs, result
 from tests.conftest import wait_for
+from tests.manifests import inputs, result
 
 # Grafana's variables, as "All" and the default range interval would fill them in.
 VARIABLES = {"$namespace": ".*", "$evalrun": ".*", "$__rate_interval": "1m"}

@@ -22,107 +22,7 @@ from tests.cluster.conftest import (
     write_report,
 )
 from tests.conftest import wait_for
-
-API = "crucible.dev/v1alpha1"
-
-
-def merge(name: str = "merged", **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": API,
-        "kind": "ModelMerge",
-        "metadata": {"name": name},
-        "spec": {
-            "method": "slerp",
-            "parameters": {"t": 0.5},
-            "models": [{"uri": "hf://org/a"}, {"uri": "hf://org/b"}],
-            **spec,
-        },
-    }
-
-
-def finetune(name: str = "tuned", base: str = "merged", **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": API,
-        "kind": "FineTuneJob",
-        "metadata": {"name": name},
-        "spec": {
-            "baseModel": {"modelRef": {"kind": "ModelMerge", "name": base}},
-            "dataset": {"configMap": {"name": "qa", "key": "qa.csv"}},
-            **spec,
-        },
-    }
-
-
-def rag_index(name: str = "docs") -> dict[str, Any]:
-    return {
-        "apiVersion": API,
-        "kind": "RagIndex",
-        "metadata": {"name": name},
-        "spec": {
-            "source": {"configMap": {"name": "docs"}},
-            "database": {"connectionSecretRef": {"name": "pg", "key": "uri"}, "table": "docs"},
-        },
-    }
-
-
-def eval_run(name: str = "bench") -> dict[str, Any]:
-    return {
-        "apiVersion": API,
-        "kind": "EvalRun",
-        "metadata": {"name": name},
-        "spec": {
-            "models": [
-                {"name": "merged", "modelRef": {"kind": "ModelMerge", "name": "merged"}},
-                {"name": "tuned", "modelRef": {"kind": "FineTuneJob", "name": "tuned"}},
-                {
-                    "name": "gpt",
-                    "endpoint": {
-                        "url": "https://api.example.com/v1",
-                        "model": "gpt-4",
-                        "apiKeySecretRef": {"name": "openai", "key": "apiKey"},
-                    },
-                },
-            ],
-            "dataset": {"configMap": {"name": "mcq", "key": "mcq.csv"}},
-            "rag": {"indexName": "docs", "topK": 3},
-            "repeats": 3,
-        },
-    }
-
-
-def inputs() -> list[dict[str, Any]]:
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": "qa"},
-            "data": {"qa.csv": "question,answer\nWhat is Nitro?,An inference server.\n"},
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": "docs"},
-            "data": {"intro.md": "# Nitro\nNitro is fast."},
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": "mcq"},
-            "data": {"mcq.csv": "question,a,b,c,d,correct\nQ?,A. x,B. y,C. z,D. w,A\n"},
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "pg"},
-            "stringData": {"uri": "postgresql://u:p@db:5432/rag"},
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "openai"},
-            "stringData": {"apiKey": "sk-test"},
-        },
-    ]
+from tests.manifests import API, eval_run, finetune, inputs, merge, rag_index, result
 
 
 def objects(
@@ -133,22 +33,6 @@ def objects(
         cluster.kubectl("get", kind, "-n", namespace, *selector, "-o", "json").stdout
     )["items"]
     return items
-
-
-def result(model: str, rag: bool, rounds: list[float]) -> dict[str, Any]:
-    mean = sum(rounds) / len(rounds)
-    return {
-        "model": model,
-        "rag": rag,
-        "n": len(rounds),
-        "questions": 50,
-        "accuracyMean": mean,
-        "accuracyStddev": 0.02,
-        "ci95Low": mean - 0.05,
-        "ci95High": mean + 0.05,
-        "rounds": rounds,
-        "unparsed": 0,
-    }
 
 
 def conflicts() -> float:

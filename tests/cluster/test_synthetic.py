@@ -19,36 +19,11 @@ from tests.cluster.conftest import (
     wait_phase,
     write_report,
 )
-from tests.cluster.test_reconcile import API, inputs, objects
+from tests.cluster.test_reconcile import objects
 from tests.conftest import wait_for
+from tests.manifests import COUNTS, finetune_on, inputs, synthetic
 
 FAIL_IMAGE = "kwok.crucible.test/fail:error"
-
-
-def synthetic(name: str = "qa", **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": API,
-        "kind": "SyntheticDataset",
-        "metadata": {"name": name},
-        "spec": {
-            "source": {"configMap": {"name": "docs"}},
-            "teacher": {"uri": "hf://org/teacher"},
-            **spec,
-        },
-    }
-
-
-def finetune_on(dataset_name: str, name: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": API,
-        "kind": "FineTuneJob",
-        "metadata": {"name": name},
-        "spec": {
-            "baseModel": {"uri": "hf://org/base"},
-            "dataset": {"datasetRef": {"name": dataset_name}},
-            **spec,
-        },
-    }
 
 
 def task_of(cluster: LocalCluster, namespace: str, owner: str, job: str) -> dict[str, Any]:
@@ -60,15 +35,6 @@ def task_of(cluster: LocalCluster, namespace: str, owner: str, job: str) -> dict
     ]
     task: dict[str, Any] = json.loads(config_map["data"]["task.json"])
     return task
-
-
-COUNTS = {
-    "generated": 12,
-    "kept": 9,
-    "train": 8,
-    "validation": 1,
-    "dropped": {"unparsed": 1, "duplicate": 2, "ungrounded": 1},
-}
 
 
 @pytest.mark.pod_security_baseline

@@ -33,7 +33,7 @@ from crucible.api.common import TERMINAL_PHASES, Phase, RunStatus
 from crucible.api.kinds import KINDS_BY_NAME
 from crucible.config import OperatorConfig
 from crucible.controllers.cache import ChildCache, newer
-from crucible.controllers.kube import Kube
+from crucible.controllers.kube import KubeClient
 from crucible.controllers.lifecycle import Context, Controller, Reference
 from crucible.metrics import (
     JOB_SECONDS,
@@ -119,7 +119,7 @@ class WorkQueue:
 class Engine:
     def __init__(
         self,
-        kube: Kube,
+        kube: KubeClient,
         config: OperatorConfig,
         controllers: Mapping[str, Controller[Any]],
     ) -> None:

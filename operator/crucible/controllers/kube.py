@@ -1,6 +1,11 @@
 """The Kubernetes API calls the reconcilers make: asynchronous (aiohttp, on kopf's event loop),
 on plain dicts (the manifests the builders render), counted per verb on /metrics.
 
+`KubeClient` holds the verbs (create-or-adopt, conditional replace, merge patches, Events),
+all written over one transport method, `request`. `Kube` answers it over HTTP; the unit
+tier's in-memory API server (tests/unit/fakeapi.py) answers it from memory, so both tiers run
+the same verbs.
+
 Credentials come from the official client's loaders (in a pod its ServiceAccount, whose token
 file is re-read as it rotates; elsewhere the kubeconfig KUBECONFIG names), so both work as
 kubectl would."""
@@ -11,6 +16,7 @@ import contextlib
 import json
 import os
 import ssl
+from abc import ABC, abstractmethod
 from datetime import UTC, datetime
 from typing import Any
 
@@ -71,36 +77,10 @@ def path_of(api_version: str, kind: str, namespace: str, name: str = "") -> str:
     return f"{path}/{name}" if name else path
 
 
-class Kube:
-    """One HTTP session to the API server; create it inside the running event loop."""
+class KubeClient(ABC):
+    """The API verbs the engine and the controllers use, over `request`."""
 
-    def __init__(self, configuration: client.Configuration, *, connections: int = 64) -> None:
-        self.configuration = configuration
-        context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
-        if not configuration.verify_ssl:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        if configuration.cert_file:
-            context.load_cert_chain(configuration.cert_file, configuration.key_file)
-        self.session = aiohttp.ClientSession(
-            base_url=configuration.host,
-            connector=aiohttp.TCPConnector(ssl=context, limit=connections),
-            timeout=aiohttp.ClientTimeout(total=60),
-            headers={"User-Agent": "crucible-operator"},
-        )
-
-    async def close(self) -> None:
-        await self.session.close()
-
-    def _headers(self, content_type: str = "application/json") -> dict[str, str]:
-        headers = {"Content-Type": content_type, "Accept": "application/json"}
-        # auth_settings() runs the refresh hook: a rotated ServiceAccount token is read again.
-        settings: dict[str, Any] = dict(self.configuration.auth_settings())
-        for auth in settings.values():
-            if auth["in"] == "header" and auth["value"]:
-                headers[auth["key"]] = auth["value"]
-        return headers
-
+    @abstractmethod
     async def request(
         self,
         method: str,
@@ -111,17 +91,9 @@ class Kube:
         content_type: str = "application/json",
     ) -> dict[str, Any] | None:
         """The decoded answer; None for 404; ApiError for any other error."""
-        data = None if body is None else json.dumps(body)
-        async with self.session.request(
-            method, path, data=data, params=params, headers=self._headers(content_type)
-        ) as response:
-            KUBE_REQUESTS.labels(method, str(response.status)).inc()
-            if response.status == 404:
-                return None
-            if response.status >= 400:
-                raise ApiError(response.status, method, path, await response.text())
-            decoded: dict[str, Any] = await response.json(content_type=None)
-            return decoded
+
+    async def close(self) -> None:
+        return None
 
     async def get(
         self, api_version: str, kind: str, namespace: str, name: str
@@ -236,3 +208,55 @@ class Kube:
         # Auxiliary: never fail a reconcile over one.
         with contextlib.suppress(ApiError, aiohttp.ClientError):
             await self.request("POST", path_of("v1", "Event", meta["namespace"]), body=event)
+
+
+class Kube(KubeClient):
+    """One HTTP session to the API server; create it inside the running event loop."""
+
+    def __init__(self, configuration: client.Configuration, *, connections: int = 64) -> None:
+        self.configuration = configuration
+        context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
+        if not configuration.verify_ssl:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if configuration.cert_file:
+            context.load_cert_chain(configuration.cert_file, configuration.key_file)
+        self.session = aiohttp.ClientSession(
+            base_url=configuration.host,
+            connector=aiohttp.TCPConnector(ssl=context, limit=connections),
+            timeout=aiohttp.ClientTimeout(total=60),
+            headers={"User-Agent": "crucible-operator"},
+        )
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    def _headers(self, content_type: str = "application/json") -> dict[str, str]:
+        headers = {"Content-Type": content_type, "Accept": "application/json"}
+        # auth_settings() runs the refresh hook: a rotated ServiceAccount token is read again.
+        settings: dict[str, Any] = dict(self.configuration.auth_settings())
+        for auth in settings.values():
+            if auth["in"] == "header" and auth["value"]:
+                headers[auth["key"]] = auth["value"]
+        return headers
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any] | None:
+        data = None if body is None else json.dumps(body)
+        async with self.session.request(
+            method, path, data=data, params=params, headers=self._headers(content_type)
+        ) as response:
+            KUBE_REQUESTS.labels(method, str(response.status)).inc()
+            if response.status == 404:
+                return None
+            if response.status >= 400:
+                raise ApiError(response.status, method, path, await response.text())
+            decoded: dict[str, Any] = await response.json(content_type=None)
+            return decoded

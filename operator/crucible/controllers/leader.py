@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 
 from crucible.config import OperatorConfig
-from crucible.controllers.kube import ApiError, Kube, path_of
+from crucible.controllers.kube import ApiError, KubeClient, path_of
 
 logger = logging.getLogger("crucible.leader")
 
@@ -24,7 +24,7 @@ def micro_time() -> str:
 
 
 class LeaderElector:
-    def __init__(self, kube: Kube, config: OperatorConfig) -> None:
+    def __init__(self, kube: KubeClient, config: OperatorConfig) -> None:
         assert config.leader_election_namespace is not None
         self.kube = kube
         self.namespace = config.leader_election_namespace

@@ -35,7 +35,7 @@ from crucible.api.contract import REPORT_KEY, WorkloadReport
 from crucible.api.kinds import KINDS_BY_NAME
 from crucible.config import OperatorConfig
 from crucible.controllers.cache import Children
-from crucible.controllers.kube import ChildConflictError, Kube
+from crucible.controllers.kube import ChildConflictError, KubeClient
 from crucible.resources.common import LABEL_ROLE, Owner, child_name, report_name
 from crucible.resources.jobs import job_outcome, pod_failure
 from crucible.resources.serving import (
@@ -85,7 +85,7 @@ RunLookup = Callable[[str, str, str], Awaitable[dict[str, Any] | None]]
 
 @dataclass
 class Context:
-    kube: Kube
+    kube: KubeClient
     config: OperatorConfig
     owner: Owner
     body: dict[str, Any]
