@@ -18,7 +18,6 @@ import copy
 import itertools
 import json
 import re
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,6 +41,10 @@ PATH = re.compile(
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 WATCHED_CHILDREN = ("Job", "Pod", "Deployment", "Service")
+
+
+class OperatorGoneError(Exception):
+    """The operator's process ended, in the middle of whatever it was doing."""
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -70,8 +73,9 @@ class FakeApiServer(KubeClient):
         self.refused: list[str] = []  # "status METHOD path" of each write answered an error
         self.api_groups: set[str] = set()  # discovery paths answered: API groups installed
         self._names = itertools.count(1)
-        # Called before each write is applied; raising there makes the request fail.
-        self.before_write: Callable[[str, str], None] = lambda method, path: None
+        # With a number, the operator's process ends after that many more writes: the next
+        # write raises OperatorGoneError instead of reaching the server.
+        self.writes_left: int | None = None
 
     # -- the transport ------------------------------------------------------------------
 
@@ -99,7 +103,8 @@ class FakeApiServer(KubeClient):
                 return {"items": self._list(api_version, kind, namespace, params or {})}
             found = self.objects.get((api_version, kind, namespace, name))
             return copy.deepcopy(found)
-        self.before_write(method, path)
+        if self.writes_left == 0:
+            raise OperatorGoneError(f"{method} {path}")
         key = (api_version, kind, namespace, name or "")
         try:
             answer = self._write(method, path, key, body, status=bool(match["status"]))
@@ -108,6 +113,8 @@ class FakeApiServer(KubeClient):
             raise
         if answer is not None:
             self.writes.append(f"{method} {path}")
+            if self.writes_left is not None:
+                self.writes_left -= 1
         return answer
 
     def _write(
@@ -287,6 +294,21 @@ class FakeApiServer(KubeClient):
             {**existing, "status": merge_patch(existing.get("status") or {}, status)},
             existing,
             "",
+        )
+
+    def rolled_out(self, deployment: str, namespace: str = "ns") -> None:
+        """What the Deployment controller reports once every replica is ready."""
+        replicas = self.read("Deployment", deployment, namespace)["spec"].get("replicas", 1)
+        self.set_status(
+            "Deployment",
+            deployment,
+            {
+                "replicas": replicas,
+                "readyReplicas": replicas,
+                "availableReplicas": replicas,
+                "conditions": [{"type": "Available", "status": "True"}],
+            },
+            namespace,
         )
 
     def job_pod(self, job: str, namespace: str = "ns", **state: Any) -> str:
