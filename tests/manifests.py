@@ -289,3 +289,29 @@ def judged(models: list[str]) -> dict[str, Any]:
         "judgeComparisons": 12,
         "resultsUri": "pvc://crucible-models/x/results.jsonl",
     }
+
+
+def rank_report(namespace: str) -> dict[str, Any]:
+    """The search's ranking workload's report: b ahead of a, both of the hosted baseline."""
+    ranking = [
+        {"model": m, "baseline": m == "hosted", "rating": r, "ci95Low": r - 40, "ci95High": r + 40}
+        for m, r in (("b", 1080.0), ("a", 1010.0), ("hosted", 910.0))
+    ]
+    uri = f"pvc://crucible-models/{namespace}/experiments/search/rank/ranking.json"
+    return {"comparisons": 24, "resultsUri": uri, "ranking": ranking}
+
+
+def verdict_report() -> dict[str, Any]:
+    """The held-out verdict workload's report: b's lead over a holds on faq."""
+    verdict = {
+        "task": "faq",
+        "winner": "b",
+        "runnerUp": "a",
+        "ratingDifference": 90.0,
+        "ci95Low": 20.0,
+        "ci95High": 160.0,
+        "comparisons": 12,
+        "holds": True,
+        "ratings": judged(["b", "a", "hosted"])["judgeRatings"],
+    }
+    return {"comparisons": 12, "heldOut": verdict}

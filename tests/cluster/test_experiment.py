@@ -23,7 +23,14 @@ from tests.cluster.conftest import (
 )
 from tests.cluster.test_reconcile import objects
 from tests.conftest import wait_for
-from tests.manifests import MAX_CONCURRENT_JOBS, experiment, experiment_inputs, judged
+from tests.manifests import (
+    MAX_CONCURRENT_JOBS,
+    experiment,
+    experiment_inputs,
+    judged,
+    rank_report,
+    verdict_report,
+)
 
 
 def children(cluster: LocalCluster, namespace: str) -> dict[str, dict[str, Any]]:
@@ -149,29 +156,7 @@ def test_an_experiment_fans_out_within_its_bound_and_reaches_a_verdict(  # noqa:
             f"/models/{namespace}/evalruns/search-docs/judgements.jsonl",
             f"/models/{namespace}/evalruns/search-ops/judgements.jsonl",
         ]
-        ranking = [
-            {"model": m, "baseline": m == "hosted", "rating": r, "ciLow": r - 40, "ciHigh": r + 40}
-            for m, r in (("b", 1080.0), ("a", 1010.0), ("hosted", 910.0))
-        ]
-        write_report(
-            cluster,
-            namespace,
-            "search-rank",
-            {
-                "comparisons": 24,
-                "resultsUri": f"pvc://crucible-models/{namespace}/experiments/search/rank/ranking.json",
-                "ranking": [
-                    {
-                        "model": r["model"],
-                        "baseline": r["baseline"],
-                        "rating": r["rating"],
-                        "ci95Low": r["ciLow"],
-                        "ci95High": r["ciHigh"],
-                    }
-                    for r in ranking
-                ],
-            },
-        )
+        write_report(cluster, namespace, "search-rank", rank_report(namespace))
         finish_job(cluster, namespace, "search-rank")
 
         # b won: b (the top one) and the baseline candidate a go on to the held-out task.
@@ -189,18 +174,7 @@ def test_an_experiment_fans_out_within_its_bound_and_reaches_a_verdict(  # noqa:
         finish_job(cluster, namespace, "search-faq-eval")
         expected.add("Job/search-verdict")
         settle(cluster, namespace, expected)
-        verdict = {
-            "task": "faq",
-            "winner": "b",
-            "runnerUp": "a",
-            "ratingDifference": 90.0,
-            "ci95Low": 20.0,
-            "ci95High": 160.0,
-            "comparisons": 12,
-            "holds": True,
-            "ratings": judged(["b", "a", "hosted"])["judgeRatings"],
-        }
-        write_report(cluster, namespace, "search-verdict", {"comparisons": 12, "heldOut": verdict})
+        write_report(cluster, namespace, "search-verdict", verdict_report())
         finish_job(cluster, namespace, "search-verdict")
         done = wait_phase(cluster, namespace, "experiment", "search", "Succeeded")
         assert done["heldOut"]["holds"] is True and done["progress"]["stage"] == "Done"

@@ -27,10 +27,12 @@ from tests.manifests import (
     judged,
     merge,
     rag_index,
+    rank_report,
     result,
     scored_eval_run,
     scored_report,
     synthetic,
+    verdict_report,
 )
 from tests.unit.fakeapi import FakeApiServer, Operator, OperatorGoneError
 
@@ -497,11 +499,7 @@ async def test_an_experiment_fans_out_within_its_bound_survives_a_restart_and_re
         "/models/ns/evalruns/search-docs/judgements.jsonl",
         "/models/ns/evalruns/search-ops/judgements.jsonl",
     ]
-    ranking = [
-        {"model": m, "baseline": m == "hosted", "rating": r, "ci95Low": r - 40, "ci95High": r + 40}
-        for m, r in (("b", 1080.0), ("a", 1010.0), ("hosted", 910.0))
-    ]
-    api.report("search-rank", {"comparisons": 24, "ranking": ranking})
+    api.report("search-rank", rank_report("ns"))
     api.job_ends("search-rank")
     await operator.settle()
 
@@ -515,18 +513,7 @@ async def test_an_experiment_fans_out_within_its_bound_survives_a_restart_and_re
     api.job_ends("search-a-faq-train")
     await operator.settle()
     await evaluated(api, operator, "search-faq", judged(["b", "a", "hosted"]))
-    verdict = {
-        "task": "faq",
-        "winner": "b",
-        "runnerUp": "a",
-        "ratingDifference": 90.0,
-        "ci95Low": 20.0,
-        "ci95High": 160.0,
-        "comparisons": 12,
-        "holds": True,
-        "ratings": judged(["b", "a", "hosted"])["judgeRatings"],
-    }
-    api.report("search-verdict", {"comparisons": 12, "heldOut": verdict})
+    api.report("search-verdict", verdict_report())
     api.job_ends("search-verdict")
     await operator.settle()
     done = status(api, "Experiment", "search")

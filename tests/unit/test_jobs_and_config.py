@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
+import kopf
 import pytest
 
 from crucible.api.common import Phase
 from crucible.config import ConfigError, OperatorConfig
+from crucible.controllers.kube import Kube, client_configuration
+from crucible.controllers.settings import login
 from crucible.resources.jobs import job_outcome
 
 
@@ -211,3 +216,29 @@ def test_http_settings_are_checked_with_the_others() -> None:
     assert (config.http_address, config.http_port) == ("0.0.0.0", 9090)
     with pytest.raises(ConfigError, match="CRUCIBLE_HTTP_PORT='http'"):
         OperatorConfig.from_env({"CRUCIBLE_HTTP_PORT": "http"})
+
+
+def test_kopf_and_the_engine_log_in_with_the_same_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kubeconfig = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {"server": "https://10.0.0.1:6443"}}],
+        "users": [{"name": "u", "user": {"token": "the-token"}}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "x",
+    }
+    (tmp_path / "config").write_text(json.dumps(kubeconfig))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "config"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    info = login(settings=kopf.OperatorSettings())
+    engine = Kube.__new__(Kube)  # its headers only: no session
+    engine.configuration = client_configuration()
+    assert (info.server, info.scheme, info.token) == (
+        "https://10.0.0.1:6443",
+        "Bearer",
+        "the-token",
+    )
+    assert engine.configuration.host == info.server
+    assert engine._headers()["authorization"] == f"{info.scheme} {info.token}"

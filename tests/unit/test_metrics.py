@@ -56,7 +56,7 @@ def test_eval_results_become_gauges_with_the_documented_labels() -> None:
              "ci95Low": 0.01, "ci95High": 0.15, "test": "McNemar", "pValue": 0.031},
         ],
     )  # fmt: skip
-    runs.observe("EvalRun", body, status)
+    runs.observe("EvalRun", {**body, "status": status})
     text = scrape(registry)
     run = 'dataset="configmap/mcq/nitro.csv",evalrun="bench"'
     labels = f'{run},model="tuned",namespace="team",rag="true",scoring="Generation"'
@@ -85,9 +85,11 @@ def test_eval_results_become_gauges_with_the_documented_labels() -> None:
 def test_forgetting_a_resource_removes_its_series() -> None:
     registry = CollectorRegistry()
     runs = register_collector(registry)
-    runs.observe("EvalRun", *evalrun("old", [RESULT]))
+    body, status = evalrun("old", [RESULT])
+    runs.observe("EvalRun", {**body, "status": status})
     runs.observe(
-        "ModelMerge", {"metadata": {"namespace": "team", "name": "m"}}, {"phase": "Running"}
+        "ModelMerge",
+        {"metadata": {"namespace": "team", "name": "m"}, "status": {"phase": "Running"}},
     )
     runs.forget("EvalRun", "team", "old")
     text = scrape(registry)
@@ -122,7 +124,7 @@ def test_an_experiments_ranking_and_verdict_become_gauges() -> None:
         "ratings": [],
     }
     status = {"phase": "Succeeded", "ranking": ranking, "comparisons": 24, "heldOut": verdict}
-    runs.observe("Experiment", body, status)
+    runs.observe("Experiment", {**body, "status": status})
     text = scrape(registry)
     labels = 'baseline="false",experiment="search",model="b",namespace="team"'
     assert f"crucible_experiment_rating{{{labels}}} 1080.0" in text

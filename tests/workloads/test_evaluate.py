@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from crucible.api.contract import ChatEndpoint, DataFile, EvalTask
+from crucible.workloads.answers import Answer, AnswerJournal
 from crucible.workloads.common import WorkloadError
-from crucible.workloads.evaluate import Answer, AnswerJournal, evaluate
+from crucible.workloads.evaluate import evaluate
 from crucible.workloads.mcq import load_questions, parse_answer
 from crucible.workloads.prompts import load_prompts
 from crucible.workloads.stats import (

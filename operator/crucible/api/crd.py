@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from crucible.api.base import GROUP, VERSION, ApiModel, cel
-from crucible.api.kinds import AGE_COLUMN, CATEGORY, KINDS, PHASE_COLUMN, Kind
+from crucible.api.kinds import AGE_COLUMN, CATEGORY, KINDS, PHASE_COLUMN, AnyKind
 
 IMMUTABLE_ONCE_STARTED = cel(
     "!has(oldSelf.status) || !has(oldSelf.status.startTime) || self.spec == oldSelf.spec",
@@ -164,7 +164,7 @@ def _property(schema: dict[str, Any], defs: dict[str, Any], path: str) -> dict[s
     return prop
 
 
-def openapi_schema(kind: Kind) -> dict[str, Any]:
+def openapi_schema(kind: AnyKind) -> dict[str, Any]:
     """The openAPIV3Schema of one kind."""
 
     def part(model: type[ApiModel], description: str) -> dict[str, Any]:
@@ -194,7 +194,7 @@ def openapi_schema(kind: Kind) -> dict[str, Any]:
     }
 
 
-def build_crd(kind: Kind) -> dict[str, Any]:
+def build_crd(kind: AnyKind) -> dict[str, Any]:
     columns = (PHASE_COLUMN, *kind.headline_columns, AGE_COLUMN)
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -237,7 +237,7 @@ def build_crd(kind: Kind) -> dict[str, Any]:
     }
 
 
-def crd_filename(kind: Kind) -> str:
+def crd_filename(kind: AnyKind) -> str:
     return f"{GROUP}_{kind.plural}.yaml"
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from crucible.api.base import ApiModel, cel
-from crucible.api.common import TERMINAL_PHASES, Phase
+from crucible.api.common import TERMINAL_PHASES, Phase, RunStatus
 from crucible.api.evalrun import EvalRunSpec, EvalRunStatus
 from crucible.api.experiment import ExperimentSpec, ExperimentStatus
 from crucible.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus
@@ -48,14 +49,18 @@ class PrinterColumn:
     priority: int = 0
 
 
+SpecT_co = TypeVar("SpecT_co", bound=ApiModel, covariant=True)
+StatusT_co = TypeVar("StatusT_co", bound=RunStatus, covariant=True)
+
+
 @dataclass(frozen=True)
-class Kind:
+class Kind(Generic[SpecT_co, StatusT_co]):
     kind: str
     plural: str
     short_names: tuple[str, ...]
     description: str
-    spec: type[ApiModel]
-    status: type[ApiModel]
+    spec: type[SpecT_co]
+    status: type[StatusT_co]
     children: ChildNames
     # Rules on the whole resource (its spec beside its metadata.name), e.g. no reference to
     # itself.
@@ -97,6 +102,10 @@ class Kind:
                 )
             )
         return [*rules, *self.rules]
+
+    def read_status(self, body: Mapping[str, Any]) -> StatusT_co:
+        """The typed status of a resource of this kind (empty while it has none)."""
+        return self.status.model_validate(body.get("status") or {})
 
     def over(self, phase: str | None) -> bool:
         """Whether a resource in `phase` is done with: a run that succeeded or failed, which
@@ -283,7 +292,10 @@ MODEL_SERVING = Kind(
     long_lived=True,
 )
 
-KINDS: tuple[Kind, ...] = (
+# A kind whose spec and status types do not matter where it is used.
+AnyKind = Kind[ApiModel, RunStatus]
+
+KINDS: tuple[AnyKind, ...] = (
     SYNTHETIC_DATASET,
     MODEL_MERGE,
     FINE_TUNE_JOB,

@@ -235,8 +235,9 @@ def reports(items: list[dict[str, Any]], store: Path) -> list[Path]:
     store's folder on this machine."""
     found = []
     for item in items:
-        uri = (item.get("status") or {}).get("resultsUri") or ""
-        if item["kind"] in ("EvalRun", "Experiment") and ModelLocation.claim_of(uri) is not None:
+        status = KINDS_BY_NAME[item["kind"]].read_status(item)
+        uri = getattr(status, "results_uri", None) or ""  # EvalRun's and Experiment's
+        if ModelLocation.claim_of(uri) is not None:
             report = (store / ModelLocation.parse(uri).path).parent / REPORT_FILE
             if report.exists():
                 found.append(report)
@@ -263,7 +264,8 @@ def watch(
         if table != shown:
             print(f"\n{time.strftime('%H:%M:%S')}\n{table}", flush=True)
             shown = table
-        phases = [(KINDS_BY_NAME[i["kind"]], (i.get("status") or {}).get("phase")) for i in items]
+        kinds = [KINDS_BY_NAME[i["kind"]] for i in items]
+        phases = [(kind, kind.read_status(i).phase) for kind, i in zip(kinds, items, strict=True)]
         if not done and items and all(kind.settled(p) for kind, p in phases):
             done = True
             print("\n" + leaderboard_table(items), flush=True)

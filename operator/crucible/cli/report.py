@@ -9,8 +9,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from crucible.api.evalrun import EvalRunStatus
-from crucible.api.experiment import ExperimentStatus
 from crucible.api.kinds import EVAL_RUN, EXPERIMENT
 from crucible.cli.status import custom_objects, list_resources
 from crucible.metrics.report import Answered, evalrun_report, experiment_report, lineage
@@ -40,19 +38,18 @@ def render(
     )
     if found is None:
         raise LookupError(f"{kind}/{name} not found in namespace {namespace}")
-    status = found.get("status") or {}
     if kind == "evalrun":
         results = store / namespace / "evalruns" / name / RESULTS_FILE if store else None
         return evalrun_report(
             name,
             namespace,
-            EvalRunStatus.model_validate(status),
+            EVAL_RUN.read_status(found),
             answers=read_answers(results) if results and results.exists() else None,
             lineage=lineage(found["spec"].get("models", []), items),
         )
     candidates = found["spec"].get("candidates", [])
     return experiment_report(
-        name, namespace, ExperimentStatus.model_validate(status), lineage=lineage(candidates, items)
+        name, namespace, EXPERIMENT.read_status(found), lineage=lineage(candidates, items)
     )
 
 

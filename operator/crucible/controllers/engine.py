@@ -164,7 +164,7 @@ class Engine:
                 self.owned.setdefault(owner, set()).add(key)
             self.names[(meta["namespace"], kind, name_label(meta["name"]))] = meta["name"]
             self._set_references(key, self._referenced(kind, body))
-            RUNS.observe(kind, body, body.get("status") or {})
+            RUNS.observe(kind, body)
             self.queue.add(key)
         self._wake_dependents((meta["namespace"], kind, meta["name"]))
         # A run another run made (an Experiment's fine-tunes and evaluations) is its child too.
@@ -275,8 +275,7 @@ class Engine:
             return None
         await self._drop_old_finalizer(body)
         kind_type = KINDS_BY_NAME[kind]
-        current = kind_type.status.model_validate(body.get("status") or {})
-        assert isinstance(current, RunStatus)
+        current = kind_type.read_status(body)
         if kind_type.over(current.phase):
             return None
         owner = Owner.of(kind_type, body)
@@ -307,7 +306,7 @@ class Engine:
                 return None  # deleted meanwhile
             if newer(patched, self.runs.get(key)):
                 self.runs[key] = patched
-            RUNS.observe(kind, patched, patched.get("status") or {})
+            RUNS.observe(kind, patched)
         if status.phase != current.phase:
             await self._announce(kind, body, current, status)
         return result.requeue_after
@@ -380,7 +379,7 @@ class Engine:
         while True:
             await asyncio.sleep(self.config.resync_interval)
             for key, body in list(self.runs.items()):
-                if not KINDS_BY_NAME[key[0]].over((body.get("status") or {}).get("phase")):
+                if not KINDS_BY_NAME[key[0]].over(KINDS_BY_NAME[key[0]].read_status(body).phase):
                     self.queue.add(key)
 
     def start(self) -> None:

@@ -10,7 +10,6 @@ from crucible.api.common import Phase, Reason
 from crucible.api.contract import WorkloadReport
 from crucible.api.evalrun import EvalRunSpec, Scoring
 from crucible.api.kinds import EVAL_RUN, RAG_INDEX
-from crucible.api.ragindex import RagIndexSpec
 from crucible.controllers.lifecycle import (
     Context,
     FailedError,
@@ -61,8 +60,7 @@ async def made_of(ctx: Context, sources: list[dict[str, Any]]) -> list[dict[str,
 async def rag_inputs(ctx: Context, spec: EvalRunSpec) -> evalrun.RagInputs | None:
     if spec.rag is None:
         return None
-    index = await dependency(ctx, RAG_INDEX, spec.rag.index_name, "spec.rag.indexName")
-    index_spec = RagIndexSpec.model_validate(index["spec"])
+    index_spec, _ = await dependency(ctx, RAG_INDEX, spec.rag.index_name, "spec.rag.indexName")
     return evalrun.RagInputs(
         table=index_spec.database.table,
         embedding=index_spec.embedding,

@@ -10,7 +10,6 @@ from crucible.api.contract import WorkloadReport
 from crucible.api.finetunejob import Dataset, FineTuneJobSpec
 from crucible.api.formats import ModelLocation
 from crucible.api.kinds import FINE_TUNE_JOB, SYNTHETIC_DATASET
-from crucible.api.syntheticdataset import SyntheticFormat
 from crucible.controllers.lifecycle import (
     Context,
     FailedError,
@@ -18,6 +17,7 @@ from crucible.controllers.lifecycle import (
     RunController,
     config_map_key,
     dependency,
+    output_of,
     resolve_full_weights,
 )
 from crucible.controllers.modelmerge import model_references
@@ -38,16 +38,16 @@ async def synthetic_data(ctx: Context, dataset: Dataset) -> DataSource:
     assert dataset.dataset_ref is not None
     field = "spec.dataset.datasetRef"
     name = dataset.dataset_ref.name
-    found = await dependency(ctx, SYNTHETIC_DATASET, name, field)
-    made = found["spec"].get("format", SyntheticFormat.CHAT)
-    if made != dataset.format:
+    made_by, status = await dependency(ctx, SYNTHETIC_DATASET, name, field)
+    made = made_by.format
+    if str(made) != str(dataset.format):
         raise FailedError(
             Reason.INVALID_REFERENCE,
             f"{field}: SyntheticDataset {name!r} writes {made} rows but spec.dataset.format is "
             f"{dataset.format}; set spec.dataset.format: {made} (chat trains with sft, "
             "preference with dpo) or reference another SyntheticDataset",
         )
-    output = ModelLocation.parse(found["status"]["outputUri"])
+    output = ModelLocation.parse(output_of(status, SYNTHETIC_DATASET.kind, name, field))
     return DataSource(
         pvc=PvcPath(claim_name=output.root, path=f"{output.path.rstrip('/')}/{TRAIN_FILE}")
     )
@@ -96,14 +96,14 @@ class FineTuneJobController(RunController[FineTuneJobSpec, TrainingInputs]):
     def recorded(
         self, ctx: Context, spec: FineTuneJobSpec, inputs: TrainingInputs
     ) -> dict[str, Any]:
-        return {"baseModelUri": inputs.base_model_uri}
+        return {"base_model_uri": inputs.base_model_uri}
 
     def from_report(
         self, ctx: Context, spec: FineTuneJobSpec, report: WorkloadReport | None, phase: Phase
     ) -> dict[str, Any]:
         fields: dict[str, Any] = {}
         if report is not None and report.progress is not None:
-            fields["progress"] = report.progress.to_api()
+            fields["progress"] = report.progress
         if phase == Phase.SUCCEEDED:
             outputs = finetunejob.outputs(ctx.owner, spec, ctx.config)
             fields |= {"adapter_uri": outputs["adapterUri"], "output_uri": outputs["outputUri"]}

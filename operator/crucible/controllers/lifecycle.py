@@ -23,7 +23,6 @@ from pydantic import ValidationError
 from crucible.api import GROUP, Kind
 from crucible.api.base import ApiModel
 from crucible.api.common import (
-    ModelRefKind,
     ModelSource,
     Phase,
     Reason,
@@ -32,7 +31,8 @@ from crucible.api.common import (
     ServingStatus,
 )
 from crucible.api.contract import REPORT_KEY, WorkloadReport
-from crucible.api.kinds import KINDS_BY_NAME
+from crucible.api.finetunejob import FineTuneJobStatus
+from crucible.api.kinds import KINDS_BY_NAME, AnyKind
 from crucible.config import OperatorConfig
 from crucible.controllers.cache import Children
 from crucible.controllers.kube import ChildConflictError, KubeClient
@@ -48,7 +48,8 @@ from crucible.resources.serving import (
 )
 from crucible.resources.status import describe_validation_error, phase_fields
 
-# What a run decided when its Job was made, kept on the Job: status fields (API spelling).
+# What a run decided when its Job was made, kept on the Job: status fields (API spelling, as
+# the status has them).
 RECORDED_ANNOTATION = f"{GROUP}/recorded-status"
 SERVER_SELECTOR = {LABEL_ROLE: SERVER_ROLE}
 
@@ -120,8 +121,15 @@ class Result:
 # -- inputs --------------------------------------------------------------------------------
 
 
-async def dependency(ctx: Context, kind: Kind, name: str, field_path: str) -> dict[str, Any]:
-    """A referenced resource that has succeeded; otherwise wait or fail, naming the field."""
+DependencySpecT = TypeVar("DependencySpecT", bound=ApiModel)
+DependencyStatusT = TypeVar("DependencyStatusT", bound=RunStatus)
+
+
+async def dependency(
+    ctx: Context, kind: Kind[DependencySpecT, DependencyStatusT], name: str, field_path: str
+) -> tuple[DependencySpecT, DependencyStatusT]:
+    """The spec and status of a referenced resource that has succeeded; otherwise wait or
+    fail, naming the field."""
     ns = ctx.owner.namespace
     found = await ctx.lookup_run(kind.kind, ns, name)
     if found is None:
@@ -130,8 +138,7 @@ async def dependency(ctx: Context, kind: Kind, name: str, field_path: str) -> di
             f"{field_path}: {kind.kind} {name!r} does not exist in namespace {ns}; create it or "
             f"correct {field_path}",
         )
-    status = kind.status.model_validate(found.get("status") or {})
-    assert isinstance(status, RunStatus)
+    status = kind.read_status(found)
     cycle = ctx.reference_cycle((kind.kind, name)) if status.phase != Phase.SUCCEEDED else None
     if cycle is not None:
         raise FailedError(
@@ -152,39 +159,60 @@ async def dependency(ctx: Context, kind: Kind, name: str, field_path: str) -> di
             f"{field_path}: waiting for {kind.kind} {name!r} to succeed "
             f"(now {status.phase or 'new'})",
         )
-    return found
+    # A run that succeeded had a valid spec, fixed since it started.
+    return kind.spec.model_validate(found.get("spec") or {}), status
 
 
-async def resolve_model(ctx: Context, source: ModelSource, field_path: str) -> dict[str, Any]:
-    """The status of a modelRef's target, or {"outputUri": uri} for a plain uri."""
+def output_of(status: RunStatus, kind: str, name: str, field_path: str) -> str:
+    """Where a dependency that succeeded put its result."""
+    if not status.output_uri:
+        raise FailedError(
+            Reason.DEPENDENCY_FAILED, f"{field_path}: {kind} {name!r} reported no outputUri"
+        )
+    return status.output_uri
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """What a model source stands for: a uri, or the result of the run a modelRef names. A
+    FineTuneJob's result is a LoRA adapter unless it merged it: then `uri` is the adapter, to
+    be served on `base_model_uri`."""
+
+    uri: str
+    adapter: bool = False
+    base_model_uri: str | None = None
+    adapter_target_modules: tuple[str, ...] = ()
+
+
+async def resolve_model(ctx: Context, source: ModelSource, field_path: str) -> ResolvedModel:
     if source.uri is not None:
-        return {"outputUri": source.uri}
+        return ResolvedModel(source.uri)
     assert source.model_ref is not None
     ref = source.model_ref
-    target = await dependency(ctx, KINDS_BY_NAME[ref.kind], ref.name, f"{field_path}.modelRef")
-    status: dict[str, Any] = target["status"]
-    if not status.get("outputUri"):
-        raise FailedError(
-            Reason.DEPENDENCY_FAILED,
-            f"{field_path}.modelRef: {ref.kind} {ref.name!r} reported no outputUri",
+    field = f"{field_path}.modelRef"
+    _, status = await dependency(ctx, KINDS_BY_NAME[ref.kind], ref.name, field)
+    uri = output_of(status, ref.kind, ref.name, field)
+    if isinstance(status, FineTuneJobStatus) and status.adapter_uri == uri:
+        return ResolvedModel(
+            uri,
+            adapter=True,
+            base_model_uri=status.base_model_uri,
+            adapter_target_modules=tuple(status.adapter_target_modules or ()),
         )
-    if ref.kind == ModelRefKind.FINE_TUNE_JOB:
-        status = {**status, "mergeAdapter": bool(target["spec"].get("mergeAdapter"))}
-    return status
+    return ResolvedModel(uri)
 
 
 async def resolve_full_weights(ctx: Context, source: ModelSource, field_path: str) -> str:
     """A model source that must be full weights (a merge input, a base model to train)."""
-    status = await resolve_model(ctx, source, field_path)
-    ref = source.model_ref
-    if ref is not None and ref.kind == ModelRefKind.FINE_TUNE_JOB and not status["mergeAdapter"]:
+    resolved = await resolve_model(ctx, source, field_path)
+    if resolved.adapter:
+        assert source.model_ref is not None
         raise FailedError(
             Reason.INVALID_REFERENCE,
-            f"{field_path}.modelRef: FineTuneJob {ref.name!r} produces a LoRA adapter, not full "
-            "weights; set spec.mergeAdapter: true on it, or use its base model",
+            f"{field_path}.modelRef: FineTuneJob {source.model_ref.name!r} produces a LoRA "
+            "adapter, not full weights; set spec.mergeAdapter: true on it, or use its base model",
         )
-    uri: str = status["outputUri"]
-    return uri
+    return resolved.uri
 
 
 async def config_map_key(ctx: Context, name: str, key: str | None, field_path: str) -> None:
@@ -216,7 +244,7 @@ InputsT = TypeVar("InputsT")
 class Controller(ABC, Generic[SpecT]):
     """What the engine needs of a kind: what its spec names, and one reconcile."""
 
-    kind: ClassVar[Kind]
+    kind: ClassVar[AnyKind]
 
     def references(self, spec: SpecT) -> list[Reference]:
         """What the spec names; a change to any of them reconciles the run."""
@@ -255,18 +283,18 @@ class RunController(Controller[SpecT], Generic[SpecT, InputsT]):
         """The workload's children in creation order, the Job last."""
 
     def recorded(self, ctx: Context, spec: SpecT, inputs: InputsT) -> dict[str, Any]:
-        """Status fields decided with the inputs (API spelling), kept on the Job."""
+        """Status fields decided with the inputs, kept on the Job."""
         return {}
 
     def fixed(self, ctx: Context, spec: SpecT) -> dict[str, Any]:
-        """Status fields that follow from the spec alone (Python names)."""
+        """Status fields that follow from the spec alone."""
         return {}
 
     def from_report(
         self, ctx: Context, spec: SpecT, report: WorkloadReport | None, phase: Phase
     ) -> dict[str, Any]:
-        """Status fields (Python names) from the workload's report while it runs and once it
-        has succeeded."""
+        """Status fields from the workload's report while it runs and once it has
+        succeeded."""
         return {}
 
 
@@ -380,7 +408,6 @@ def status_of(
             ),
         }
     )
-    assert isinstance(status, RunStatus)
     return status
 
 
@@ -426,18 +453,19 @@ async def run_workload(
                     serving.startup_timeout_seconds - waited + 1,
                 )
         children = ctl.build(ctx, spec, inputs, served)
+        recorded = ctx.owner.kind.status.model_validate(ctl.recorded(ctx, spec, inputs))
         children[-1]["metadata"].setdefault("annotations", {})[RECORDED_ANNOTATION] = json.dumps(
-            ctl.recorded(ctx, spec, inputs), sort_keys=True
+            recorded.model_dump(by_alias=True, exclude_unset=True, mode="json"), sort_keys=True
         )
         job = await create_all(ctx, children)
     elif ctl.serving(spec) is not None:
         # Level-triggered: the servers are what exists (a crash may have come before the
         # status that listed them was written).
         fields["servers"] = server_children(ctx) or None
-    recorded = ctx.owner.kind.status.model_validate(
+    kept_on_job = ctx.owner.kind.status.model_validate(
         json.loads((job["metadata"].get("annotations") or {}).get(RECORDED_ANNOTATION) or "{}")
     )
-    fields.update(recorded.model_dump(exclude_none=True, exclude_unset=True))
+    fields.update(kept_on_job.model_dump(exclude_none=True, exclude_unset=True))
     fields["job_name"] = job_name
     fields["start_time"] = (
         ctx.current.start_time

@@ -19,7 +19,6 @@ from crucible.api.common import (
     Reason,
     RunStatus,
 )
-from crucible.api.evalrun import EvalRunSpec, EvalRunStatus
 from crucible.api.kinds import EVAL_RUN, MODEL_SERVING
 from crucible.api.modelserving import GateVerdict, ModelServingSpec, ServingRuntime
 from crucible.controllers.lifecycle import (
@@ -80,11 +79,9 @@ async def judge_gate(ctx: Context, spec: ModelServingSpec) -> GateVerdict | None
     """The gate on the EvalRun's results; waits while the EvalRun has not succeeded."""
     if spec.gate is None:
         return None
-    found = await dependency(
+    evaluated, status = await dependency(
         ctx, EVAL_RUN, spec.gate.eval_run_ref.name, "spec.gate.evalRunRef.name"
     )
-    evaluated = EvalRunSpec.model_validate(found.get("spec") or {})
-    status = EvalRunStatus.model_validate(found.get("status") or {})
     try:
         return ms.judge(spec.gate, spec.model, evaluated.models, status, ctx.generation)
     except ms.GateUnevaluableError as error:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from crucible.api.base import ApiModel
-from crucible.api.common import InferenceTarget, ModelRefKind, ModelSource, Reason, Serving
+from crucible.api.common import InferenceTarget, ModelSource, Reason, Serving
 from crucible.controllers.lifecycle import (
     Context,
     FailedError,
@@ -35,29 +35,19 @@ async def serve(
     ctx: Context, target: InferenceTarget | ModelSource, field: str, name: str
 ) -> ServedModel:
     """The model a uri or modelRef stands for; an adapter is served on its base."""
-    status = await resolve_model(
+    resolved = await resolve_model(
         ctx, ModelSource(uri=target.uri, model_ref=target.model_ref), field
     )
-    ref = target.model_ref
-    adapter = status.get("adapterUri")
-    if (
-        ref is not None
-        and ref.kind == ModelRefKind.FINE_TUNE_JOB
-        and adapter == status.get("outputUri")
-    ):
-        if not status.get("baseModelUri"):
-            raise FailedError(
-                Reason.INVALID_REFERENCE,
-                f"{field}.modelRef: FineTuneJob {ref.name!r} reports no base model "
-                "to serve its adapter on",
-            )
-        return ServedModel(
-            name,
-            status["baseModelUri"],
-            adapter,
-            tuple(status.get("adapterTargetModules") or ()),
+    if not resolved.adapter:
+        return ServedModel(name, resolved.uri)
+    if not resolved.base_model_uri:
+        assert target.model_ref is not None
+        raise FailedError(
+            Reason.INVALID_REFERENCE,
+            f"{field}.modelRef: FineTuneJob {target.model_ref.name!r} reports no base model "
+            "to serve its adapter on",
         )
-    return ServedModel(name, status["outputUri"])
+    return ServedModel(name, resolved.base_model_uri, resolved.uri, resolved.adapter_target_modules)
 
 
 class ServingController(RunController[SpecT, InputsT]):

@@ -9,7 +9,6 @@ from typing import Any
 
 import kopf
 
-from crucible.api import GROUP
 from crucible.config import ConfigError, OperatorConfig
 from crucible.controllers.engine import Engine
 from crucible.controllers.kube import Kube, client_configuration
@@ -40,10 +39,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         memo.config = config = OperatorConfig.from_env()
     except ConfigError as error:
         raise kopf.PermanentError(str(error)) from None
-    # Keep kopf's bookkeeping in annotations: the status schema is typed and would prune it.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = NoDiffBase()
-    settings.posting.level = 20  # logging.INFO: events for what users act on
     # One line per watch event ("Handler … succeeded") would be most of the log: the engine
     # logs what users act on (phase transitions, errors).
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
@@ -76,7 +72,22 @@ async def shut_down(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """In a pod, its ServiceAccount; elsewhere the kubeconfig that KUBECONFIG names, read when
-    the operator logs in rather than when a client library was imported."""
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+    """kopf's watches log in with the engine's credentials (client_configuration): one path
+    for both, read when the operator logs in and again when the API server refuses a token
+    (a rotated ServiceAccount token)."""
+    configuration = client_configuration()
+    header = configuration.get_api_key_with_prefix(
+        "BearerToken"
+    ) or configuration.get_api_key_with_prefix("authorization")
+    scheme, _space, token = (header or "").rpartition(" ")  # RFC 7235: "Bearer <token>"
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+        trust_env=settings.networking.trust_env,
+    )

@@ -9,11 +9,11 @@ from typing import Any
 import kopf
 
 from crucible.api import GROUP, KINDS, VERSION
-from crucible.api.kinds import Kind
+from crucible.api.kinds import AnyKind
 from crucible.controllers.engine import Engine
 
 
-def watch_kind(kind: Kind) -> None:
+def watch_kind(kind: AnyKind) -> None:
     @kopf.on.event(GROUP, VERSION, kind.plural, id=f"{kind.singular}-events")
     async def run_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
         engine: Engine = memo.engine

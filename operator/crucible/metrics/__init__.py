@@ -85,10 +85,9 @@ class RunStatusCollector(Collector):
         # A standby replica (leader election) exports none of these: one series per run.
         self.active = True
 
-    def observe(self, kind: str, body: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+    def observe(self, kind: str, body: Mapping[str, Any]) -> None:
         meta = body["metadata"]
-        typed = KINDS_BY_NAME[kind].status.model_validate(status)
-        assert isinstance(typed, RunStatus)
+        typed = KINDS_BY_NAME[kind].read_status(body)
         with self._lock:
             self._runs[(kind, meta["namespace"], meta["name"])] = (body.get("spec") or {}, typed)
 

@@ -13,7 +13,7 @@ from crucible.api import GROUP
 from crucible.api.common import Resources
 from crucible.api.contract import REPORT_KEY, TASK_DIR, TASK_FILE, TASK_PATH, TaskBase
 from crucible.api.formats import ModelLocation
-from crucible.api.kinds import Kind
+from crucible.api.kinds import AnyKind
 from crucible.config import OperatorConfig
 
 MANAGED_BY = "crucible"
@@ -32,13 +32,13 @@ TMP_VOLUME = "tmp"
 class Owner:
     """The custom resource a child belongs to."""
 
-    kind: Kind
+    kind: AnyKind
     name: str
     namespace: str
     uid: str
 
     @classmethod
-    def of(cls, kind: Kind, body: Mapping[str, Any]) -> Owner:
+    def of(cls, kind: AnyKind, body: Mapping[str, Any]) -> Owner:
         meta = body["metadata"]
         return cls(kind, meta["name"], meta["namespace"], meta["uid"])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from crucible.api import API_VERSION
 from crucible.api.common import TERMINAL_PHASES, ModelSource, Phase, Reason, RunStatus
@@ -21,7 +21,7 @@ from crucible.api.experiment import (
     TaskRanking,
 )
 from crucible.api.finetunejob import FineTuneJobSpec
-from crucible.api.kinds import EVAL_RUN, FINE_TUNE_JOB
+from crucible.api.kinds import EVAL_RUN, FINE_TUNE_JOB, KINDS_BY_NAME, Kind
 from crucible.config import OperatorConfig
 from crucible.resources.common import (
     Owner,
@@ -34,6 +34,8 @@ from crucible.resources.common import (
     workload_command,
 )
 from crucible.resources.jobs import Outcome, job_outcome
+
+StatusT = TypeVar("StatusT", bound=RunStatus)
 
 FINE_TUNE_ROLE = "fine-tune"
 EVALUATION_ROLE = "evaluation"
@@ -177,12 +179,8 @@ class Decision:
     create: list[dict[str, Any]]
 
 
-def _status(body: dict[str, Any] | None, kind: Any) -> RunStatus | None:
-    if body is None:
-        return None
-    status = kind.status.model_validate(body.get("status") or {})
-    assert isinstance(status, RunStatus)
-    return status
+def _status(body: dict[str, Any] | None, kind: Kind[Any, StatusT]) -> StatusT | None:
+    return None if body is None else kind.read_status(body)
 
 
 def _failure(kind: str, name: str, status: RunStatus, consequence: str) -> ChildFailure:
@@ -207,7 +205,7 @@ class _Plan:
         running = sum(
             1
             for body in seen.runs.values()
-            if (body.get("status") or {}).get("phase") not in TERMINAL_PHASES
+            if KINDS_BY_NAME[body["kind"]].read_status(body).phase not in TERMINAL_PHASES
         ) + sum(
             1
             for job, body in seen.jobs.items()
@@ -219,7 +217,7 @@ class _Plan:
         self.counts = {FINE_TUNE_JOB.kind: Counter[str](), EVAL_RUN.kind: Counter[str]()}
         self.fields: dict[str, Any] = {}
 
-    def run(self, kind: Any, manifest: dict[str, Any]) -> RunStatus | None:
+    def run(self, kind: Kind[Any, StatusT], manifest: dict[str, Any]) -> StatusT | None:
         """A planned child run: its status, or None when it does not exist (it is created
         when a slot is free)."""
         status = _status(self.seen.runs.get(manifest["metadata"]["name"]), kind)
@@ -286,7 +284,6 @@ class _Plan:
         status = self.run(EVAL_RUN, manifest)
         if status is None or status.phase not in TERMINAL_PHASES:
             return None
-        assert isinstance(status, EvalRunStatus)
         if status.phase == Phase.FAILED:
             self.failures.append(
                 _failure(

@@ -40,7 +40,7 @@ from crucible.workloads.documents import (
     content_hash,
     documents_of,
 )
-from crucible.workloads.evaluate import TIMEOUT, Client
+from crucible.workloads.openai_client import TIMEOUT, Client
 
 TRAIN_FILE = "train.jsonl"
 VALIDATION_FILE = "validation.jsonl"
