@@ -8,7 +8,7 @@ from typing import Any
 
 from crucible.api.common import Phase, Reason
 from crucible.api.contract import WorkloadReport
-from crucible.api.evalrun import EvalRunSpec, Scoring
+from crucible.api.evalrun import EvalRunSpec, EvalRunStatus, Scoring
 from crucible.api.kinds import EVAL_RUN, RAG_INDEX
 from crucible.controllers.lifecycle import (
     Context,
@@ -117,9 +117,9 @@ class EvalRunController(ServingController[EvalRunSpec, EvalInputs]):
 
     def from_report(
         self, ctx: Context, spec: EvalRunSpec, report: WorkloadReport | None, phase: Phase
-    ) -> dict[str, Any]:
+    ) -> EvalRunStatus | None:
         if phase != Phase.SUCCEEDED:
-            return {}
+            return None
         wanted = [
             ("results", spec.dataset is not None and not (report and report.results)),
             ("judge ratings", spec.prompts is not None and not (report and report.judge_ratings)),
@@ -131,19 +131,17 @@ class EvalRunController(ServingController[EvalRunSpec, EvalInputs]):
                 f"the eval Job succeeded but wrote no {what} to ConfigMap "
                 + report_name(ctx.owner),
             )
-        fields: dict[str, Any] = {
-            "results": report.results or None,
-            "paired_tests": report.paired_tests or None,
-            "judge_ratings": report.judge_ratings or None,
-            "judge_comparisons": report.judge_comparisons,
-            "results_uri": report.results_uri,
-            "output_uri": report.results_uri,
-        }
-        if report.results:
-            best = max(report.results, key=lambda r: r.accuracy_mean)
-            fields["best_model"] = best.model + (" (RAG)" if best.rag else "")
-            fields["best_accuracy"] = round(best.accuracy_mean, 4)
-        return fields
+        best = max(report.results or [], key=lambda r: r.accuracy_mean, default=None)
+        return EvalRunStatus(
+            results=report.results or None,
+            paired_tests=report.paired_tests or None,
+            judge_ratings=report.judge_ratings or None,
+            judge_comparisons=report.judge_comparisons,
+            results_uri=report.results_uri,
+            output_uri=report.results_uri,
+            best_model=best.model + (" (RAG)" if best.rag else "") if best else None,
+            best_accuracy=round(best.accuracy_mean, 4) if best else None,
+        )
 
 
 register(EvalRunController())

@@ -7,7 +7,7 @@ from typing import Any
 
 from crucible.api.common import DataSource, Phase, PvcPath, Reason
 from crucible.api.contract import WorkloadReport
-from crucible.api.finetunejob import Dataset, FineTuneJobSpec
+from crucible.api.finetunejob import Dataset, FineTuneJobSpec, FineTuneJobStatus
 from crucible.api.formats import ModelLocation
 from crucible.api.kinds import FINE_TUNE_JOB, SYNTHETIC_DATASET
 from crucible.controllers.lifecycle import (
@@ -95,21 +95,22 @@ class FineTuneJobController(RunController[FineTuneJobSpec, TrainingInputs]):
 
     def recorded(
         self, ctx: Context, spec: FineTuneJobSpec, inputs: TrainingInputs
-    ) -> dict[str, Any]:
-        return {"base_model_uri": inputs.base_model_uri}
+    ) -> FineTuneJobStatus:
+        return FineTuneJobStatus(base_model_uri=inputs.base_model_uri)
 
     def from_report(
         self, ctx: Context, spec: FineTuneJobSpec, report: WorkloadReport | None, phase: Phase
-    ) -> dict[str, Any]:
-        fields: dict[str, Any] = {}
-        if report is not None and report.progress is not None:
-            fields["progress"] = report.progress
-        if phase == Phase.SUCCEEDED:
-            outputs = finetunejob.outputs(ctx.owner, spec, ctx.config)
-            fields |= {"adapter_uri": outputs["adapterUri"], "output_uri": outputs["outputUri"]}
-            if report is not None and report.adapter_modules:
-                fields["adapter_target_modules"] = report.adapter_modules
-        return fields
+    ) -> FineTuneJobStatus:
+        progress = report.progress if report is not None else None
+        if phase != Phase.SUCCEEDED:
+            return FineTuneJobStatus(progress=progress)
+        outputs = finetunejob.outputs(ctx.owner, spec, ctx.config)
+        return FineTuneJobStatus(
+            progress=progress,
+            adapter_uri=outputs["adapterUri"],
+            output_uri=outputs["outputUri"],
+            adapter_target_modules=(report.adapter_modules if report is not None else None) or None,
+        )
 
 
 register(FineTuneJobController())

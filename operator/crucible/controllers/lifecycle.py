@@ -282,20 +282,23 @@ class RunController(Controller[SpecT], Generic[SpecT, InputsT]):
     ) -> list[dict[str, Any]]:
         """The workload's children in creation order, the Job last."""
 
-    def recorded(self, ctx: Context, spec: SpecT, inputs: InputsT) -> dict[str, Any]:
-        """Status fields decided with the inputs, kept on the Job."""
-        return {}
+    # The hooks below give the status fields they set as the kind's status type (the fields
+    # they leave unset are not theirs).
 
-    def fixed(self, ctx: Context, spec: SpecT) -> dict[str, Any]:
+    def recorded(self, ctx: Context, spec: SpecT, inputs: InputsT) -> RunStatus | None:
+        """Status fields decided with the inputs, kept on the Job."""
+        return None
+
+    def fixed(self, ctx: Context, spec: SpecT) -> RunStatus | None:
         """Status fields that follow from the spec alone."""
-        return {}
+        return None
 
     def from_report(
         self, ctx: Context, spec: SpecT, report: WorkloadReport | None, phase: Phase
-    ) -> dict[str, Any]:
+    ) -> RunStatus | None:
         """Status fields from the workload's report while it runs and once it has
         succeeded."""
-        return {}
+        return None
 
 
 # -- the flow ----------------------------------------------------------------------------------
@@ -390,6 +393,11 @@ async def remove_servers(ctx: Context, names: list[str]) -> None:
         await ctx.kube.delete("v1", "Service", ctx.owner.namespace, name)
 
 
+def fields_set(partial: RunStatus | None) -> dict[str, Any]:
+    """The fields a hook set, by name, to merge into the status being built."""
+    return {} if partial is None else partial.model_dump(exclude_unset=True, exclude_none=True)
+
+
 def status_of(
     ctx: Context,
     phase: Phase,
@@ -418,7 +426,7 @@ async def run_workload(
     valid; raises WaitingError / FailedError."""
     ns = ctx.owner.namespace
     job_name = child_name(ctx.owner.name, ctl.role)
-    fields: dict[str, Any] = {**ctl.fixed(ctx, spec)}
+    fields = fields_set(ctl.fixed(ctx, spec))
     job = ctx.children.get("Job", job_name)
     if job is None and ctx.current.job_name:
         # The watches' view may lag (just after a start): ask before calling it deleted.
@@ -453,9 +461,12 @@ async def run_workload(
                     serving.startup_timeout_seconds - waited + 1,
                 )
         children = ctl.build(ctx, spec, inputs, served)
-        recorded = ctx.owner.kind.status.model_validate(ctl.recorded(ctx, spec, inputs))
+        recorded = ctl.recorded(ctx, spec, inputs)
         children[-1]["metadata"].setdefault("annotations", {})[RECORDED_ANNOTATION] = json.dumps(
-            recorded.model_dump(by_alias=True, exclude_unset=True, mode="json"), sort_keys=True
+            {}
+            if recorded is None
+            else recorded.model_dump(by_alias=True, exclude_unset=True, mode="json"),
+            sort_keys=True,
         )
         job = await create_all(ctx, children)
     elif ctl.serving(spec) is not None:
@@ -465,7 +476,7 @@ async def run_workload(
     kept_on_job = ctx.owner.kind.status.model_validate(
         json.loads((job["metadata"].get("annotations") or {}).get(RECORDED_ANNOTATION) or "{}")
     )
-    fields.update(kept_on_job.model_dump(exclude_none=True, exclude_unset=True))
+    fields.update(fields_set(kept_on_job))
     fields["job_name"] = job_name
     fields["start_time"] = (
         ctx.current.start_time
@@ -484,7 +495,8 @@ async def run_workload(
         # The final report decides the result: read it from the API, not the watches' view.
         report_cm = await ctx.kube.get("v1", "ConfigMap", ns, report_name(ctx.owner))
     if outcome.phase in (Phase.RUNNING, Phase.SUCCEEDED):
-        fields.update(ctl.from_report(ctx, spec, parse_report(report_cm, ctx), outcome.phase))
+        report = parse_report(report_cm, ctx)
+        fields.update(fields_set(ctl.from_report(ctx, spec, report, outcome.phase)))
     return outcome.phase, outcome.reason, outcome.message, fields, None
 
 

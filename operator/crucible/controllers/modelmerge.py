@@ -7,7 +7,7 @@ from typing import Any
 from crucible.api.common import ModelSource, Phase
 from crucible.api.contract import WorkloadReport
 from crucible.api.kinds import MODEL_MERGE
-from crucible.api.modelmerge import ModelMergeSpec
+from crucible.api.modelmerge import ModelMergeSpec, ModelMergeStatus
 from crucible.controllers.lifecycle import (
     Context,
     Reference,
@@ -51,13 +51,15 @@ class ModelMergeController(RunController[ModelMergeSpec, modelmerge.MergeInputs]
     ) -> list[dict[str, Any]]:
         return modelmerge.build(ctx.owner, spec, inputs, ctx.config)
 
-    def fixed(self, ctx: Context, spec: ModelMergeSpec) -> dict[str, Any]:
-        return {"config_map_name": child_name(ctx.owner.name, modelmerge.ROLE)}
+    def fixed(self, ctx: Context, spec: ModelMergeSpec) -> ModelMergeStatus:
+        return ModelMergeStatus(config_map_name=child_name(ctx.owner.name, modelmerge.ROLE))
 
     def from_report(
         self, ctx: Context, spec: ModelMergeSpec, report: WorkloadReport | None, phase: Phase
-    ) -> dict[str, Any]:
-        return {"output_uri": store_uri(ctx.config, ctx.owner)} if phase == Phase.SUCCEEDED else {}
+    ) -> ModelMergeStatus | None:
+        if phase != Phase.SUCCEEDED:
+            return None
+        return ModelMergeStatus(output_uri=store_uri(ctx.config, ctx.owner))
 
 
 register(ModelMergeController())

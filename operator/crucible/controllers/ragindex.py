@@ -7,7 +7,7 @@ from typing import Any
 from crucible.api.common import Phase, Reason
 from crucible.api.contract import WorkloadReport
 from crucible.api.kinds import RAG_INDEX
-from crucible.api.ragindex import RagIndexSpec
+from crucible.api.ragindex import RagIndexSpec, RagIndexStatus
 from crucible.controllers.lifecycle import (
     Context,
     FailedError,
@@ -40,26 +40,26 @@ class RagIndexController(RunController[RagIndexSpec, None]):
     ) -> list[dict[str, Any]]:
         return ragindex.build(ctx.owner, spec, ctx.config)
 
-    def fixed(self, ctx: Context, spec: RagIndexSpec) -> dict[str, Any]:
-        return {"table": spec.database.table}
+    def fixed(self, ctx: Context, spec: RagIndexSpec) -> RagIndexStatus:
+        return RagIndexStatus(table=spec.database.table)
 
     def from_report(
         self, ctx: Context, spec: RagIndexSpec, report: WorkloadReport | None, phase: Phase
-    ) -> dict[str, Any]:
+    ) -> RagIndexStatus | None:
         if phase != Phase.SUCCEEDED:
-            return {}
+            return None
         if report is None or report.chunks is None:
             raise FailedError(
                 Reason.MISSING_REPORT,
                 f"the rag Job succeeded but reported no chunk counts in "
                 f"ConfigMap {report_name(ctx.owner)}",
             )
-        return {
-            "documents": report.documents,
-            "chunks": report.chunks,
-            "content_hash": report.content_hash,
-            "last_indexed_time": now(),
-        }
+        return RagIndexStatus(
+            documents=report.documents,
+            chunks=report.chunks,
+            content_hash=report.content_hash,
+            last_indexed_time=now(),
+        )
 
 
 register(RagIndexController())

@@ -8,7 +8,7 @@ from typing import Any
 from crucible.api.common import Phase, Reason
 from crucible.api.contract import WorkloadReport
 from crucible.api.kinds import SYNTHETIC_DATASET
-from crucible.api.syntheticdataset import SyntheticDatasetSpec
+from crucible.api.syntheticdataset import SyntheticDatasetSpec, SyntheticDatasetStatus
 from crucible.controllers.lifecycle import Context, FailedError, Reference, config_map_key
 from crucible.controllers.registry import register
 from crucible.controllers.serving import ServedInputs, ServingController
@@ -52,26 +52,27 @@ class SyntheticDatasetController(ServingController[SyntheticDatasetSpec, ServedI
         spec: SyntheticDatasetSpec,
         report: WorkloadReport | None,
         phase: Phase,
-    ) -> dict[str, Any]:
-        counts = {
-            "documents": report.documents if report else None,
-            "chunks": report.chunks if report else None,
-            "pairs": report.pairs if report else None,
-        }
+    ) -> SyntheticDatasetStatus:
         if phase != Phase.SUCCEEDED:  # progress while the teacher writes
-            return {k: v for k, v in counts.items() if v is not None}
+            if report is None:
+                return SyntheticDatasetStatus()
+            return SyntheticDatasetStatus(
+                documents=report.documents, chunks=report.chunks, pairs=report.pairs
+            )
         if report is None or report.pairs is None:
             raise FailedError(
                 Reason.MISSING_REPORT,
                 f"the synth Job succeeded but reported no pair counts in "
                 f"ConfigMap {report_name(ctx.owner)}",
             )
-        return {
-            **counts,
-            "content_hash": report.content_hash,
-            "reused_from": report.reused_from,
-            "output_uri": store_uri(ctx.config, ctx.owner),
-        }
+        return SyntheticDatasetStatus(
+            documents=report.documents,
+            chunks=report.chunks,
+            pairs=report.pairs,
+            content_hash=report.content_hash,
+            reused_from=report.reused_from,
+            output_uri=store_uri(ctx.config, ctx.owner),
+        )
 
 
 register(SyntheticDatasetController())
