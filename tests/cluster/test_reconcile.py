@@ -330,6 +330,31 @@ def test_deleting_a_resource_removes_its_children(
         )
 
 
+def test_a_training_on_several_nodes_runs_one_indexed_pod_per_node(
+    cluster: LocalCluster, namespace: str, model_store: str, operator: OperatorFactory
+) -> None:
+    """The API server takes the Indexed Job and its headless Service as rendered, the Job
+    controller makes one pod per index under the Service's subdomain, and the run succeeds
+    when every index has."""
+    cluster.kubectl_apply(inputs(), "-n", namespace)
+    with operator():
+        cluster.kubectl_apply(
+            [finetune(baseModel={"uri": "hf://org/base"}, resources={"nodes": 2, "gpus": 0})],
+            "-n",
+            namespace,
+        )
+        done = wait_phase(cluster, namespace, "ftj", "tuned", "Succeeded")
+        assert done["jobName"] == "tuned-train"
+    (service,) = objects(cluster, namespace, "service", "tuned")
+    assert (service["metadata"]["name"], service["spec"]["clusterIP"]) == ("tuned-train", "None")
+    (job,) = objects(cluster, namespace, "job", "tuned")
+    assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == 2
+    assert job["status"]["succeeded"] == 2
+    pods = objects(cluster, namespace, "pod", "tuned")
+    assert sorted(p["spec"]["hostname"] for p in pods) == ["tuned-train-0", "tuned-train-1"]
+    assert {p["spec"]["subdomain"] for p in pods} == {"tuned-train"}
+
+
 def test_kueue_queue_holds_jobs_suspended(
     cluster: LocalCluster, namespace: str, model_store: str, operator: OperatorFactory
 ) -> None:

@@ -31,6 +31,7 @@ from crucible.controllers.engine import Engine
 from crucible.controllers.kube import PLURALS, ApiError, KubeClient
 from crucible.controllers.registry import CONTROLLERS
 from crucible.resources.common import MANAGED_BY, MANAGED_BY_LABEL
+from crucible.resources.jobs import COMPLETION_INDEX_LABEL
 
 ObjectKey = tuple[str, str, str, str]  # apiVersion, kind, namespace, name
 KIND_OF = {(api_version, plural): kind for (api_version, kind), plural in PLURALS.items()}
@@ -311,20 +312,26 @@ class FakeApiServer(KubeClient):
             namespace,
         )
 
-    def job_pod(self, job: str, namespace: str = "ns", **state: Any) -> str:
-        """What the Job controller and the kubelet do for a Job: one pod, running (or in the
-        container `state` given), with the pod template's labels."""
+    def job_pod(self, job: str, namespace: str = "ns", index: int = 0, **state: Any) -> str:
+        """What the Job controller and the kubelet do for a Job: one pod (of `index`, for an
+        Indexed Job), running or in the container `state` given, with the pod template's
+        labels."""
         found = self.read("Job", job, namespace)
         template = found["spec"]["template"]
         container = template["spec"]["containers"][0]
         name = f"{job}-{next(self._names):05d}"
+        indexed = found["spec"].get("completionMode") == "Indexed"
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {
                 "name": name,
                 "namespace": namespace,
-                "labels": {**(template["metadata"].get("labels") or {}), "job-name": job},
+                "labels": {
+                    **(template["metadata"].get("labels") or {}),
+                    "job-name": job,
+                    **({COMPLETION_INDEX_LABEL: str(index)} if indexed else {}),
+                },
                 "ownerReferences": [
                     {
                         "apiVersion": "batch/v1",

@@ -289,6 +289,46 @@ def test_multi_gpu_training_runs_torchrun_with_shared_memory() -> None:
     }
 
 
+def test_training_on_several_nodes_is_an_indexed_job_under_a_headless_service() -> None:
+    spec = ft_spec(resources={"nodes": 2, "gpusPerNode": 4}, distributed={"maxRestarts": 2})
+    children = finetunejob.build(owner(FINE_TUNE_JOB), spec, "hf://o/base", CONFIG)
+    (service,) = by_kind(children, "Service")
+    (job,) = by_kind(children, "Job")
+    assert children.index(service) < children.index(job)  # its pods look each other up
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert (job["spec"]["completions"], job["spec"]["parallelism"]) == (2, 2)
+    assert (job["spec"]["backoffLimitPerIndex"], job["spec"]["maxFailedIndexes"]) == (2, 0)
+    assert "backoffLimit" not in job["spec"]
+    assert job["spec"]["template"]["spec"]["subdomain"] == "run-train"
+    assert service["metadata"]["name"] == "run-train"
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["selector"] == {"job-name": "run-train"}
+    assert service["metadata"]["ownerReferences"] == job["metadata"]["ownerReferences"]
+    assert container_of(job)["command"][:8] == [
+        "torchrun",
+        "--nnodes=2",
+        "--nproc_per_node=4",
+        "--rdzv_backend=c10d",
+        "--rdzv_endpoint=run-train-0.run-train:29400",
+        "--rdzv_id=run-train",
+        "--max_restarts=2",
+        "-m",
+    ]
+    assert container_of(job)["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    task = json.loads(by_kind(children, "ConfigMap")[1]["data"]["task.json"])
+    assert task["gpus"] == 4
+
+
+def test_training_on_several_cpu_nodes_runs_one_process_each() -> None:
+    spec = ft_spec(resources={"nodes": 3, "gpus": 0})
+    children = finetunejob.build(owner(FINE_TUNE_JOB), spec, "hf://o/base", CONFIG)
+    (job,) = by_kind(children, "Job")
+    assert container_of(job)["command"][1:3] == ["--nnodes=3", "--nproc_per_node=1"]
+    assert "resources" not in container_of(job)
+    assert job["spec"]["backoffLimitPerIndex"] == 3  # spec.distributed's default
+
+
 def test_rag_job_reads_the_connection_from_its_secret() -> None:
     spec = RagIndexSpec.model_validate(
         {

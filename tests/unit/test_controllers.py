@@ -603,3 +603,28 @@ async def test_an_operator_killed_after_any_write_loses_nothing_and_duplicates_n
     print(f"chain completed over {lives} operator lives, {len(api.writes)} writes")
     assert lives > 20, "the chain takes many writes, each followed by a crash"
     assert outcome(api) == expected
+
+
+@story
+async def test_a_training_on_several_nodes_names_the_index_that_failed(
+    api: FakeApiServer, operator: Operator
+) -> None:
+    for doc in inputs():
+        api.apply(doc)
+    api.apply(finetune(baseModel={"uri": "hf://org/base"}, resources={"nodes": 2, "gpus": 0}))
+    await operator.settle()
+    assert owned(api, "Service", "tuned") == owned(api, "Job", "tuned") == ["tuned-train"]
+    api.job_pod("tuned-train", index=0)
+    await operator.settle()
+    assert status(api, "FineTuneJob", "tuned")["phase"] == "Running"
+    # Index 1's rank fails for good: the Job controller fails the Job (maxFailedIndexes: 0).
+    api.job_pod("tuned-train", index=1)
+    api.job_ends("tuned-train", exit_code=1, message="RuntimeError: NCCL timeout")
+    await operator.settle()
+    failed = ready(api, "FineTuneJob", "tuned")
+    assert failed["reason"] == "Error"
+    assert failed["message"].startswith("index 1 (pod tuned-train-")
+    assert failed["message"].endswith("exited with code 1: RuntimeError: NCCL timeout")
+    api.remove("FineTuneJob", "tuned")
+    await operator.settle()
+    assert owned(api, "Service", "tuned") == owned(api, "Job", "tuned") == []

@@ -87,6 +87,30 @@ def test_an_evicted_pod_says_why_the_kubelet_stopped_it() -> None:
     )
 
 
+def test_a_failed_index_of_a_training_on_several_nodes_is_named() -> None:
+    pod = {
+        "metadata": {
+            "name": "run-train-1-abcde",
+            "labels": {"batch.kubernetes.io/job-completion-index": "1"},
+        },
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [
+                {
+                    "name": "train",
+                    "state": {"terminated": {"exitCode": 1, "message": "NCCL timeout"}},
+                }
+            ],
+        },
+    }
+    failed = {"status": {"conditions": [{"type": "Failed", "status": "True"}]}}
+    outcome = job_outcome({"metadata": {"name": "run-train"}, **failed}, [pod])
+    assert outcome.phase == Phase.FAILED
+    assert outcome.message == (
+        "index 1 (pod run-train-1-abcde): container train exited with code 1: NCCL timeout"
+    )
+
+
 def test_deadline_exceeded() -> None:
     outcome = job_outcome(job(("Failed", "DeadlineExceeded")), [])
     assert (outcome.phase, outcome.reason) == (Phase.FAILED, "DeadlineExceeded")

@@ -21,7 +21,13 @@ from crucible.api.common import (
     Serving,
 )
 from crucible.api.evalrun import EvalModel, EvaluationData, Judge, JudgeRating, Scoring
-from crucible.api.finetunejob import Dataset, Hyperparameters, Lora, TrainingMethod
+from crucible.api.finetunejob import (
+    Dataset,
+    Hyperparameters,
+    Lora,
+    TrainingMethod,
+    TrainingResources,
+)
 from crucible.api.formats import DNS_LABEL, DnsLabel
 
 # Whether two training data sources are the same file: CEL cannot compare two objects declared
@@ -95,7 +101,9 @@ class FineTuneTemplate(ApiModel):
         description="Also write merged weights, which the evaluations then serve (no LoRA at "
         "serving time).",
     )
-    resources: Resources = defaulted(Resources(), description="Compute of each training Job.")
+    resources: TrainingResources = defaulted(
+        TrainingResources(), description="Compute of each training Job."
+    )
 
 
 class EvaluationTemplate(ApiModel):

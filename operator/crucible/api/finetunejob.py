@@ -167,6 +167,57 @@ class Hyperparameters(ApiModel):
     )
 
 
+class TrainingResources(Resources):
+    """Compute for the training: one pod per node, one training process per GPU (one in all
+    on a pod without GPUs)."""
+
+    model_config = api_config(
+        cel(
+            "!has(self.gpusPerNode) || self.nodes > 1",
+            "spec.resources.gpusPerNode is for a training on several nodes: on one node, "
+            "spec.resources.gpus is the pod's GPUs; remove gpusPerNode or set nodes above 1",
+            field_path=".gpusPerNode",
+            reason="FieldValueForbidden",
+        ),
+    )
+
+    nodes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Pods, one per node, that the training spans. Above 1 it runs "
+        "torch.distributed across them: an Indexed Job and a headless Service, torchrun "
+        "meeting at index 0 (c10d rendezvous). The model store must then be shared by every "
+        "node (ReadWriteMany).",
+    )
+    gpus_per_node: int | None = Field(
+        default=None,
+        ge=0,
+        le=64,
+        description="GPUs of each node's pod when nodes is above 1 (default: gpus).",
+    )
+
+    @property
+    def gpus_per_pod(self) -> int:
+        return self.gpus if self.gpus_per_node is None else self.gpus_per_node
+
+    @property
+    def processes_per_pod(self) -> int:
+        return max(self.gpus_per_pod, 1)
+
+
+class Distributed(ApiModel):
+    """How a training on several nodes holds together."""
+
+    max_restarts: int = Field(
+        default=3,
+        ge=0,
+        le=100,
+        description="How often the group of ranks re-forms (torch elastic) after a rank's pod "
+        "fails or is lost and is re-created, before the run fails with that rank's reason.",
+    )
+
+
 class FineTuneJobSpec(ApiModel):
     """What to train, on which data, and how."""
 
@@ -237,9 +288,14 @@ class FineTuneJobSpec(ApiModel):
         default=False,
         description="Also write the base model with the adapter merged in (full weights).",
     )
-    resources: Resources = defaulted(
-        Resources(),
-        description="Compute for the training Job; gpus > 1 runs one process per GPU.",
+    resources: TrainingResources = defaulted(
+        TrainingResources(),
+        description="Compute for the training: gpus > 1 runs one process per GPU; nodes > 1 "
+        "spans several nodes.",
+    )
+    distributed: Distributed = defaulted(
+        Distributed(),
+        description="How a training on several nodes (spec.resources.nodes) holds together.",
     )
 
 

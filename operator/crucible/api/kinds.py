@@ -177,7 +177,13 @@ FINE_TUNE_JOB = Kind(
     description="FineTuneJob trains a LoRA/QLoRA adapter (SFT or DPO) on a base model.",
     spec=FineTuneJobSpec,
     status=FineTuneJobStatus,
-    children=ChildNames(longest="-report", example="nitro-sft"),
+    children=ChildNames(
+        longest="-report",
+        example="nitro-sft",
+        services="the headless Service and pod hostnames of its training on several nodes "
+        "(<name>-train, <name>-train-<index>)",
+        served="self.spec.resources.nodes > 1",
+    ),
     rules=(
         not_itself("FineTuneJob", "spec.baseModel", "self.spec.baseModel", "name another model"),
     ),

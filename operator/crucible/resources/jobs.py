@@ -19,6 +19,8 @@ CONFIG_WAIT_REASONS = ("CreateContainerConfigError", "CreateContainerError")
 # evicted or deleted while it waited or ran): it says nothing of the workload itself.
 UNKNOWN_CONTAINER_REASON = "ContainerStatusUnknown"
 NONE: Mapping[str, str] = MappingProxyType({})
+# The index of an Indexed Job's pod: a training on several nodes, one pod per node.
+COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 
 
 @dataclass(frozen=True)
@@ -79,11 +81,20 @@ def _container_failure(pod: dict[str, Any], container: dict[str, Any]) -> Outcom
     )
 
 
+def _of_index(pod: dict[str, Any], outcome: Outcome) -> Outcome:
+    """An Indexed Job's pod says which index (which node of a training) failed."""
+    index = (pod["metadata"].get("labels") or {}).get(COMPLETION_INDEX_LABEL)
+    if index is None:
+        return outcome
+    where = f"index {index} (pod {pod['metadata']['name']}): "
+    return Outcome(outcome.phase, outcome.reason, where + outcome.message)
+
+
 def pod_failure(pods: list[dict[str, Any]]) -> Outcome | None:
     """The most telling failure among the pods, newest first: a container's own failure
     before one the kubelet could no longer find."""
     found = [
-        (outcome, container)
+        (_of_index(pod, outcome), container)
         for pod in _newest_first(pods)
         for container in _statuses(pod)
         if (outcome := _container_failure(pod, container)) is not None
