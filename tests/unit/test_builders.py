@@ -320,6 +320,19 @@ def test_training_on_several_nodes_is_an_indexed_job_under_a_headless_service() 
     assert task["gpus"] == 4
 
 
+@pytest.mark.parametrize(
+    ("resources", "accumulation"),
+    [({"gpus": 0}, 8), ({"gpus": 2}, 4), ({"nodes": 2, "gpusPerNode": 4}, 1)],
+)
+def test_the_global_batch_holds_whatever_the_shape(
+    resources: dict[str, int], accumulation: int
+) -> None:
+    spec = ft_spec(resources=resources, hyperparameters={"batchSize": 4, "globalBatchSize": 32})
+    children = finetunejob.build(owner(FINE_TUNE_JOB), spec, "hf://o/base", CONFIG)
+    task = json.loads(by_kind(children, "ConfigMap")[1]["data"]["task.json"])
+    assert task["hyperparameters"]["gradientAccumulationSteps"] == accumulation
+
+
 def test_training_on_several_cpu_nodes_runs_one_process_each() -> None:
     spec = ft_spec(resources={"nodes": 3, "gpus": 0})
     children = finetunejob.build(owner(FINE_TUNE_JOB), spec, "hf://o/base", CONFIG)

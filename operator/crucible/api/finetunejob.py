@@ -145,6 +145,15 @@ class Hyperparameters(ApiModel):
     gradient_accumulation_steps: int = Field(
         default=1, ge=1, le=4096, description="Micro-batches accumulated per optimizer step."
     )
+    global_batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=1048576,
+        description="Examples per optimizer step across every training process. When set, "
+        "gradientAccumulationSteps is derived from it, batchSize and the processes (nodes times "
+        "GPUs per node, one on a pod without GPUs), so that a step is the same whatever the "
+        "shape.",
+    )
     max_length: int = Field(
         default=1024, ge=16, le=1048576, description="Longest tokenized example, in tokens."
     )
@@ -165,6 +174,14 @@ class Hyperparameters(ApiModel):
         ge=1,
         description="Checkpoint every this many steps so a restarted pod resumes.",
     )
+
+
+# Training processes per pod, in CEL on the spec: one per GPU, one on a pod without GPUs.
+PROCESSES_PER_POD = (
+    "((has(self.resources.gpusPerNode) ? self.resources.gpusPerNode : self.resources.gpus) > 0 "
+    "? (has(self.resources.gpusPerNode) ? self.resources.gpusPerNode : self.resources.gpus) "
+    ": 1)"
+)
 
 
 class TrainingResources(Resources):
@@ -241,6 +258,24 @@ class FineTuneJobSpec(ApiModel):
             "spec.dataset.format must be preference for method dpo: give rows of prompt, "
             "chosen and rejected, or use method sft",
             field_path=".dataset.format",
+            reason="FieldValueInvalid",
+        ),
+        cel(
+            "!has(self.hyperparameters.globalBatchSize) || "
+            "self.hyperparameters.gradientAccumulationSteps == 1",
+            "spec.hyperparameters.gradientAccumulationSteps is derived from globalBatchSize: "
+            "remove one of the two",
+            field_path=".hyperparameters.gradientAccumulationSteps",
+            reason="FieldValueForbidden",
+        ),
+        cel(
+            "!has(self.hyperparameters.globalBatchSize) || "
+            "self.hyperparameters.globalBatchSize % (self.hyperparameters.batchSize * "
+            f"self.resources.nodes * {PROCESSES_PER_POD}) == 0",
+            "spec.hyperparameters.globalBatchSize must be a multiple of batchSize times nodes "
+            "times processes per node (GPUs per node, or one without GPUs): change it, "
+            "batchSize or the shape",
+            field_path=".hyperparameters.globalBatchSize",
             reason="FieldValueInvalid",
         ),
         cel(

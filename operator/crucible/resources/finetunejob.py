@@ -15,7 +15,7 @@ from typing import Any
 
 from crucible.api.common import DataSource
 from crucible.api.contract import DatasetInput, DocumentsInput, FineTuneTask
-from crucible.api.finetunejob import FineTuneJobSpec
+from crucible.api.finetunejob import FineTuneJobSpec, Hyperparameters
 from crucible.config import OperatorConfig
 from crucible.resources.common import (
     KUEUE_QUEUE_LABEL,
@@ -66,6 +66,17 @@ def command(spec: FineTuneJobSpec, job: str) -> list[str]:
     if processes > 1:
         return ["torchrun", "--standalone", f"--nproc_per_node={processes}", *entry]
     return [python, *entry]
+
+
+def hyperparameters(spec: FineTuneJobSpec) -> Hyperparameters:
+    """The spec's settings, with the gradient accumulation that gives its global batch."""
+    hyper = spec.hyperparameters
+    if hyper.global_batch_size is None:
+        return hyper
+    resources = spec.resources
+    per_micro_batch = hyper.batch_size * resources.nodes * resources.processes_per_pod
+    steps = max(hyper.global_batch_size // per_micro_batch, 1)
+    return hyper.model_copy(update={"gradient_accumulation_steps": steps})
 
 
 def spread(children: list[dict[str, Any]], spec: FineTuneJobSpec) -> list[dict[str, Any]]:
@@ -132,7 +143,7 @@ def build(
         dataset=rows,
         documents=documents,
         lora=spec.lora,
-        hyperparameters=spec.hyperparameters,
+        hyperparameters=hyperparameters(spec),
         merge_adapter=spec.merge_adapter,
         adapter_path=store_path(config, owner, "adapter"),
         merged_path=store_path(config, owner, "merged") if spec.merge_adapter else None,
