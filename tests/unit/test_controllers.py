@@ -11,8 +11,10 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
 from prometheus_client import REGISTRY, generate_latest
 
+from crucible.api.kinds import KINDS_BY_NAME
 from tests.manifests import (
     API,
     COUNTS,
@@ -628,3 +630,113 @@ async def test_a_training_on_several_nodes_names_the_index_that_failed(
     api.remove("FineTuneJob", "tuned")
     await operator.settle()
     assert owned(api, "Service", "tuned") == owned(api, "Job", "tuned") == []
+
+
+# -- every kind: deleted while it runs, and an operator killed after each of its writes ------
+
+KIND_RUNS: dict[str, dict[str, Any]] = {
+    "ModelMerge": merge("one"),
+    "FineTuneJob": finetune("one", baseModel={"uri": "hf://org/base"}),
+    "RagIndex": rag_index("one"),
+    "EvalRun": scored_eval_run("one", "hf://org/tuned"),
+    "SyntheticDataset": synthetic("one"),
+    "ModelServing": {
+        "apiVersion": API,
+        "kind": "ModelServing",
+        "metadata": {"name": "one"},
+        "spec": {"model": {"uri": "hf://org/base"}, "serving": {"resources": {"gpus": 0}}},
+    },
+}
+# What each kind's workload reports before its Job ends.
+KIND_REPORTS: dict[str, dict[str, Any]] = {
+    "RagIndex": {"documents": 1, "chunks": 3, "contentHash": "sha256:abc"},
+    "EvalRun": scored_report(0.6, 0.01),
+    "SyntheticDataset": {"documents": 1, "chunks": 4, "pairs": COUNTS},
+}
+
+
+def play_kind(api: FakeApiServer, kind: str) -> None:
+    """The cluster's turn: servers roll out, Jobs report (as the kind's workload does) and
+    end."""
+    for (_, child, _, name), obj in list(api.objects.items()):
+        done = (obj.get("status") or {}).get("conditions")
+        if child == "Deployment" and not done:
+            api.rolled_out(name)
+        elif child == "Job" and not done:
+            if kind in KIND_REPORTS:
+                api.report("one", KIND_REPORTS[kind])
+            api.job_ends(name)
+
+
+def settled(api: FakeApiServer, kind: str) -> bool:
+    return KINDS_BY_NAME[kind].settled(status(api, kind, "one").get("phase"))
+
+
+async def play_out(api: FakeApiServer, kind: str, *, crashing: bool) -> dict[str, Any]:
+    """Run the kind's resource until it has settled (with `crashing`, on an operator that
+    dies after each of its writes); what it ends with."""
+    for doc in [*inputs(), KIND_RUNS[kind]]:
+        api.apply(doc)
+    for _ in range(300):
+        if settled(api, kind):
+            break
+        api.writes_left = 1 if crashing else None
+        with contextlib.suppress(OperatorGoneError):
+            await Operator(api).settle()
+        if not crashing or api.writes_left:  # nothing left to write: the cluster's turn
+            play_kind(api, kind)
+    api.writes_left = None
+    await Operator(api).settle()
+    current = status(api, kind, "one")
+    children: dict[str, int] = {}
+    for (_, child, _, _), obj in api.objects.items():
+        if (obj["metadata"].get("labels") or {}).get("crucible.dev/name") == "one":
+            children[child] = children.get(child, 0) + 1
+    return {
+        "status": {k: v for k, v in current.items() if not k.endswith(("Time", "At"))},
+        "children": children,
+    }
+
+
+def without_times(found: dict[str, Any]) -> dict[str, Any]:
+    status = dict(found["status"])
+    status["conditions"] = [
+        (c["type"], c["status"], c["reason"], c["message"]) for c in status.get("conditions", [])
+    ]
+    status.pop("promoted", None)  # carries promotedAt, a timestamp; compared below
+    return {**found, "status": status}
+
+
+@pytest.mark.parametrize("kind", sorted(KIND_RUNS))
+def test_every_kind_killed_after_each_write_ends_as_undisturbed(kind: str) -> None:
+    async def main() -> None:
+        expected = await play_out(FakeApiServer(), kind, crashing=False)
+        crashed_api = FakeApiServer()
+        crashed = await play_out(crashed_api, kind, crashing=True)
+        assert KINDS_BY_NAME[kind].succeeded(expected["status"]["phase"])
+        assert without_times(crashed) == without_times(expected)
+        assert crashed_api.writes, "the crashing operator wrote nothing"
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("kind", sorted(KIND_RUNS))
+def test_every_kind_deleted_while_it_runs_leaves_nothing(kind: str) -> None:
+    async def main() -> None:
+        api = FakeApiServer()
+        operator = Operator(api)
+        for doc in [*inputs(), KIND_RUNS[kind]]:
+            api.apply(doc)
+        await operator.settle()
+        made = [n for (_, k, _, n), o in api.objects.items() if labelled_one(o)]
+        assert made, f"a {kind} makes children"
+        api.remove(kind, "one")
+        await operator.settle()
+        assert (kind, "ns", "one") not in operator.engine.runs
+        assert [n for (_, k, _, n), o in api.objects.items() if labelled_one(o)] == []
+
+    asyncio.run(main())
+
+
+def labelled_one(obj: dict[str, Any]) -> bool:
+    return (obj["metadata"].get("labels") or {}).get("crucible.dev/name") == "one"

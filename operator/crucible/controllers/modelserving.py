@@ -104,21 +104,24 @@ async def current_object(ctx: Context, spec: ModelServingSpec) -> dict[str, Any]
 
 
 async def promote(
-    ctx: Context, objects: list[dict[str, Any]], existing: dict[str, Any] | None
-) -> dict[str, Any]:
-    """Create the serving objects, or replace the one that carries the promotion (its
-    Service, when there is one, never changes). Returns that object."""
+    ctx: Context, objects: list[dict[str, Any]], existing: dict[str, Any] | None, *, change: bool
+) -> dict[str, Any] | None:
+    """With `change`, create the serving objects, or replace the one that carries the
+    promotion (its Service, when there is one, never changes). Either way, create the others
+    where they are missing: a crash may have come between the first and its Service. Returns
+    the object that carries the promotion."""
     first, *rest = objects
-    if existing is None:
-        created = await create_one(ctx, first)
-    else:
+    if change and existing is None:
+        existing = await create_one(ctx, first)
+    elif change:
+        assert existing is not None
         first["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
-        created = await ctx.kube.replace(first)
-        ctx.created(created)
+        existing = await ctx.kube.replace(first)
+        ctx.created(existing)
     for manifest in rest:
         if ctx.children.get(manifest["kind"], manifest["metadata"]["name"]) is None:
             await create_one(ctx, manifest)
-    return created
+    return existing
 
 
 class ModelServingController(Controller[ModelServingSpec]):
@@ -155,7 +158,8 @@ class ModelServingController(Controller[ModelServingSpec]):
                     ),
                 )
             promoted = ms.promoted_of(existing)
-            if promoted is None or promoted.generation != ctx.generation:
+            change = promoted is None or promoted.generation != ctx.generation
+            if change:
                 # The same weights and adapters promoted again (a changed gate or replica
                 # count) have been live since they were first promoted.
                 same = promoted is not None and (promoted.model_uri, promoted.adapter_uris) == (
@@ -164,8 +168,9 @@ class ModelServingController(Controller[ModelServingSpec]):
                 )
                 at = promoted.promoted_at if promoted is not None and same else now()
                 promoted = ms.promotion(ctx.owner, spec, server, ctx.generation, verdict, at)
-                objects = ms.serving_objects(ctx.owner, spec, server, promoted, ctx.config)
-                existing = await promote(ctx, objects, existing)
+            assert promoted is not None
+            objects = ms.serving_objects(ctx.owner, spec, server, promoted, ctx.config)
+            existing = await promote(ctx, objects, existing, change=change)
             judged = Judged(True, Reason.PROMOTED, f"generation {ctx.generation} is served")
         except (WaitingError, FailedError) as error:
             judged = Judged(False, error.reason, error.message)
