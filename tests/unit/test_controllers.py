@@ -647,12 +647,28 @@ KIND_RUNS: dict[str, dict[str, Any]] = {
         "spec": {"model": {"uri": "hf://org/base"}, "serving": {"resources": {"gpus": 0}}},
     },
 }
+KIND_RUNS["Experiment"] = {**experiment(), "metadata": {"name": "one"}}
 # What each kind's workload reports before its Job ends.
 KIND_REPORTS: dict[str, dict[str, Any]] = {
     "RagIndex": {"documents": 1, "chunks": 3, "contentHash": "sha256:abc"},
     "EvalRun": scored_report(0.6, 0.01),
     "SyntheticDataset": {"documents": 1, "chunks": 4, "pairs": COUNTS},
 }
+
+
+def report_of(api: FakeApiServer, kind: str, job: dict[str, Any]) -> tuple[str, Any] | None:
+    """The report a Job's workload writes, and the name of the run it writes it for."""
+    labels = job["metadata"]["labels"]
+    if kind != "Experiment":
+        return ("one", KIND_REPORTS[kind]) if kind in KIND_REPORTS else None
+    if labels.get("crucible.dev/kind") == "EvalRun":  # a task's judging
+        run = labels["crucible.dev/name"]
+        models = [m["name"] for m in api.read("EvalRun", run)["spec"]["models"]]
+        return run, judged(models)
+    role = labels.get("crucible.dev/role")
+    if role == "rank":
+        return "one-rank", rank_report("ns")
+    return ("one-verdict", verdict_report()) if role == "verdict" else None
 
 
 def play_kind(api: FakeApiServer, kind: str) -> None:
@@ -663,8 +679,8 @@ def play_kind(api: FakeApiServer, kind: str) -> None:
         if child == "Deployment" and not done:
             api.rolled_out(name)
         elif child == "Job" and not done:
-            if kind in KIND_REPORTS:
-                api.report("one", KIND_REPORTS[kind])
+            if (found := report_of(api, kind, obj)) is not None:
+                api.report(*found)
             api.job_ends(name)
 
 
@@ -675,7 +691,7 @@ def settled(api: FakeApiServer, kind: str) -> bool:
 async def play_out(api: FakeApiServer, kind: str, *, crashing: bool) -> dict[str, Any]:
     """Run the kind's resource until it has settled (with `crashing`, on an operator that
     dies after each of its writes); what it ends with."""
-    for doc in [*inputs(), KIND_RUNS[kind]]:
+    for doc in [*inputs(), *experiment_inputs(), KIND_RUNS[kind]]:
         api.apply(doc)
     for _ in range(300):
         if settled(api, kind):
@@ -690,7 +706,7 @@ async def play_out(api: FakeApiServer, kind: str, *, crashing: bool) -> dict[str
     current = status(api, kind, "one")
     children: dict[str, int] = {}
     for (_, child, _, _), obj in api.objects.items():
-        if (obj["metadata"].get("labels") or {}).get("crucible.dev/name") == "one":
+        if labelled_one(obj):
             children[child] = children.get(child, 0) + 1
     return {
         "status": {k: v for k, v in current.items() if not k.endswith(("Time", "At"))},
@@ -725,7 +741,7 @@ def test_every_kind_deleted_while_it_runs_leaves_nothing(kind: str) -> None:
     async def main() -> None:
         api = FakeApiServer()
         operator = Operator(api)
-        for doc in [*inputs(), KIND_RUNS[kind]]:
+        for doc in [*inputs(), *experiment_inputs(), KIND_RUNS[kind]]:
             api.apply(doc)
         await operator.settle()
         made = [n for (_, k, _, n), o in api.objects.items() if labelled_one(o)]
@@ -739,4 +755,6 @@ def test_every_kind_deleted_while_it_runs_leaves_nothing(kind: str) -> None:
 
 
 def labelled_one(obj: dict[str, Any]) -> bool:
-    return (obj["metadata"].get("labels") or {}).get("crucible.dev/name") == "one"
+    """A child of the run "one", or of a run it made (an Experiment's)."""
+    name = (obj["metadata"].get("labels") or {}).get("crucible.dev/name") or ""
+    return name == "one" or name.startswith("one-")
