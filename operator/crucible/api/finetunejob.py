@@ -273,8 +273,8 @@ class FineTuneJobSpec(ApiModel):
             "self.hyperparameters.globalBatchSize % (self.hyperparameters.batchSize * "
             f"self.resources.nodes * {PROCESSES_PER_POD}) == 0",
             "spec.hyperparameters.globalBatchSize must be a multiple of batchSize times nodes "
-            "times processes per node (GPUs per node, or one without GPUs): change it, "
-            "batchSize or the shape",
+            "times processes per node (GPUs per node, or one without GPUs): set it to such a "
+            "multiple, or change batchSize or the shape",
             field_path=".hyperparameters.globalBatchSize",
             reason="FieldValueInvalid",
         ),
