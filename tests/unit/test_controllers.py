@@ -528,85 +528,6 @@ async def test_an_experiment_fans_out_within_its_bound_survives_a_restart_and_re
     assert runs_of(api, "search") == set()
 
 
-def crash_chain() -> list[dict[str, Any]]:
-    """ModelMerge → FineTuneJob (adapter) → EvalRun serving the adapter on its base."""
-    run = eval_run()
-    run["spec"]["models"] = run["spec"]["models"][1:2]
-    del run["spec"]["rag"]
-    return [*inputs(), merge(), finetune(), run]
-
-
-def play_workloads(api: FakeApiServer) -> None:
-    """What the cluster does while the operator is away: servers roll out, Jobs finish (the
-    eval workload reports first)."""
-    for (_, kind, _, name), obj in list(api.objects.items()):
-        done = (obj.get("status") or {}).get("conditions")
-        if kind == "Deployment" and not done:
-            api.rolled_out(name)
-        elif kind == "Job" and not done:
-            if name == "bench-eval":
-                api.report("bench", {"results": [result("tuned", False, [0.5] * 3)]})
-            api.job_ends(name)
-
-
-def chain_done(api: FakeApiServer) -> bool:
-    return status(api, "EvalRun", "bench").get("phase") == "Succeeded"
-
-
-def outcome(api: FakeApiServer) -> dict[str, Any]:
-    """What an undisturbed chain and a crashed one must agree on: the statuses (but their
-    timestamps) and the children, by kind."""
-    found: dict[str, Any] = {}
-    for kind, name in (("ModelMerge", "merged"), ("FineTuneJob", "tuned"), ("EvalRun", "bench")):
-        found[kind] = {
-            **{k: v for k, v in status(api, kind, name).items() if not k.endswith("Time")},
-            "conditions": [
-                (c["type"], c["reason"], c["message"])
-                for c in status(api, kind, name)["conditions"]
-            ],
-        }
-    children: dict[str, int] = {}
-    for (_, kind, _, _), obj in api.objects.items():
-        if (obj["metadata"].get("labels") or {}).get("app.kubernetes.io/managed-by") == "crucible":
-            children[kind] = children.get(kind, 0) + 1
-    found["children"] = children
-    return found
-
-
-@story
-async def test_an_operator_killed_after_any_write_loses_nothing_and_duplicates_nothing(
-    api: FakeApiServer, operator: Operator
-) -> None:
-    undisturbed = FakeApiServer()
-    for doc in crash_chain():
-        undisturbed.apply(doc)
-    reference = Operator(undisturbed)
-    while not chain_done(undisturbed):
-        await reference.settle()
-        play_workloads(undisturbed)
-    await reference.settle()
-    expected = outcome(undisturbed)
-    assert expected["FineTuneJob"]["baseModelUri"] == expected["ModelMerge"]["outputUri"]
-
-    # The same chain, with an operator that dies right after each of its writes.
-    for doc in crash_chain():
-        api.apply(doc)
-    lives = 0
-    while not chain_done(api):
-        lives += 1
-        assert lives < 300, f"no progress after {len(api.writes)} writes"
-        api.writes_left = 1
-        with contextlib.suppress(OperatorGoneError):
-            await Operator(api).settle()
-        if api.writes_left:  # a life with nothing to write: the cluster's turn
-            play_workloads(api)
-    api.writes_left = None
-    await Operator(api).settle()  # a healthy operator finds nothing left to do
-    print(f"chain completed over {lives} operator lives, {len(api.writes)} writes")
-    assert lives > 20, "the chain takes many writes, each followed by a crash"
-    assert outcome(api) == expected
-
-
 @story
 async def test_a_training_on_several_nodes_names_the_index_that_failed(
     api: FakeApiServer, operator: Operator
@@ -632,8 +553,113 @@ async def test_a_training_on_several_nodes_names_the_index_that_failed(
     assert owned(api, "Service", "tuned") == owned(api, "Job", "tuned") == []
 
 
-# -- every kind: deleted while it runs, and an operator killed after each of its writes ------
+# -- an operator killed after each of its writes, and deletion while running -------------------
 
+ReportFor = Callable[[FakeApiServer, dict[str, Any]], tuple[str, dict[str, Any]] | None]
+
+
+def play(api: FakeApiServer, report_for: ReportFor) -> None:
+    """The cluster's turn: servers roll out, Jobs report (the run and report `report_for`
+    names, if any) and end."""
+    for (_, kind, _, name), obj in list(api.objects.items()):
+        done = (obj.get("status") or {}).get("conditions")
+        if kind == "Deployment" and not done:
+            api.rolled_out(name)
+        elif kind == "Job" and not done:
+            if (found := report_for(api, obj)) is not None:
+                api.report(*found)
+            api.job_ends(name)
+
+
+async def drive(
+    api: FakeApiServer, done: Callable[[], bool], report_for: ReportFor, *, crashing: bool
+) -> int:
+    """Reconcile, and let the cluster play whenever the operator has nothing left to write,
+    until `done`; with `crashing`, each operator dies right after its first write and a new
+    one starts. How many operators it took."""
+    lives = 0
+    while not done():
+        lives += 1
+        assert lives < 300, f"no progress after {len(api.writes)} writes"
+        api.writes_left = 1 if crashing else None
+        with contextlib.suppress(OperatorGoneError):
+            await Operator(api).settle()
+        if not crashing or api.writes_left:
+            play(api, report_for)
+    api.writes_left = None
+    await Operator(api).settle()  # a healthy operator finds nothing left to do
+    return lives
+
+
+def timeless(value: Any) -> Any:
+    """`value` without its timestamps (fields ending in Time or At)."""
+    if isinstance(value, dict):
+        return {k: timeless(v) for k, v in value.items() if not k.endswith(("Time", "At"))}
+    if isinstance(value, list):
+        return [timeless(v) for v in value]
+    return value
+
+
+def managed(obj: dict[str, Any]) -> bool:
+    labels = obj["metadata"].get("labels") or {}
+    return labels.get("app.kubernetes.io/managed-by") == "crucible"
+
+
+def ending(api: FakeApiServer, runs: list[tuple[str, str]]) -> dict[str, Any]:
+    """What an undisturbed play and a crashed one must agree on: the runs' statuses (but
+    their timestamps) and Crucible's children, by kind."""
+    children: dict[str, int] = {}
+    for (_, kind, _, _), obj in api.objects.items():
+        if managed(obj):
+            children[kind] = children.get(kind, 0) + 1
+    return {
+        "statuses": {f"{kind}/{name}": timeless(status(api, kind, name)) for kind, name in runs},
+        "children": children,
+    }
+
+
+def crash_chain() -> list[dict[str, Any]]:
+    """ModelMerge → FineTuneJob (adapter) → EvalRun serving the adapter on its base."""
+    run = eval_run()
+    run["spec"]["models"] = run["spec"]["models"][1:2]
+    del run["spec"]["rag"]
+    return [*inputs(), merge(), finetune(), run]
+
+
+CHAIN = [("ModelMerge", "merged"), ("FineTuneJob", "tuned"), ("EvalRun", "bench")]
+
+
+def chain_report(api: FakeApiServer, job: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    if job["metadata"]["name"] == "bench-eval":
+        return "bench", {"results": [result("tuned", False, [0.5] * 3)]}
+    return None
+
+
+@story
+async def test_an_operator_killed_after_any_write_loses_nothing_and_duplicates_nothing(
+    api: FakeApiServer, operator: Operator
+) -> None:
+    undisturbed = FakeApiServer()
+    for doc in crash_chain():
+        undisturbed.apply(doc)
+    chain_done = lambda on: lambda: status(on, "EvalRun", "bench").get("phase") == "Succeeded"  # noqa: E731
+    await drive(undisturbed, chain_done(undisturbed), chain_report, crashing=False)
+    expected = ending(undisturbed, CHAIN)
+    statuses = expected["statuses"]
+    assert (
+        statuses["FineTuneJob/tuned"]["baseModelUri"] == statuses["ModelMerge/merged"]["outputUri"]
+    )
+
+    # The same chain, with an operator that dies right after each of its writes.
+    for doc in crash_chain():
+        api.apply(doc)
+    lives = await drive(api, chain_done(api), chain_report, crashing=True)
+    print(f"chain completed over {lives} operator lives, {len(api.writes)} writes")
+    assert lives > 20, "the chain takes many writes, each followed by a crash"
+    assert ending(api, CHAIN) == expected
+
+
+# Every kind on its own: a resource named "one" and what its workloads report.
 KIND_RUNS: dict[str, dict[str, Any]] = {
     "ModelMerge": merge("one"),
     "FineTuneJob": finetune("one", baseModel={"uri": "hf://org/base"}),
@@ -646,9 +672,8 @@ KIND_RUNS: dict[str, dict[str, Any]] = {
         "metadata": {"name": "one"},
         "spec": {"model": {"uri": "hf://org/base"}, "serving": {"resources": {"gpus": 0}}},
     },
+    "Experiment": {**experiment(), "metadata": {"name": "one"}},
 }
-KIND_RUNS["Experiment"] = {**experiment(), "metadata": {"name": "one"}}
-# What each kind's workload reports before its Job ends.
 KIND_REPORTS: dict[str, dict[str, Any]] = {
     "RagIndex": {"documents": 1, "chunks": 3, "contentHash": "sha256:abc"},
     "EvalRun": scored_report(0.6, 0.01),
@@ -656,71 +681,33 @@ KIND_REPORTS: dict[str, dict[str, Any]] = {
 }
 
 
-def report_of(api: FakeApiServer, kind: str, job: dict[str, Any]) -> tuple[str, Any] | None:
-    """The report a Job's workload writes, and the name of the run it writes it for."""
-    labels = job["metadata"]["labels"]
-    if kind != "Experiment":
-        return ("one", KIND_REPORTS[kind]) if kind in KIND_REPORTS else None
-    if labels.get("crucible.dev/kind") == "EvalRun":  # a task's judging
-        run = labels["crucible.dev/name"]
-        models = [m["name"] for m in api.read("EvalRun", run)["spec"]["models"]]
-        return run, judged(models)
-    role = labels.get("crucible.dev/role")
-    if role == "rank":
-        return "one-rank", rank_report("ns")
-    return ("one-verdict", verdict_report()) if role == "verdict" else None
+def kind_report(kind: str) -> ReportFor:
+    """What the Jobs of a `kind` named "one" report: its workload's report, or for an
+    Experiment its tasks' judgings, its ranking and its verdict."""
 
+    def report_for(api: FakeApiServer, job: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        labels = job["metadata"]["labels"]
+        if kind != "Experiment":
+            return ("one", KIND_REPORTS[kind]) if kind in KIND_REPORTS else None
+        if labels.get("crucible.dev/kind") == "EvalRun":  # a task's judging
+            run = labels["crucible.dev/name"]
+            models = [m["name"] for m in api.read("EvalRun", run)["spec"]["models"]]
+            return run, judged(models)
+        role = labels.get("crucible.dev/role")
+        if role == "rank":
+            return "one-rank", rank_report("ns")
+        return ("one-verdict", verdict_report()) if role == "verdict" else None
 
-def play_kind(api: FakeApiServer, kind: str) -> None:
-    """The cluster's turn: servers roll out, Jobs report (as the kind's workload does) and
-    end."""
-    for (_, child, _, name), obj in list(api.objects.items()):
-        done = (obj.get("status") or {}).get("conditions")
-        if child == "Deployment" and not done:
-            api.rolled_out(name)
-        elif child == "Job" and not done:
-            if (found := report_of(api, kind, obj)) is not None:
-                api.report(*found)
-            api.job_ends(name)
-
-
-def settled(api: FakeApiServer, kind: str) -> bool:
-    return KINDS_BY_NAME[kind].settled(status(api, kind, "one").get("phase"))
+    return report_for
 
 
 async def play_out(api: FakeApiServer, kind: str, *, crashing: bool) -> dict[str, Any]:
-    """Run the kind's resource until it has settled (with `crashing`, on an operator that
-    dies after each of its writes); what it ends with."""
+    """The kind's resource, played until it has settled; what it ends with."""
     for doc in [*inputs(), *experiment_inputs(), KIND_RUNS[kind]]:
         api.apply(doc)
-    for _ in range(300):
-        if settled(api, kind):
-            break
-        api.writes_left = 1 if crashing else None
-        with contextlib.suppress(OperatorGoneError):
-            await Operator(api).settle()
-        if not crashing or api.writes_left:  # nothing left to write: the cluster's turn
-            play_kind(api, kind)
-    api.writes_left = None
-    await Operator(api).settle()
-    current = status(api, kind, "one")
-    children: dict[str, int] = {}
-    for (_, child, _, _), obj in api.objects.items():
-        if labelled_one(obj):
-            children[child] = children.get(child, 0) + 1
-    return {
-        "status": {k: v for k, v in current.items() if not k.endswith(("Time", "At"))},
-        "children": children,
-    }
-
-
-def without_times(found: dict[str, Any]) -> dict[str, Any]:
-    status = dict(found["status"])
-    status["conditions"] = [
-        (c["type"], c["status"], c["reason"], c["message"]) for c in status.get("conditions", [])
-    ]
-    status.pop("promoted", None)  # carries promotedAt, a timestamp; compared below
-    return {**found, "status": status}
+    settled = lambda: KINDS_BY_NAME[kind].settled(status(api, kind, "one").get("phase"))  # noqa: E731
+    await drive(api, settled, kind_report(kind), crashing=crashing)
+    return ending(api, [(kind, "one")])
 
 
 @pytest.mark.parametrize("kind", sorted(KIND_RUNS))
@@ -729,8 +716,8 @@ def test_every_kind_killed_after_each_write_ends_as_undisturbed(kind: str) -> No
         expected = await play_out(FakeApiServer(), kind, crashing=False)
         crashed_api = FakeApiServer()
         crashed = await play_out(crashed_api, kind, crashing=True)
-        assert KINDS_BY_NAME[kind].succeeded(expected["status"]["phase"])
-        assert without_times(crashed) == without_times(expected)
+        assert KINDS_BY_NAME[kind].succeeded(expected["statuses"][f"{kind}/one"]["phase"])
+        assert crashed == expected
         assert crashed_api.writes, "the crashing operator wrote nothing"
 
     asyncio.run(main())
@@ -744,17 +731,10 @@ def test_every_kind_deleted_while_it_runs_leaves_nothing(kind: str) -> None:
         for doc in [*inputs(), *experiment_inputs(), KIND_RUNS[kind]]:
             api.apply(doc)
         await operator.settle()
-        made = [n for (_, k, _, n), o in api.objects.items() if labelled_one(o)]
-        assert made, f"a {kind} makes children"
+        assert any(managed(o) for o in api.objects.values()), f"a {kind} makes children"
         api.remove(kind, "one")
         await operator.settle()
         assert (kind, "ns", "one") not in operator.engine.runs
-        assert [n for (_, k, _, n), o in api.objects.items() if labelled_one(o)] == []
+        assert [n for (_, _, _, n), o in api.objects.items() if managed(o)] == []
 
     asyncio.run(main())
-
-
-def labelled_one(obj: dict[str, Any]) -> bool:
-    """A child of the run "one", or of a run it made (an Experiment's)."""
-    name = (obj["metadata"].get("labels") or {}).get("crucible.dev/name") or ""
-    return name == "one" or name.startswith("one-")
