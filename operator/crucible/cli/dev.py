@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from crucible.api.evalrun import EvalRunStatus
+from crucible.api.experiment import ExperimentStatus
 from crucible.api.formats import ModelLocation
 from crucible.api.kinds import KINDS_BY_NAME
 from crucible.cli.status import custom_objects, leaderboard_table, list_resources, status_table
@@ -236,7 +238,9 @@ def reports(items: list[dict[str, Any]], store: Path) -> list[Path]:
     found = []
     for item in items:
         status = KINDS_BY_NAME[item["kind"]].read_status(item)
-        uri = getattr(status, "results_uri", None) or ""  # EvalRun's and Experiment's
+        if not isinstance(status, EvalRunStatus | ExperimentStatus):
+            continue
+        uri = status.results_uri or ""
         if ModelLocation.claim_of(uri) is not None:
             report = (store / ModelLocation.parse(uri).path).parent / REPORT_FILE
             if report.exists():

@@ -45,8 +45,7 @@ def list_resources(custom: Any, namespace: str) -> list[dict[str, Any]]:
 
 def typed_status(item: dict[str, Any]) -> RunStatus:
     """A resource's status as its kind's typed model."""
-    status = KINDS_BY_NAME[item["kind"]].read_status(item)
-    return status
+    return KINDS_BY_NAME[item["kind"]].read_status(item)
 
 
 def _progress(status: RunStatus) -> str:

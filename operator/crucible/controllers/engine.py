@@ -379,7 +379,8 @@ class Engine:
         while True:
             await asyncio.sleep(self.config.resync_interval)
             for key, body in list(self.runs.items()):
-                if not KINDS_BY_NAME[key[0]].over(KINDS_BY_NAME[key[0]].read_status(body).phase):
+                kind = KINDS_BY_NAME[key[0]]
+                if not kind.over(kind.read_status(body).phase):
                     self.queue.add(key)
 
     def start(self) -> None:

@@ -52,10 +52,10 @@ class SyntheticDatasetController(ServingController[SyntheticDatasetSpec, ServedI
         spec: SyntheticDatasetSpec,
         report: WorkloadReport | None,
         phase: Phase,
-    ) -> SyntheticDatasetStatus:
+    ) -> SyntheticDatasetStatus | None:
         if phase != Phase.SUCCEEDED:  # progress while the teacher writes
             if report is None:
-                return SyntheticDatasetStatus()
+                return None
             return SyntheticDatasetStatus(
                 documents=report.documents, chunks=report.chunks, pairs=report.pairs
             )

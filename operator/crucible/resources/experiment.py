@@ -179,10 +179,6 @@ class Decision:
     create: list[dict[str, Any]]
 
 
-def _status(body: dict[str, Any] | None, kind: Kind[Any, StatusT]) -> StatusT | None:
-    return None if body is None else kind.read_status(body)
-
-
 def _failure(kind: str, name: str, status: RunStatus, consequence: str) -> ChildFailure:
     ready = status.ready()
     return ChildFailure(
@@ -220,7 +216,8 @@ class _Plan:
     def run(self, kind: Kind[Any, StatusT], manifest: dict[str, Any]) -> StatusT | None:
         """A planned child run: its status, or None when it does not exist (it is created
         when a slot is free)."""
-        status = _status(self.seen.runs.get(manifest["metadata"]["name"]), kind)
+        body = self.seen.runs.get(manifest["metadata"]["name"])
+        status = None if body is None else kind.read_status(body)
         if status is None:
             if self.free > 0:
                 self.create.append(manifest)
