@@ -290,7 +290,10 @@ def test_multi_gpu_training_runs_torchrun_with_shared_memory() -> None:
 
 
 def test_training_on_several_nodes_is_an_indexed_job_under_a_headless_service() -> None:
-    spec = ft_spec(resources={"nodes": 2, "gpusPerNode": 4}, distributed={"maxRestarts": 2})
+    spec = ft_spec(
+        resources={"nodes": 2, "gpusPerNode": 4},
+        distributed={"maxRestarts": 2, "strategy": "FSDP"},
+    )
     children = finetunejob.build(owner(FINE_TUNE_JOB), spec, "hf://o/base", CONFIG)
     (service,) = by_kind(children, "Service")
     (job,) = by_kind(children, "Job")
@@ -318,6 +321,7 @@ def test_training_on_several_nodes_is_an_indexed_job_under_a_headless_service() 
     assert container_of(job)["resources"]["limits"]["nvidia.com/gpu"] == "4"
     task = json.loads(by_kind(children, "ConfigMap")[1]["data"]["task.json"])
     assert task["gpus"] == 4
+    assert task["strategy"] == "FSDP"
 
 
 @pytest.mark.parametrize(

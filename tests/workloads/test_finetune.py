@@ -17,7 +17,12 @@ from crucible.api.finetunejob import Hyperparameters, Lora
 from crucible.workloads.common import WorkloadError
 from crucible.workloads.datasets import load_examples
 from crucible.workloads.documents import Document
-from crucible.workloads.finetune import document_blocks, train
+from crucible.workloads.finetune import (
+    COMPLETE_MARKER,
+    document_blocks,
+    last_complete_checkpoint,
+    train,
+)
 from tests.conftest import NITRO, ModelFactory, requires_nitro
 
 torch = pytest.importorskip("torch")
@@ -202,6 +207,7 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(
     assert not (tmp_path / "ft" / "adapter").exists()  # nothing half-written
     result = train(task)
     assert result.resumed_from == 2
+    assert (tmp_path / "ft" / "checkpoints" / "checkpoint-6" / COMPLETE_MARKER).is_file()
     assert result.global_step == 6
     assert len(result.losses) == 4  # steps 3 to 6 only
 
@@ -308,3 +314,13 @@ def test_command_line_reports_progress(tmp_path: Path, make_model: ModelFactory)
     final = json.loads(report.read_text())
     assert final["progress"]["step"] == 2 and final["progress"]["loss"] > 0
     assert final["message"] == "trained 2 steps"
+
+
+def test_a_checkpoint_cut_off_mid_write_is_never_resumed_from(tmp_path: Path) -> None:
+    checkpoints = tmp_path / "checkpoints"
+    for step in (2, 4, 6):
+        (checkpoints / f"checkpoint-{step}").mkdir(parents=True)
+    for step in (2, 4):  # checkpoint-6 was being written when the node was lost
+        (checkpoints / f"checkpoint-{step}" / COMPLETE_MARKER).write_text(f"{step}\n")
+    assert last_complete_checkpoint(checkpoints) == checkpoints / "checkpoint-4"
+    assert last_complete_checkpoint(tmp_path / "none-yet") is None

@@ -19,6 +19,7 @@ from crucible.api.finetunejob import (
     Hyperparameters,
     InvalidRowPolicy,
     Lora,
+    Strategy,
     TrainingMethod,
     TrainingProgress,
 )
@@ -81,6 +82,7 @@ class FineTuneTask(TaskBase):
     merged_path: str | None = Field(default=None, description="Where merged weights go.")
     checkpoint_path: str = Field(description="Checkpoints, for resuming after a restart.")
     gpus: int = Field(ge=0, description="GPUs, one training process each.")
+    strategy: Strategy = Field(default=Strategy.DDP, description="How processes share the model.")
 
 
 class RagTask(TaskBase, DocumentsInput):

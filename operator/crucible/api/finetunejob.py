@@ -177,11 +177,10 @@ class Hyperparameters(ApiModel):
 
 
 # Training processes per pod, in CEL on the spec: one per GPU, one on a pod without GPUs.
-PROCESSES_PER_POD = (
-    "((has(self.resources.gpusPerNode) ? self.resources.gpusPerNode : self.resources.gpus) > 0 "
-    "? (has(self.resources.gpusPerNode) ? self.resources.gpusPerNode : self.resources.gpus) "
-    ": 1)"
+GPUS_PER_POD = (
+    "(has(self.resources.gpusPerNode) ? self.resources.gpusPerNode : self.resources.gpus)"
 )
+PROCESSES_PER_POD = f"({GPUS_PER_POD} > 0 ? {GPUS_PER_POD} : 1)"
 
 
 class TrainingResources(Resources):
@@ -223,9 +222,26 @@ class TrainingResources(Resources):
         return max(self.gpus_per_pod, 1)
 
 
-class Distributed(ApiModel):
-    """How a training on several nodes holds together."""
+class Strategy(StrEnum):
+    """How the training processes share the model: each holds all of it (DDP), or its
+    parameters, gradients and optimizer state are sharded across them."""
 
+    DDP = "DDP"
+    FSDP = "FSDP"
+    DEEPSPEED_ZERO2 = "DeepSpeedZeRO2"
+    DEEPSPEED_ZERO3 = "DeepSpeedZeRO3"
+
+
+class Distributed(ApiModel):
+    """How a training on several processes holds together."""
+
+    strategy: Strategy = Field(
+        default=Strategy.DDP,
+        description="DDP (every process holds the whole model), FSDP (PyTorch's fully sharded "
+        "data parallel), DeepSpeedZeRO2 (optimizer state and gradients sharded) or "
+        "DeepSpeedZeRO3 (parameters too), applied through accelerate's plugins; DeepSpeed needs "
+        "GPUs and an image with deepspeed. Each works with LoRA and QLoRA.",
+    )
     max_restarts: int = Field(
         default=3,
         ge=0,
@@ -330,7 +346,8 @@ class FineTuneJobSpec(ApiModel):
     )
     distributed: Distributed = defaulted(
         Distributed(),
-        description="How a training on several nodes (spec.resources.nodes) holds together.",
+        description="How a training on several processes holds together: the strategy, and "
+        "on several nodes (spec.resources.nodes) the restarts.",
     )
 
 
@@ -342,6 +359,12 @@ class TrainingProgress(ApiModel):
     epoch: float | None = Field(default=None, ge=0, description="Epochs done (fractional).")
     loss: float | None = Field(default=None, description="Latest training loss.")
     learning_rate: float | None = Field(default=None, description="Current learning rate.")
+    resumed_from_step: int | None = Field(
+        default=None,
+        ge=0,
+        description="The step of the last complete checkpoint this run resumed from, after its "
+        "pod (or a rank's) was lost or preempted.",
+    )
 
 
 class FineTuneJobStatus(RunStatus):

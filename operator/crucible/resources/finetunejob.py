@@ -149,6 +149,7 @@ def build(
         merged_path=store_path(config, owner, "merged") if spec.merge_adapter else None,
         checkpoint_path=store_path(config, owner, "checkpoints"),
         gpus=spec.resources.gpus_per_pod,
+        strategy=spec.distributed.strategy,
     )
     volumes, mounts = list(data.volumes), list(data.mounts)
     if spec.resources.gpus_per_pod > 1:  # NCCL needs more shared memory than the default 64 MiB

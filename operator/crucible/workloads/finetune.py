@@ -4,6 +4,7 @@ checkpoint after a restart, reporting progress, saving the adapter (and merged w
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import time
 from dataclasses import dataclass
@@ -11,7 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from crucible.api.contract import DatasetInput, FineTuneTask
-from crucible.api.finetunejob import InvalidRowPolicy, TrainingMethod, TrainingProgress
+from crucible.api.finetunejob import (
+    InvalidRowPolicy,
+    Strategy,
+    TrainingMethod,
+    TrainingProgress,
+)
 from crucible.workloads.common import (
     Reporter,
     WorkloadError,
@@ -25,6 +31,11 @@ from crucible.workloads.datasets import Examples, load_examples
 from crucible.workloads.documents import Document, documents_of
 
 REPORT_EVERY_SECONDS = 10.0
+# Written into a checkpoint once every rank has saved its part: a checkpoint without it was
+# cut off mid-write (a lost node, a preemption) and is never resumed from.
+COMPLETE_MARKER = "crucible-complete"
+CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+DEEPSPEED_STAGES = {Strategy.DEEPSPEED_ZERO2: 2, Strategy.DEEPSPEED_ZERO3: 3}
 
 
 @dataclass(frozen=True)
@@ -117,6 +128,60 @@ def drop_over_length(
     examples.rows, examples.numbers = kept, numbers
 
 
+def last_complete_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest checkpoint that every rank finished writing."""
+    complete = [
+        (int(match[1]), path)
+        for path in (checkpoints.iterdir() if checkpoints.is_dir() else ())
+        if (match := CHECKPOINT.fullmatch(path.name)) and (path / COMPLETE_MARKER).is_file()
+    ]
+    return max(complete)[1] if complete else None
+
+
+def strategy_arguments(strategy: Strategy) -> dict[str, Any]:
+    """The trainer's arguments for `strategy`, from which it configures accelerate's FSDP or
+    DeepSpeed plugin ("auto" values follow the trainer's own batch, accumulation and dtype)."""
+    if strategy == Strategy.FSDP:
+        return {"fsdp": True, "fsdp_config": {"version": 2}}
+    if strategy in DEEPSPEED_STAGES:
+        if importlib.util.find_spec("deepspeed") is None:
+            raise WorkloadError(
+                f"spec.distributed.strategy {strategy} needs DeepSpeed, which this image lacks: "
+                "use a train image built with deepspeed (the GPU one), or strategy FSDP"
+            )
+        zero: dict[str, Any] = {"stage": DEEPSPEED_STAGES[strategy], "overlap_comm": True}
+        if strategy == Strategy.DEEPSPEED_ZERO3:
+            zero["stage3_gather_16bit_weights_on_model_save"] = True  # a whole adapter file
+        return {
+            "deepspeed": {
+                "zero_optimization": zero,
+                "bf16": {"enabled": "auto"},
+                "train_micro_batch_size_per_gpu": "auto",
+                "gradient_accumulation_steps": "auto",
+                "gradient_clipping": "auto",
+            }
+        }
+    return {}
+
+
+def checkpoint_callback() -> Any:
+    from transformers import TrainerCallback
+
+    class MarkComplete(TrainerCallback):  # type: ignore[misc]
+        """Marks a checkpoint complete once every rank has written its part of it."""
+
+        def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()
+            if state.is_world_process_zero:
+                saved = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                (saved / COMPLETE_MARKER).write_text(f"{state.global_step}\n")
+
+    return MarkComplete()
+
+
 def load_model(path: Path, task: FineTuneTask) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
@@ -144,11 +209,15 @@ def load_model(path: Path, task: FineTuneTask) -> Any:
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
+            # FSDP and ZeRO-3 shard floating-point tensors alone: store the 4-bit weights in one.
+            bnb_4bit_quant_storage=torch.bfloat16
+            if task.strategy in (Strategy.FSDP, Strategy.DEEPSPEED_ZERO3)
+            else torch.uint8,
         )
     return AutoModelForCausalLM.from_pretrained(path, **options)
 
 
-def progress_callback(reporter: Reporter) -> Any:
+def progress_callback(reporter: Reporter, resumed_from: int | None) -> Any:
     from transformers import TrainerCallback
 
     class Progress(TrainerCallback):  # type: ignore[misc]
@@ -174,6 +243,7 @@ def progress_callback(reporter: Reporter) -> Any:
                         epoch=state.epoch,
                         loss=float(logs["loss"]),
                         learning_rate=logs.get("learning_rate"),
+                        resumed_from_step=resumed_from,
                     )
                 )
 
@@ -185,7 +255,6 @@ def train(task: FineTuneTask, callbacks: tuple[Any, ...] = ()) -> TrainResult:
     import torch
     from peft import LoraConfig
     from transformers import AutoTokenizer
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
     reporter = Reporter(task)
@@ -225,8 +294,12 @@ def train(task: FineTuneTask, callbacks: tuple[Any, ...] = ()) -> TrainResult:
         "max_length": hyper.max_length,
         "bf16": torch.cuda.is_available(),
         "use_cpu": not torch.cuda.is_available(),
+        **strategy_arguments(task.strategy),
     }
-    progress = progress_callback(reporter)
+    last = last_complete_checkpoint(checkpoints)
+    resumed_from = int(last.name.rsplit("-", 1)[1]) if last else None
+    progress = progress_callback(reporter, resumed_from)
+    callbacks = (progress, checkpoint_callback(), *callbacks)
     dataset = datasets.Dataset.from_list(examples.rows)
     if task.method == TrainingMethod.DPO:
         trainer: Any = DPOTrainer(
@@ -235,7 +308,7 @@ def train(task: FineTuneTask, callbacks: tuple[Any, ...] = ()) -> TrainResult:
             train_dataset=dataset,
             processing_class=tokenizer,
             peft_config=peft_config,
-            callbacks=[progress, *callbacks],
+            callbacks=list(callbacks),
         )
     else:
         trainer = SFTTrainer(
@@ -244,13 +317,11 @@ def train(task: FineTuneTask, callbacks: tuple[Any, ...] = ()) -> TrainResult:
             train_dataset=dataset,
             processing_class=tokenizer,
             peft_config=peft_config,
-            callbacks=[progress, *callbacks],
+            callbacks=list(callbacks),
         )
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-    resumed_from = int(last.rsplit("-", 1)[1]) if last else None
     if last:
-        log.info("resuming from %s", last)
-    trainer.train(resume_from_checkpoint=last)
+        log.info("resuming from %s, the last complete checkpoint", last)
+    trainer.train(resume_from_checkpoint=str(last) if last else None)
     result = TrainResult(
         trainer.state.global_step, resumed_from, progress.losses, dict(examples.skipped)
     )
@@ -301,6 +372,7 @@ def save_outputs(
             total_steps=result.global_step,
             loss=final,
             epoch=trainer.state.epoch,
+            resumed_from_step=result.resumed_from,
         ),
         message=f"trained {result.global_step} steps"
         + (f", resumed from step {result.resumed_from}" if result.resumed_from else "")
