@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -88,9 +89,16 @@ def agent(task: Path, nodes: int, processes: int, port: int, log: Path) -> subpr
 
 
 def finish(agents: list[subprocess.Popen[bytes]], task: Path, timeout: float = 600) -> None:
-    for i, started in enumerate(agents):
-        code = started.wait(timeout=timeout)
-        assert code == 0, task.with_name(f"node-{i}.log").read_text()[-4000:]
+    """Waits for every agent to succeed; whatever happens, none outlives the test."""
+    try:
+        for i, started in enumerate(agents):
+            code = started.wait(timeout=timeout)
+            assert code == 0, task.with_name(f"node-{i}.log").read_text()[-4000:]
+    finally:
+        for started in agents:
+            if started.poll() is None:
+                os.killpg(started.pid, signal.SIGKILL)  # the agent and the ranks it started
+                started.wait()
 
 
 def run_nodes(task: Path, nodes: int, processes: int) -> None:
