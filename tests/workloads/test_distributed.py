@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -37,9 +36,7 @@ def free_port() -> int:
         return port
 
 
-def shaped_task(
-    tmp_path: Path, base: Path, processes: int, strategy: Strategy, **changes: Any
-) -> Path:
+def shaped_task(tmp_path: Path, base: Path, processes: int, strategy: Strategy) -> Path:
     """A task file for `processes` training processes in all, the same global batch."""
     data = write_jsonl(tmp_path / "qa.jsonl", chat_rows(8))
     hyper = {
@@ -50,7 +47,6 @@ def shaped_task(
         "max_length": 128,
         "save_steps": STEPS,
         "seed": 3,
-        **changes,
     }
     task: FineTuneTask = make_task(
         tmp_path, base, data, hyperparameters=Hyperparameters(**hyper), strategy=strategy

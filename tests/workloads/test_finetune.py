@@ -322,5 +322,5 @@ def test_a_checkpoint_cut_off_mid_write_is_never_resumed_from(tmp_path: Path) ->
         (checkpoints / f"checkpoint-{step}").mkdir(parents=True)
     for step in (2, 4):  # checkpoint-6 was being written when the node was lost
         (checkpoints / f"checkpoint-{step}" / COMPLETE_MARKER).write_text(f"{step}\n")
-    assert last_complete_checkpoint(checkpoints) == checkpoints / "checkpoint-4"
+    assert last_complete_checkpoint(checkpoints) == (4, checkpoints / "checkpoint-4")
     assert last_complete_checkpoint(tmp_path / "none-yet") is None

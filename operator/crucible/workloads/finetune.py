@@ -128,14 +128,14 @@ def drop_over_length(
     examples.rows, examples.numbers = kept, numbers
 
 
-def last_complete_checkpoint(checkpoints: Path) -> Path | None:
-    """The newest checkpoint that every rank finished writing."""
+def last_complete_checkpoint(checkpoints: Path) -> tuple[int, Path] | None:
+    """The step and folder of the newest checkpoint that every rank finished writing."""
     complete = [
         (int(match[1]), path)
         for path in (checkpoints.iterdir() if checkpoints.is_dir() else ())
         if (match := CHECKPOINT.fullmatch(path.name)) and (path / COMPLETE_MARKER).is_file()
     ]
-    return max(complete)[1] if complete else None
+    return max(complete) if complete else None
 
 
 def strategy_arguments(strategy: Strategy) -> dict[str, Any]:
@@ -297,7 +297,7 @@ def train(task: FineTuneTask, callbacks: tuple[Any, ...] = ()) -> TrainResult:
         **strategy_arguments(task.strategy),
     }
     last = last_complete_checkpoint(checkpoints)
-    resumed_from = int(last.name.rsplit("-", 1)[1]) if last else None
+    resumed_from, last_path = last if last else (None, None)
     progress = progress_callback(reporter, resumed_from)
     callbacks = (progress, checkpoint_callback(), *callbacks)
     dataset = datasets.Dataset.from_list(examples.rows)
@@ -319,9 +319,9 @@ def train(task: FineTuneTask, callbacks: tuple[Any, ...] = ()) -> TrainResult:
             peft_config=peft_config,
             callbacks=list(callbacks),
         )
-    if last:
-        log.info("resuming from %s, the last complete checkpoint", last)
-    trainer.train(resume_from_checkpoint=str(last) if last else None)
+    if last_path:
+        log.info("resuming from %s, the last complete checkpoint", last_path)
+    trainer.train(resume_from_checkpoint=str(last_path) if last_path else None)
     result = TrainResult(
         trainer.state.global_step, resumed_from, progress.losses, dict(examples.skipped)
     )
