@@ -1,13 +1,16 @@
 """Benchmark: the merge and fine-tune workloads against mergekit and trl called directly with
-the same settings, on tiny models, in one run. Prints numbers; asserts nothing.
+the same settings, on tiny models, in one run, and the fine-tune's tokens/s as torchrun
+processes are added (DDP and FSDP over gloo on CPU). Prints numbers; asserts nothing.
 
     .venv/bin/python bench/workloads.py [--repeats 3] [--steps 20] [--merge-size medium]
+        [--scaling DDP:1,DDP:2,DDP:4,FSDP:2,FSDP:4]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -95,30 +98,23 @@ def bench_merge(tmp: Path, a: Path, b: Path, size: str, repeats: int) -> None:
     report(f"merge (slerp, 2 models of {size})", "s", workload, direct, lower_is_better=True)
 
 
-def bench_train(tmp: Path, base: Path, steps: int) -> None:
-    import datasets
-    import torch
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
+ROWS = [
+    {
+        "question": f"What is item {i} of Crucible's recipe?",
+        "answer": "Merge, fine-tune, index, evaluate. " * 4,
+    }
+    for i in range(64)
+]
 
+
+def training_task(tmp: Path, base: Path, hyper: Any, strategy: Any = None) -> Any:
+    """The fine-tune workload's task on ROWS, as the operator writes it."""
     from crucible.api.contract import DatasetInput, FineTuneTask
-    from crucible.api.finetunejob import Hyperparameters, Lora
-    from crucible.workloads.finetune import train
+    from crucible.api.finetunejob import Lora
 
-    rows = [
-        {
-            "question": f"What is item {i} of Crucible's recipe?",
-            "answer": "Merge, fine-tune, index, evaluate. " * 4,
-        }
-        for i in range(64)
-    ]
     data = tmp / "qa.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    hyper = Hyperparameters(
-        learning_rate=1e-3, max_steps=steps, batch_size=4, max_length=256, save_steps=10_000
-    )
-    task = FineTuneTask(
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    return FineTuneTask(
         namespace="bench",
         name="ft",
         report_config_map="ft-report",
@@ -134,37 +130,48 @@ def bench_train(tmp: Path, base: Path, steps: int) -> None:
         adapter_path=str(tmp / "ft" / "adapter"),
         checkpoint_path=str(tmp / "ft" / "ckpt"),
         gpus=0,
+        **({"strategy": strategy} if strategy else {}),
     )
+
+
+def tokens_per_row(base: Path) -> float:
+    """Mean tokens of ROWS once the chat template is applied: what a step trains on."""
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(base)
-    tokens_per_row = statistics.mean(
-        len(
-            tokenizer(
-                tokenizer.apply_chat_template(
-                    [
-                        {"role": "user", "content": r["question"]},
-                        {"role": "assistant", "content": r["answer"]},
-                    ],
-                    tokenize=False,
-                )
-            )["input_ids"]
-        )
-        for r in rows
+    return statistics.mean(
+        len(tokenizer(tokenizer.apply_chat_template(chat(r), tokenize=False))["input_ids"])
+        for r in ROWS
     )
-    tokens = tokens_per_row * hyper.batch_size * steps
+
+
+def chat(row: dict[str, str]) -> list[dict[str, str]]:
+    return [
+        {"role": "user", "content": row["question"]},
+        {"role": "assistant", "content": row["answer"]},
+    ]
+
+
+def bench_train(tmp: Path, base: Path, steps: int) -> None:
+    import datasets
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from crucible.api.finetunejob import Hyperparameters
+    from crucible.workloads.finetune import train
+
+    hyper = Hyperparameters(
+        learning_rate=1e-3, max_steps=steps, batch_size=4, max_length=256, save_steps=10_000
+    )
+    task = training_task(tmp, base, hyper)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokens = tokens_per_row(base) * hyper.batch_size * steps
 
     def direct() -> None:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-        dataset = datasets.Dataset.from_list(
-            [
-                {
-                    "messages": [
-                        {"role": "user", "content": r["question"]},
-                        {"role": "assistant", "content": r["answer"]},
-                    ]
-                }
-                for r in rows
-            ]
-        )
+        dataset = datasets.Dataset.from_list([{"messages": chat(r)} for r in ROWS])
         trainer = SFTTrainer(
             model=model,
             train_dataset=dataset,
@@ -206,6 +213,68 @@ def bench_train(tmp: Path, base: Path, steps: int) -> None:
     )
 
 
+def bench_scaling(tmp: Path, base: Path, steps: int, shapes: list[tuple[str, int]]) -> None:
+    """Training tokens/s of the fine-tune workload under torchrun on 1, 2, 4… processes on
+    this machine (gloo on CPU), each process with the same micro-batch (weak scaling). A
+    shape's time per step is the difference between a run of 2 + `steps` steps and one of 2,
+    divided by `steps`: the processes' start, imports and model load cancel out."""
+    import subprocess
+    import sys
+
+    from crucible.api.finetunejob import Hyperparameters, Strategy
+
+    micro = 4
+    per_row = tokens_per_row(base)
+    single: float | None = None
+    for strategy, processes in shapes:
+        seconds = []
+        for max_steps in (2, 2 + steps):
+            run = tmp / f"scaling-{strategy}-{processes}-{max_steps}"
+            run.mkdir()
+            hyper = Hyperparameters(
+                learning_rate=1e-3,
+                max_steps=max_steps,
+                batch_size=micro,
+                max_length=256,
+                save_steps=10_000,
+            )
+            task = run / "task.json"
+            task.write_text(
+                training_task(run, base, hyper, Strategy(strategy)).model_dump_json(by_alias=True)
+            )
+            started = time.perf_counter()
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "torch.distributed.run",
+                    "--standalone",
+                    f"--nproc_per_node={processes}",
+                    "-m",
+                    "crucible.workloads.finetune",
+                    "--task",
+                    str(task),
+                ],
+                env={
+                    "PATH": os.environ["PATH"],
+                    "HF_HUB_OFFLINE": "1",
+                    "CRUCIBLE_REPORT_FILE": str(run / "report.json"),
+                    "OMP_NUM_THREADS": "1",  # one core a process: the shapes compare fairly
+                },
+                check=True,
+                capture_output=True,
+            )
+            seconds.append(time.perf_counter() - started)
+        per_step = (seconds[1] - seconds[0]) / steps
+        rate = per_row * micro * processes / per_step
+        single = rate if processes == 1 else single
+        efficiency = f", efficiency {rate / (processes * single):.2f}" if single else ""
+        print(
+            f"training {strategy} on {processes} process(es), micro-batch {micro} each: "
+            f"{rate:.0f} tokens/s ({per_step:.3f} s a step){efficiency}"
+        )
+
+
 def report(what: str, unit: str, workload: float, direct: float, *, lower_is_better: bool) -> None:
     ratio = workload / direct
     print(
@@ -224,6 +293,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument(
+        "--scaling",
+        default="DDP:1,DDP:2,DDP:4,FSDP:2,FSDP:4",
+        help="the torchrun shapes of the scaling benchmark, STRATEGY:PROCESSES, comma-separated"
+        " (empty: none); efficiency is against the first one-process shape",
+    )
+    parser.add_argument(
         "--merge-size",
         choices=sorted(MERGE_SIZES),
         default="tiny",
@@ -241,7 +316,10 @@ def main() -> None:
         a = random_llama(tmp / "a", tokenizer, seed=1, **shape)
         b = random_llama(tmp / "b", tokenizer, seed=2, **shape)
         bench_merge(tmp, a, b, args.merge_size, args.repeats)
-        bench_train(tmp, random_llama(tmp / "base", tokenizer, seed=1), args.steps)
+        base = random_llama(tmp / "base", tokenizer, seed=1)
+        bench_train(tmp, base, args.steps)
+        shapes = [(s.split(":")[0], int(s.split(":")[1])) for s in args.scaling.split(",") if s]
+        bench_scaling(tmp, base, args.steps, shapes)
 
 
 if __name__ == "__main__":

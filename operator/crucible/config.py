@@ -93,6 +93,12 @@ class OperatorConfig(BaseModel):
         alias="CRUCIBLE_KUEUE_QUEUE",
         description="Kueue LocalQueue the Jobs start suspended in; unset: no queue.",
     )
+    trainer_runtime: DnsLabel = Field(
+        default="torch-distributed",
+        alias="CRUCIBLE_TRAINER_RUNTIME",
+        description="Kubeflow Trainer's ClusterTrainingRuntime (a torch one) that FineTuneJobs "
+        "with runtime KubeflowTrainer run on.",
+    )
     job_backoff_limit: int = Field(
         default=2,
         ge=0,

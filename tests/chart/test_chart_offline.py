@@ -112,15 +112,37 @@ def test_rbac_has_no_wildcards_and_no_secrets() -> None:
         assert "secrets" not in rule["resources"]
 
 
-def test_kserve_rights_only_when_enabled() -> None:
-    def kserve_rules(*sets: str) -> list[dict]:
+@pytest.mark.parametrize(
+    ("setting", "group", "resource", "verb"),
+    [
+        ("kserve.enabled", "serving.kserve.io", "llminferenceservices", "update"),
+        ("jobset.enabled", "jobset.x-k8s.io", "jobsets", "create"),
+        ("kubeflowTrainer.enabled", "trainer.kubeflow.org", "trainjobs", "create"),
+    ],
+)
+def test_a_runtimes_rights_only_when_enabled(
+    setting: str, group: str, resource: str, verb: str
+) -> None:
+    def rules(*sets: str) -> list[dict]:
         (role,) = [d for d in rendered(*sets) if d["kind"] == "ClusterRole"]
-        return [r for r in role["rules"] if "serving.kserve.io" in r["apiGroups"]]
+        return [r for r in role["rules"] if group in r["apiGroups"]]
 
-    assert kserve_rules() == []
-    (rule,) = kserve_rules("kserve.enabled=true")
-    assert rule["resources"] == ["llminferenceservices"]
-    assert "create" in rule["verbs"] and "update" in rule["verbs"]
+    assert rules() == []
+    (rule,) = rules(f"{setting}=true")
+    assert rule["resources"] == [resource]
+    assert "create" in rule["verbs"] and verb in rule["verbs"]
+
+
+def test_the_trainer_runtime_reaches_the_operator() -> None:
+    def env(*sets: str) -> dict[str, str]:
+        (deployment,) = [d for d in rendered(*sets) if d["kind"] == "Deployment"]
+        return {
+            e["name"]: e.get("value")
+            for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        }
+
+    assert env()["CRUCIBLE_TRAINER_RUNTIME"] == "torch-distributed"
+    assert env("kubeflowTrainer.runtime=torch-fsdp")["CRUCIBLE_TRAINER_RUNTIME"] == "torch-fsdp"
 
 
 @pytest.mark.parametrize(
@@ -129,6 +151,7 @@ def test_kserve_rights_only_when_enabled() -> None:
         ("workloads.gpuResource=nvidia gpu", "/workloads/gpuResource"),
         ("metrics.port=0", "/metrics/port"),
         ("modelStore.pvc=Models", "/modelStore/pvc"),
+        ("kubeflowTrainer.runtime=Torch Distributed", "/kubeflowTrainer/runtime"),
         ("unknownKey=1", "unknownKey"),
     ],
 )

@@ -553,6 +553,65 @@ async def test_a_training_on_several_nodes_names_the_index_that_failed(
     assert owned(api, "Service", "tuned") == owned(api, "Job", "tuned") == []
 
 
+@story
+async def test_a_training_on_jobset_or_trainer_waits_for_its_crds_then_follows_its_conditions(
+    api: FakeApiServer, operator: Operator
+) -> None:
+    for doc in inputs():
+        api.apply(doc)
+    runs = {"on-jobset": "JobSet", "on-trainer": "KubeflowTrainer"}
+    for name, runtime in runs.items():
+        spec = {"baseModel": {"uri": "hf://org/base"}, "resources": {"nodes": 2, "gpus": 0}}
+        api.apply(finetune(name, **spec, runtime=runtime))
+    await operator.settle()
+    assert ready(api, "FineTuneJob", "on-trainer")["message"] == (
+        "spec.runtime: the TrainJob kind (trainer.kubeflow.org/v1alpha1) is not installed in "
+        "this cluster; install Kubeflow Trainer, or train with spec.runtime: Job in a new "
+        "FineTuneJob"
+    )
+    for name in runs:
+        assert status(api, "FineTuneJob", name)["phase"] == "Waiting"
+        assert ready(api, "FineTuneJob", name)["reason"] == "RuntimeNotInstalled"
+    assert api.named("JobSet") == api.named("TrainJob") == api.named("Job") == []
+    api.api_groups |= {"/apis/jobset.x-k8s.io/v1alpha2", "/apis/trainer.kubeflow.org/v1alpha1"}
+    for name in runs:
+        operator.engine.queue.add(("FineTuneJob", "ns", name))  # the recheck's turn
+    await operator.settle()
+    assert api.named("JobSet") == ["on-jobset-train"]
+    assert api.named("TrainJob") == ["on-trainer-train"]
+    assert api.named("Job") == api.named("Service") == []
+    assert ready(api, "FineTuneJob", "on-jobset")["message"] == "JobSet on-jobset-train is running"
+    api.set_status(
+        "JobSet", "on-jobset-train", {"conditions": [{"type": "Completed", "status": "True"}]}
+    )
+    api.set_status(
+        "TrainJob",
+        "on-trainer-train",
+        {
+            "conditions": [
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "JobSetFailed",
+                    "message": "node-1 failed",
+                }
+            ]
+        },
+    )
+    for name in runs:
+        operator.engine.queue.add(("FineTuneJob", "ns", name))
+    await operator.settle()
+    done = status(api, "FineTuneJob", "on-jobset")
+    assert done["phase"] == "Succeeded"
+    assert done["adapterUri"] == "pvc://crucible-models/ns/finetunejobs/on-jobset/adapter/"
+    failed = ready(api, "FineTuneJob", "on-trainer")
+    assert failed["message"] == "TrainJob on-trainer-train failed (JobSetFailed: node-1 failed)"
+    for name in runs:
+        api.remove("FineTuneJob", name)
+    await operator.settle()
+    assert api.named("JobSet") == api.named("TrainJob") == []
+
+
 # -- an operator killed after each of its writes, and deletion while running -------------------
 
 ReportFor = Callable[[FakeApiServer, dict[str, Any]], tuple[str, dict[str, Any]] | None]

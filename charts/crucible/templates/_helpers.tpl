@@ -92,6 +92,18 @@ app.kubernetes.io/component: operator
   resources: [llminferenceservices]
   verbs: [get, list, watch, create, update, delete]
 {{- end }}
+{{- if .Values.jobset.enabled }}
+# FineTuneJob with runtime JobSet: its JobSet.
+- apiGroups: [jobset.x-k8s.io]
+  resources: [jobsets]
+  verbs: [get, create, delete]
+{{- end }}
+{{- if .Values.kubeflowTrainer.enabled }}
+# FineTuneJob with runtime KubeflowTrainer: its TrainJob.
+- apiGroups: [trainer.kubeflow.org]
+  resources: [trainjobs]
+  verbs: [get, create, delete]
+{{- end }}
 {{- end -}}
 
 {{/* Cluster-scoped reads kopf needs in either mode: it follows the namespaces it serves and

@@ -340,7 +340,7 @@ class Reason(StrEnum):
     SERVING = "Serving"
     PROMOTED = "Promoted"
     GATE_NOT_MET = "GateNotMet"  # an EvalRun's results do not pass the spec's gate
-    RUNTIME_NOT_INSTALLED = "RuntimeNotInstalled"  # KServe's CRDs are not in the cluster
+    RUNTIME_NOT_INSTALLED = "RuntimeNotInstalled"  # KServe's, JobSet's or Trainer's CRDs absent
     # Succeeded.
     SUCCEEDED = "Succeeded"
     # Failed: what went wrong, and the message says what to change.

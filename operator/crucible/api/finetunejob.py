@@ -232,6 +232,15 @@ class Strategy(StrEnum):
     DEEPSPEED_ZERO3 = "DeepSpeedZeRO3"
 
 
+class TrainingRuntime(StrEnum):
+    """What runs the training's pods: a batch/v1 Job (any cluster), or the JobSet or
+    Kubeflow Trainer controllers, where a cluster has them."""
+
+    JOB = "Job"
+    JOBSET = "JobSet"
+    KUBEFLOW_TRAINER = "KubeflowTrainer"
+
+
 class Distributed(ApiModel):
     """How a training on several processes holds together."""
 
@@ -348,6 +357,15 @@ class FineTuneJobSpec(ApiModel):
         Distributed(),
         description="How a training on several processes holds together: the strategy, and "
         "on several nodes (spec.resources.nodes) the restarts.",
+    )
+    runtime: TrainingRuntime = Field(
+        default=TrainingRuntime.JOB,
+        description="What runs the training: Job (a batch/v1 Job, Indexed under a headless "
+        "Service on several nodes; needs nothing installed), JobSet (a jobset.x-k8s.io/v1alpha2 "
+        "JobSet of one Indexed Job: the whole group restarts after a failure, up to "
+        "spec.distributed.maxRestarts) or KubeflowTrainer (a trainer.kubeflow.org/v1alpha1 "
+        "TrainJob on the operator's ClusterTrainingRuntime, CRUCIBLE_TRAINER_RUNTIME). The last "
+        "two wait with reason RuntimeNotInstalled where their CRDs are absent.",
     )
 
 

@@ -23,6 +23,7 @@ from crucible.controllers.lifecycle import (
 from crucible.controllers.modelmerge import model_references
 from crucible.controllers.registry import register
 from crucible.resources import finetunejob
+from crucible.resources.jobs import WorkloadKind
 from crucible.resources.serving import ServedModel
 from crucible.resources.syntheticdataset import TRAIN_FILE
 
@@ -56,6 +57,9 @@ async def synthetic_data(ctx: Context, dataset: Dataset) -> DataSource:
 class FineTuneJobController(RunController[FineTuneJobSpec, TrainingInputs]):
     kind = FINE_TUNE_JOB
     role = finetunejob.ROLE
+
+    def workload_kind(self, spec: FineTuneJobSpec) -> WorkloadKind:
+        return finetunejob.RUNTIMES[spec.runtime]
 
     def references(self, spec: FineTuneJobSpec) -> list[Reference]:
         refs = model_references([spec.base_model])

@@ -40,6 +40,8 @@ PLURALS: dict[tuple[str, str], str] = {
     ("rbac.authorization.k8s.io/v1", "Role"): "roles",
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
     ("serving.kserve.io/v1alpha2", "LLMInferenceService"): "llminferenceservices",
+    ("jobset.x-k8s.io/v1alpha2", "JobSet"): "jobsets",
+    ("trainer.kubeflow.org/v1alpha1", "TrainJob"): "trainjobs",
     **{(API_VERSION, kind.kind): kind.plural for kind in KINDS},
 }
 

@@ -37,7 +37,7 @@ from crucible.config import OperatorConfig
 from crucible.controllers.cache import Children
 from crucible.controllers.kube import ChildConflictError, KubeClient
 from crucible.resources.common import LABEL_ROLE, Owner, child_name, report_name
-from crucible.resources.jobs import job_outcome, pod_failure
+from crucible.resources.jobs import JOB, WorkloadKind, job_outcome, pod_failure
 from crucible.resources.serving import (
     SERVER_LABEL,
     SERVER_ROLE,
@@ -51,16 +51,22 @@ from crucible.resources.status import describe_validation_error, phase_fields
 # What a run decided when its Job was made, kept on the Job: status fields (API spelling, as
 # the status has them).
 RECORDED_ANNOTATION = f"{GROUP}/recorded-status"
+# Nothing announces a CRD being installed, nor the status of the objects the operator does not
+# watch (a JobSet, a TrainJob, KServe's): how often a run that waits on one looks again. Its
+# pods' changes wake a training sooner.
+UNWATCHED_RECHECK_SECONDS = 30.0
 SERVER_SELECTOR = {LABEL_ROLE: SERVER_ROLE}
 
 
 class WaitingError(Exception):
-    """An input is not there yet; the run goes on when it appears."""
+    """An input is not there yet; the run goes on when it appears (when nothing announces
+    it, `recheck` says after how many seconds to look again)."""
 
-    def __init__(self, reason: Reason, message: str) -> None:
+    def __init__(self, reason: Reason, message: str, recheck: float | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.recheck = recheck
 
 
 class FailedError(Exception):
@@ -276,6 +282,10 @@ class RunController(Controller[SpecT], Generic[SpecT, InputsT]):
     def serving(self, spec: SpecT) -> Serving | None:
         return None
 
+    def workload_kind(self, spec: SpecT) -> WorkloadKind:
+        """What runs the workload's pods: the last child build() makes."""
+        return JOB
+
     @abstractmethod
     def build(
         self, ctx: Context, spec: SpecT, inputs: InputsT, served: list[ServedModel]
@@ -426,16 +436,27 @@ async def run_workload(
     valid; raises WaitingError / FailedError."""
     ns = ctx.owner.namespace
     job_name = child_name(ctx.owner.name, ctl.role)
+    kind = ctl.workload_kind(spec)
     fields = fields_set(ctl.fixed(ctx, spec))
-    job = ctx.children.get("Job", job_name)
-    if job is None and ctx.current.job_name:
-        # The watches' view may lag (just after a start): ask before calling it deleted.
-        job = await ctx.kube.get("batch/v1", "Job", ns, job_name)
-        if job is None:
+    job = ctx.children.get(kind.kind, job_name) if kind.watched else None
+    if job is None and (ctx.current.job_name or not kind.watched):
+        # The watches' view may lag (just after a start), and a JobSet or TrainJob is not in
+        # it: ask before calling it deleted, or missing.
+        job = await ctx.kube.get(kind.api_version, kind.kind, ns, job_name)
+        if job is None and ctx.current.job_name:
             raise FailedError(
                 Reason.JOB_DELETED,
-                f"Job {job_name} was deleted while running; create a new resource to run again",
+                f"{kind.kind} {job_name} was deleted while running; create a new resource to "
+                "run again",
             )
+    if job is None and not kind.watched and await ctx.kube.request("GET", kind.discovery) is None:
+        raise WaitingError(
+            Reason.RUNTIME_NOT_INSTALLED,
+            f"spec.runtime: the {kind.kind} kind ({kind.api_version}) is not installed in this "
+            f"cluster; install {kind.installs}, or train with spec.runtime: Job in a new "
+            f"{ctx.owner.kind.kind}",
+            recheck=UNWATCHED_RECHECK_SECONDS,
+        )
     if job is None:
         inputs = await ctl.resolve(ctx, spec)
         served = ctl.servers(ctx, spec, inputs)
@@ -483,12 +504,12 @@ async def run_workload(
         or fields.get("start_time")
         or timestamp(job["metadata"].get("creationTimestamp"))
     )
-    pods = list(ctx.children.of_kind("Pod", **{"job-name": job_name}))
-    outcome = job_outcome(job, pods, ctx.children.mount_failures)
+    pods = list(ctx.children.of_kind("Pod", **{kind.pod_label: job_name}))
+    outcome = job_outcome(job, pods, ctx.children.mount_failures, kind)
     if outcome.phase == Phase.FAILED:
         # A Job that cannot pull its image would hold its GPUs forever: remove it.
         if outcome.reason == Reason.IMAGE_PULL_FAILED:
-            await ctx.kube.delete("batch/v1", "Job", ns, job_name)
+            await ctx.kube.delete(kind.api_version, kind.kind, ns, job_name)
         raise FailedError(outcome.reason, outcome.message)
     report_cm = ctx.children.get("ConfigMap", report_name(ctx.owner))
     if outcome.phase == Phase.SUCCEEDED:
@@ -497,7 +518,9 @@ async def run_workload(
     if outcome.phase in (Phase.RUNNING, Phase.SUCCEEDED):
         report = parse_report(report_cm, ctx)
         fields.update(fields_set(ctl.from_report(ctx, spec, report, outcome.phase)))
-    return outcome.phase, outcome.reason, outcome.message, fields, None
+    done = outcome.phase in (Phase.SUCCEEDED, Phase.FAILED)
+    poll = None if kind.watched or done else UNWATCHED_RECHECK_SECONDS
+    return outcome.phase, outcome.reason, outcome.message, fields, poll
 
 
 async def reconcile(ctl: RunController[Any, Any], ctx: Context) -> Result:
@@ -515,7 +538,8 @@ async def reconcile(ctl: RunController[Any, Any], ctx: Context) -> Result:
         phase, reason, message, fields, requeue = await run_workload(ctl, ctx, spec)
     except WaitingError as waiting:
         # A run waiting on a pod's Secret has started: what it recorded stays.
-        return Result(status_of(ctx, Phase.WAITING, waiting.reason, waiting.message, kept))
+        status = status_of(ctx, Phase.WAITING, waiting.reason, waiting.message, kept)
+        return Result(status, waiting.recheck)
     except FailedError as failed:
         phase, reason, message, requeue = Phase.FAILED, failed.reason, failed.message, None
         fields = {"servers": server_children(ctx) or None}

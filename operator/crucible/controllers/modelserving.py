@@ -22,6 +22,7 @@ from crucible.api.common import (
 from crucible.api.kinds import EVAL_RUN, MODEL_SERVING
 from crucible.api.modelserving import GateVerdict, ModelServingSpec, ServingRuntime
 from crucible.controllers.lifecycle import (
+    UNWATCHED_RECHECK_SECONDS,
     Context,
     Controller,
     FailedError,
@@ -40,8 +41,6 @@ from crucible.resources.serving import ServedModel, Server, servers_for
 from crucible.resources.status import describe_validation_error, now, set_condition
 
 KSERVE_DISCOVERY = f"/apis/{ms.KSERVE_API_VERSION}"
-# Nothing announces KServe's CRDs being installed, nor (unwatched) its objects' status.
-KSERVE_RECHECK_SECONDS = 30.0
 
 
 async def resolve(ctx: Context, spec: ModelServingSpec) -> Server:
@@ -139,7 +138,7 @@ class ModelServingController(Controller[ModelServingSpec]):
         except ValidationError as error:
             judged = Judged(False, Reason.INVALID_SPEC, describe_validation_error(error))
             return Result(serving_status(ctx, None, None, judged))
-        requeue = KSERVE_RECHECK_SECONDS if spec.runtime == ServingRuntime.KSERVE else None
+        requeue = UNWATCHED_RECHECK_SECONDS if spec.runtime == ServingRuntime.KSERVE else None
         existing: dict[str, Any] | None = None
         verdict: GateVerdict | None = None
         try:

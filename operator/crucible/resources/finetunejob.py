@@ -6,7 +6,13 @@ The group is started as one: every index's pod is created at once (suspended in 
 queue, which admits the Job whole, where one is configured); a rank that starts before the
 others waits for them at the rendezvous. A rank's pod that fails or is lost is re-created
 for its index, and torch elastic re-forms the group, up to spec.distributed.maxRestarts
-times; after that, one index failed for good fails the Job (maxFailedIndexes: 0)."""
+times; after that, one index failed for good fails the Job (maxFailedIndexes: 0).
+
+Where a cluster has them, spec.runtime renders the same pod as a JobSet (one ReplicatedJob of
+one Indexed Job, JobSet's own headless Service; a failure restarts the whole group) or as a
+Kubeflow Trainer TrainJob on a torch ClusterTrainingRuntime, whose torch plugin gives torchrun
+its shape through PET_* variables; the pod's volumes, identity and labels ride in the
+TrainJob's runtimePatches."""
 
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ from typing import Any
 
 from crucible.api.common import DataSource
 from crucible.api.contract import DatasetInput, DocumentsInput, FineTuneTask
-from crucible.api.finetunejob import FineTuneJobSpec, Hyperparameters
+from crucible.api.finetunejob import FineTuneJobSpec, Hyperparameters, TrainingRuntime
 from crucible.config import OperatorConfig
 from crucible.resources.common import (
     KUEUE_QUEUE_LABEL,
@@ -30,8 +36,33 @@ from crucible.resources.common import (
     workload_command,
 )
 from crucible.resources.datasets import mount_data, mount_documents
+from crucible.resources.jobs import JOB, WorkloadKind
 
 ROLE = "train"
+# Kubeflow's torch runtimes name their one ReplicatedJob, and its trainer container, "node";
+# the JobSet Crucible renders names its ReplicatedJob the same.
+NODE = "node"
+PATCH_MANAGER = "crucible.dev/operator"
+JOBSET = WorkloadKind(
+    api_version="jobset.x-k8s.io/v1alpha2",
+    kind="JobSet",
+    installs="JobSet",
+    complete="Completed",
+    pod_label="jobset.sigs.k8s.io/jobset-name",
+)
+TRAIN_JOB = WorkloadKind(
+    api_version="trainer.kubeflow.org/v1alpha1",
+    kind="TrainJob",
+    installs="Kubeflow Trainer",
+    complete="Complete",
+    # Trainer runs a TrainJob as a JobSet of the same name.
+    pod_label="jobset.sigs.k8s.io/jobset-name",
+)
+RUNTIMES = {
+    TrainingRuntime.JOB: JOB,
+    TrainingRuntime.JOBSET: JOBSET,
+    TrainingRuntime.KUBEFLOW_TRAINER: TRAIN_JOB,
+}
 SHM = (
     {"name": "dshm", "emptyDir": {"medium": "Memory"}},
     {"name": "dshm", "mountPath": "/dev/shm"},
@@ -48,17 +79,27 @@ def outputs(owner: Owner, spec: FineTuneJobSpec, config: OperatorConfig) -> dict
 RENDEZVOUS_PORT = 29400
 
 
+def rendezvous_host(spec: FineTuneJobSpec, job: str) -> str:
+    """Index 0's stable hostname: `<job>-0` under the Job's headless Service, or JobSet's
+    `<jobset>-<replicatedJob>-<job index>-<pod index>` under the JobSet's."""
+    if spec.runtime == TrainingRuntime.JOBSET:
+        return f"{job}-{NODE}-0-0.{job}"
+    return f"{job}-0.{job}"
+
+
 def command(spec: FineTuneJobSpec, job: str) -> list[str]:
     python, *entry = workload_command("finetune")
     resources = spec.resources
     processes = resources.processes_per_pod
+    if spec.runtime == TrainingRuntime.KUBEFLOW_TRAINER:
+        return ["torchrun", *entry]  # the shape and the rendezvous: Trainer's PET_* variables
     if resources.nodes > 1:
         return [
             "torchrun",
             f"--nnodes={resources.nodes}",
             f"--nproc_per_node={processes}",
             "--rdzv_backend=c10d",
-            f"--rdzv_endpoint={job}-0.{job}:{RENDEZVOUS_PORT}",
+            f"--rdzv_endpoint={rendezvous_host(spec, job)}:{RENDEZVOUS_PORT}",
             f"--rdzv_id={job}",
             f"--max_restarts={spec.distributed.max_restarts}",
             *entry,
@@ -107,6 +148,105 @@ def spread(children: list[dict[str, Any]], spec: FineTuneJobSpec) -> list[dict[s
     }
     service["metadata"]["labels"].pop(KUEUE_QUEUE_LABEL, None)
     return [*first, service, job]
+
+
+def jobset(children: list[dict[str, Any]], spec: FineTuneJobSpec) -> list[dict[str, Any]]:
+    """The Job made a JobSet's one ReplicatedJob: Indexed, one pod per node, no retries of
+    its own, since JobSet restarts the whole group (up to maxRestarts) after a failure."""
+    *first, job = children
+    meta, job_spec = job["metadata"], job["spec"]
+    suspend = job_spec.pop("suspend")
+    nodes = spec.resources.nodes
+    job_spec |= {
+        "completionMode": "Indexed",
+        "completions": nodes,
+        "parallelism": nodes,
+        "backoffLimit": 0,
+    }
+    labels = {k: v for k, v in meta["labels"].items() if k != KUEUE_QUEUE_LABEL}
+    return [
+        *first,
+        {
+            "apiVersion": JOBSET.api_version,
+            "kind": JOBSET.kind,
+            "metadata": meta,
+            "spec": {
+                "suspend": suspend,
+                "network": {"enableDNSHostnames": True, "publishNotReadyAddresses": True},
+                "failurePolicy": {"maxRestarts": spec.distributed.max_restarts},
+                "replicatedJobs": [
+                    {
+                        "name": NODE,
+                        "replicas": 1,
+                        "template": {"metadata": {"labels": labels}, "spec": job_spec},
+                    }
+                ],
+            },
+        },
+    ]
+
+
+def train_job(
+    children: list[dict[str, Any]], spec: FineTuneJobSpec, config: OperatorConfig
+) -> list[dict[str, Any]]:
+    """The Job made a TrainJob on the configured torch ClusterTrainingRuntime: the trainer's
+    image, command, environment and resources go in spec.trainer, the rest of the pod (its
+    identity, security context, volumes and labels) in a runtime patch of the runtime's
+    "node" ReplicatedJob. The runtime's own pod settings (its RuntimeClass) stay its own."""
+    *first, job = children
+    pod = job["spec"]["template"]
+    pod_spec = pod["spec"]
+    (container,) = pod_spec["containers"]
+    patched_pod = {
+        key: pod_spec[key]
+        for key in ("serviceAccountName", "securityContext", "volumes", "tolerations")
+        if key in pod_spec
+    }
+    patched_pod["containers"] = [
+        {
+            "name": NODE,
+            "volumeMounts": container["volumeMounts"],
+            "securityContext": container["securityContext"],
+        }
+    ]
+    trainer = {
+        "image": container["image"],
+        "command": container["command"],
+        "env": container["env"],
+        "numNodes": spec.resources.nodes,
+        "numProcPerNode": spec.resources.processes_per_pod,
+    }
+    if "resources" in container:  # none on a pod without GPUs, memory or CPU asked
+        trainer["resourcesPerNode"] = container["resources"]
+    replicated = {
+        "name": NODE,
+        "template": {"spec": {"template": {"metadata": pod["metadata"], "spec": patched_pod}}},
+    }
+    return [
+        *first,
+        {
+            "apiVersion": TRAIN_JOB.api_version,
+            "kind": TRAIN_JOB.kind,
+            "metadata": job["metadata"],
+            "spec": {
+                "runtimeRef": {
+                    "apiGroup": "trainer.kubeflow.org",
+                    "kind": "ClusterTrainingRuntime",
+                    "name": config.trainer_runtime,
+                },
+                "suspend": job["spec"]["suspend"],
+                "trainer": trainer,
+                "runtimePatches": [
+                    {
+                        "manager": PATCH_MANAGER,
+                        "trainingRuntimeSpec": {
+                            "template": {"spec": {"replicatedJobs": [replicated]}}
+                        },
+                    }
+                ],
+            },
+        },
+    ]
 
 
 def build(
@@ -171,4 +311,8 @@ def build(
         ),
         task,
     )
+    if spec.runtime == TrainingRuntime.JOBSET:
+        return jobset(children, spec)
+    if spec.runtime == TrainingRuntime.KUBEFLOW_TRAINER:
+        return train_job(children, spec, config)
     return spread(children, spec) if spec.resources.nodes > 1 else children

@@ -24,6 +24,36 @@ COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 
 
 @dataclass(frozen=True)
+class WorkloadKind:
+    """The kind of object that runs a workload's pods: a batch/v1 Job, which the operator
+    watches, or a kind of a controller a cluster may have (JobSet, Kubeflow Trainer), read
+    when the run is reconciled and waited for while its CRDs are absent."""
+
+    api_version: str
+    kind: str
+    installs: str  # what a cluster installs to have the kind
+    complete: str  # the condition type that says it succeeded
+    pod_label: str  # the label its pods carry, valued its name
+    watched: bool = False
+
+    @property
+    def discovery(self) -> str:
+        """The API server's discovery path of the kind's group version: 404 until its CRDs
+        are installed."""
+        return f"/apis/{self.api_version}"
+
+
+JOB = WorkloadKind(
+    api_version="batch/v1",
+    kind="Job",
+    installs="Kubernetes",
+    complete="Complete",
+    pod_label="job-name",
+    watched=True,
+)
+
+
+@dataclass(frozen=True)
 class Outcome:
     phase: Phase
     reason: Reason
@@ -146,23 +176,26 @@ def pod_blocked(pods: list[dict[str, Any]], mount_failures: Mapping[str, str]) -
 
 
 def job_outcome(
-    job: dict[str, Any], pods: list[dict[str, Any]], mount_failures: Mapping[str, str] = NONE
+    job: dict[str, Any],
+    pods: list[dict[str, Any]],
+    mount_failures: Mapping[str, str] = NONE,
+    kind: WorkloadKind = JOB,
 ) -> Outcome:
-    name = job["metadata"]["name"]
-    if _condition(job, "Complete"):
-        return Outcome(Phase.SUCCEEDED, Reason.SUCCEEDED, f"Job {name} completed")
+    """The run's phase from its Job (or JobSet, TrainJob: the same conditions but the one of
+    success, and the same spec.suspend) and its pods."""
+    name = f"{kind.kind} {job['metadata']['name']}"
+    if _condition(job, kind.complete):
+        return Outcome(Phase.SUCCEEDED, Reason.SUCCEEDED, f"{name} completed")
     failed = _condition(job, "Failed")
     if failed:
         if failed.get("reason") == "DeadlineExceeded":
-            return Outcome(
-                Phase.FAILED, Reason.DEADLINE_EXCEEDED, f"Job {name} ran past its deadline"
-            )
+            return Outcome(Phase.FAILED, Reason.DEADLINE_EXCEEDED, f"{name} ran past its deadline")
         why = ": ".join(filter(None, [failed.get("reason"), failed.get("message")]))
         return pod_failure(pods) or Outcome(
-            Phase.FAILED, Reason.JOB_FAILED, f"Job {name} failed" + (f" ({why})" if why else "")
+            Phase.FAILED, Reason.JOB_FAILED, f"{name} failed" + (f" ({why})" if why else "")
         )
     if job.get("spec", {}).get("suspend"):
-        return Outcome(Phase.PENDING, Reason.QUEUED, "the Job waits in its Kueue queue")
+        return Outcome(Phase.PENDING, Reason.QUEUED, f"the {kind.kind} waits in its Kueue queue")
     pending = [p for p in pods if (p.get("status") or {}).get("phase") == "Pending"]
     pulling = pod_failure(pending)
     if pulling is not None:  # a pod that cannot pull its image never starts: say so now
@@ -173,4 +206,4 @@ def job_outcome(
     retry = pod_failure(pods)
     if retry is not None:
         return Outcome(Phase.RUNNING, Reason.RETRYING, f"retrying after a failure: {retry.message}")
-    return Outcome(Phase.RUNNING, Reason.JOB_RUNNING, f"Job {name} is running")
+    return Outcome(Phase.RUNNING, Reason.JOB_RUNNING, f"{name} is running")
