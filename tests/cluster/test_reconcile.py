@@ -355,6 +355,93 @@ def test_a_training_on_several_nodes_runs_one_indexed_pod_per_node(
     assert {p["spec"]["subdomain"] for p in pods} == {"tuned-train"}
 
 
+# JobSet's CRD as far as the API server needs it to store JobSets: JobSet's own (with its
+# schema) comes with its release, which this machine cannot fetch, and no JobSet controller
+# runs here, so the test sets the condition JobSet's controller would.
+JOBSET_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "jobsets.jobset.x-k8s.io"},
+    "spec": {
+        "group": "jobset.x-k8s.io",
+        "scope": "Namespaced",
+        "names": {"plural": "jobsets", "singular": "jobset", "kind": "JobSet"},
+        "versions": [
+            {
+                "name": "v1alpha2",
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "x-kubernetes-preserve-unknown-fields": True,
+                    }
+                },
+            }
+        ],
+    },
+}
+
+
+def test_a_training_on_jobset_waits_for_its_crd_then_follows_the_jobset(
+    cluster: LocalCluster, namespace: str, model_store: str, operator: OperatorFactory
+) -> None:
+    """No JobSet CRD: the run waits saying so. Once installed, the recheck creates the JobSet
+    (owned by the run), and the JobSet's Completed condition makes the run succeed."""
+    cluster.kubectl_apply(inputs(), "-n", namespace)
+    shape = {"nodes": 2, "gpus": 0}
+    try:
+        with operator():
+            cluster.kubectl_apply(
+                [finetune(baseModel={"uri": "hf://org/base"}, resources=shape, runtime="JobSet")],
+                "-n",
+                namespace,
+            )
+            waiting = ready_condition(wait_phase(cluster, namespace, "ftj", "tuned", "Waiting"))
+            assert waiting["reason"] == "RuntimeNotInstalled"
+            assert "jobset.x-k8s.io/v1alpha2" in waiting["message"]
+            cluster.kubectl_apply([JOBSET_CRD])
+            cluster.kubectl("wait", "--for=condition=Established", "crd/jobsets.jobset.x-k8s.io")
+            (jobset,) = wait_for(
+                lambda: objects(cluster, namespace, "jobsets.jobset.x-k8s.io", "tuned"),
+                timeout=90,  # the recheck comes every 30 s
+                what="the JobSet",
+            )
+            run = json.loads(
+                cluster.kubectl("get", "ftj", "tuned", "-n", namespace, "-o", "json").stdout
+            )
+            (owner,) = jobset["metadata"]["ownerReferences"]
+            assert (owner["kind"], owner["uid"]) == ("FineTuneJob", run["metadata"]["uid"])
+            (replicated,) = jobset["spec"]["replicatedJobs"]
+            assert replicated["template"]["spec"]["completions"] == 2
+            assert objects(cluster, namespace, "job", "tuned") == []
+            wait_phase(cluster, namespace, "ftj", "tuned", "Running")
+            completed = {
+                "type": "Completed",
+                "status": "True",
+                "reason": "AllJobsCompleted",
+                "message": "jobset completed successfully",
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }
+            cluster.kubectl(
+                "patch",
+                "jobset",
+                "tuned-train",
+                "-n",
+                namespace,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                json.dumps({"status": {"conditions": [completed]}}),
+            )
+            done = wait_phase(cluster, namespace, "ftj", "tuned", "Succeeded", timeout=90)
+            assert done["jobName"] == "tuned-train"
+            assert ready_condition(done)["message"] == "JobSet tuned-train completed"
+    finally:
+        cluster.kubectl("delete", "crd", "jobsets.jobset.x-k8s.io", "--ignore-not-found")
+
+
 def test_kueue_queue_holds_jobs_suspended(
     cluster: LocalCluster, namespace: str, model_store: str, operator: OperatorFactory
 ) -> None:

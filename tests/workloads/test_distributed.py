@@ -5,19 +5,22 @@ with the same global batch."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from crucible.api.contract import FineTuneTask
 from crucible.api.finetunejob import Hyperparameters, Strategy
-from tests.conftest import ModelFactory
+from crucible.resources.finetunejob import ELASTIC_ENV
+from crucible.workloads.finetune import last_complete_checkpoint
+from tests.conftest import ModelFactory, wait_for
 from tests.workloads.test_finetune import chat_rows, make_task, write_jsonl
 
 pytest.importorskip("torch")
@@ -36,16 +39,24 @@ def free_port() -> int:
         return port
 
 
-def shaped_task(tmp_path: Path, base: Path, processes: int, strategy: Strategy) -> Path:
+def shaped_task(
+    tmp_path: Path,
+    base: Path,
+    processes: int,
+    strategy: Strategy,
+    *,
+    steps: int = STEPS,
+    save_steps: int = STEPS,
+) -> Path:
     """A task file for `processes` training processes in all, the same global batch."""
     data = write_jsonl(tmp_path / "qa.jsonl", chat_rows(8))
     hyper = {
         "learning_rate": 5e-3,
-        "max_steps": STEPS,
+        "max_steps": steps,
         "batch_size": MICRO_BATCH,
         "gradient_accumulation_steps": GLOBAL_BATCH // (MICRO_BATCH * processes),
         "max_length": 128,
-        "save_steps": STEPS,
+        "save_steps": save_steps,
         "seed": 3,
     }
     task: FineTuneTask = make_task(
@@ -78,10 +89,10 @@ def agent(task: Path, nodes: int, processes: int, port: int, log: Path) -> subpr
         "HF_HUB_OFFLINE": "1",
         "CRUCIBLE_REPORT_FILE": str(task.with_name("report.json")),
         "OMP_NUM_THREADS": "1",
+        **{e["name"]: e["value"] for e in ELASTIC_ENV},  # as the training pods have it
     }
     with log.open("ab") as out:
-        # A session of its own: a lost node is its agent and every rank it started.
-        return subprocess.Popen(command, stdout=out, stderr=out, env=env, start_new_session=True)
+        return subprocess.Popen(command, stdout=out, stderr=out, env=env)
 
 
 def finish(agents: list[subprocess.Popen[bytes]], task: Path, timeout: float = 600) -> None:
@@ -91,10 +102,26 @@ def finish(agents: list[subprocess.Popen[bytes]], task: Path, timeout: float = 6
             code = started.wait(timeout=timeout)
             assert code == 0, task.with_name(f"node-{i}.log").read_text()[-4000:]
     finally:
-        for started in agents:
-            if started.poll() is None:
-                os.killpg(started.pid, signal.SIGKILL)  # the agent and the ranks it started
-                started.wait()
+        stop_all(agents)
+
+
+def lose_node(started: subprocess.Popen[bytes]) -> None:
+    """What a lost node's pod loses: its agent and every rank it started (torch elastic
+    starts each rank in a session of its own, so the agent's process group is not enough)."""
+    try:
+        agent_process = psutil.Process(started.pid)
+        processes = [agent_process, *agent_process.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        processes = []
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    started.wait()
+
+
+def stop_all(agents: list[subprocess.Popen[bytes]]) -> None:
+    for started in agents:
+        lose_node(started)
 
 
 def run_nodes(task: Path, nodes: int, processes: int) -> None:
@@ -129,3 +156,47 @@ def test_two_nodes_of_two_processes_train_as_one_process_does(
     assert alone[-1] < alone[0]
     report = json.loads((spread / "report.json").read_text())
     assert report["progress"]["step"] == STEPS
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_a_lost_node_rejoins_and_the_run_resumes_from_its_last_complete_checkpoint(
+    tmp_path: Path, make_model: ModelFactory
+) -> None:
+    """Node 1's agent and its ranks are killed once a checkpoint is complete, as a lost
+    node's pod is; a new agent for it (its index's pod, re-created) joins the group that node
+    0's agent re-forms (torch elastic), and the training resumes from that checkpoint and
+    finishes, its report saying from which step."""
+    steps = 80
+    task = shaped_task(tmp_path, make_model(4), 4, Strategy.DDP, steps=steps, save_steps=4)
+    port = free_port()
+    logs = [task.with_name(f"node-{i}.log") for i in range(2)]
+    # Node 0 first, as in the pods, where the rendezvous is at index 0's hostname: it holds
+    # the rendezvous store, which outlives node 1.
+    agents = [agent(task, 2, 2, port, logs[0])]
+    try:
+        wait_for(lambda: listening(port) or agents[0].poll() is not None, timeout=120)
+        agents.append(agent(task, 2, 2, port, logs[1]))
+        checkpoints = tmp_path / "ft" / "checkpoints"
+        wait_for(
+            lambda: (
+                last_complete_checkpoint(checkpoints) or any(a.poll() is not None for a in agents)
+            ),
+            timeout=300,
+            interval=0.05,
+            what="a complete checkpoint",
+        )
+        assert all(a.poll() is None for a in agents), logs[0].read_text()[-4000:]
+        lose_node(agents[1])
+        agents[1] = agent(task, 2, 2, port, logs[1])
+        finish(agents, task)
+    finally:
+        stop_all(agents)
+    progress = json.loads(task.with_name("report.json").read_text())["progress"]
+    assert progress["step"] == steps
+    resumed = progress["resumedFromStep"]
+    assert resumed >= 4 and resumed % 4 == 0 and resumed < steps
+    assert f"checkpoint-{resumed}, the last complete checkpoint" in logs[0].read_text()

@@ -43,6 +43,10 @@ ROLE = "train"
 # the JobSet Crucible renders names its ReplicatedJob the same.
 NODE = "node"
 PATCH_MANAGER = "crucible.dev/operator"
+# torch elastic caches the workers' store address from its first rendezvous: a surviving
+# rank-0 agent does not publish it again when the group re-forms, and the re-created pod of a
+# lost node waits for it until it times out. Off, each round publishes its own.
+ELASTIC_ENV = [{"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "1"}]
 JOBSET = WorkloadKind(
     api_version="jobset.x-k8s.io/v1alpha2",
     kind="JobSet",
@@ -306,6 +310,7 @@ def build(
             image=config.train_image,
             command=command(spec, name),
             claims=claims,
+            env=ELASTIC_ENV if spec.resources.nodes > 1 else [],
             extra_volumes=volumes,
             extra_mounts=mounts,
         ),
