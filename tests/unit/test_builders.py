@@ -319,6 +319,8 @@ def test_training_on_several_nodes_is_an_indexed_job_under_a_headless_service() 
         "-m",
     ]
     assert container_of(job)["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    # A lost node's re-created pod can join the re-formed group (see ELASTIC_ENV).
+    assert {"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "1"} in container_of(job)["env"]
     task = json.loads(by_kind(children, "ConfigMap")[1]["data"]["task.json"])
     assert task["gpus"] == 4
     assert task["strategy"] == "FSDP"
