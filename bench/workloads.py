@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import tempfile
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+# The trainer's last log line: {'train_runtime': '12.3', ...} (trl prints values as strings).
+TRAIN_RUNTIME = re.compile(r"'train_runtime': '?([0-9.]+)")
 MERGE_SIZES: dict[str, dict[str, int]] = {
     "tiny": {},  # crucible.workloads.tinymodels.SHAPE
     "medium": {
@@ -216,8 +219,10 @@ def bench_train(tmp: Path, base: Path, steps: int) -> None:
 def bench_scaling(tmp: Path, base: Path, steps: int, shapes: list[tuple[str, int]]) -> None:
     """Training tokens/s of the fine-tune workload under torchrun on 1, 2, 4… processes on
     this machine (gloo on CPU), each process with the same micro-batch (weak scaling). A
-    shape's time per step is the difference between a run of 2 + `steps` steps and one of 2,
-    divided by `steps`: the processes' start, imports and model load cancel out."""
+    shape's time per step is the difference between the trainer's own train_runtime (the
+    training loop alone, which rank 0 logs) of a run of 2 + `steps` steps and of one of 2,
+    divided by `steps`: the first steps' warm-up cancels out, and the processes' start, imports
+    and model load are not in it."""
     import subprocess
     import sys
 
@@ -242,8 +247,7 @@ def bench_scaling(tmp: Path, base: Path, steps: int, shapes: list[tuple[str, int
             task.write_text(
                 training_task(run, base, hyper, Strategy(strategy)).model_dump_json(by_alias=True)
             )
-            started = time.perf_counter()
-            subprocess.run(
+            ran = subprocess.run(
                 [
                     sys.executable,
                     "-m",
@@ -263,8 +267,9 @@ def bench_scaling(tmp: Path, base: Path, steps: int, shapes: list[tuple[str, int
                 },
                 check=True,
                 capture_output=True,
+                text=True,
             )
-            seconds.append(time.perf_counter() - started)
+            seconds.append(float(TRAIN_RUNTIME.findall(ran.stdout + ran.stderr)[-1]))
         per_step = (seconds[1] - seconds[0]) / steps
         rate = per_row * micro * processes / per_step
         single = rate if processes == 1 else single
