@@ -2,8 +2,8 @@
 Services and cluster DNS as in any cluster; every workload kind running to its end in a
 namespace that enforces Pod Security "restricted"; failures explained from what the kubelet
 reports (an image that cannot be pulled, a memory limit the kernel enforces, a missing Secret
-key); and an operator restarted while a real workload runs, which loses and duplicates
-nothing."""
+key); an operator restarted while a real workload runs, which loses and duplicates
+nothing; and a training on two nodes that loses a pod and resumes."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from crucible.devcluster.cluster import LocalCluster
 from crucible.devcluster.images import built_images
 from crucible.devcluster.node import LocalNode
 from crucible.resources.common import RESTRICTED_CONTAINER
+from crucible.workloads.finetune import last_complete_checkpoint
 from tests.cluster.conftest import OperatorFactory, ready_condition, status_of, wait_phase
 from tests.conftest import ModelFactory, wait_for
 from tests.workloads.scripted_server import ScriptedServer, serving
@@ -465,4 +466,47 @@ def test_an_operator_down_while_a_real_workload_ends_loses_nothing(
         done = wait_phase(cluster, namespace, "finetunejob", "tuned", "Succeeded", timeout=120)
     assert job_uids() == [uid]
     assert done["progress"]["step"] == 8
+    assert (tiny_store / namespace / "finetunejobs" / "tuned" / "adapter").is_dir()
+
+
+@pytest.mark.real_node
+def test_a_training_on_two_nodes_survives_a_lost_pod_and_resumes(
+    cluster: LocalCluster, namespace: str, tiny_store: Path, operator: OperatorFactory
+) -> None:
+    """Two pods of the train image, one rank each, train as one group: torchrun meets at
+    index 0's hostname under the headless Service, through cluster DNS. Once a checkpoint is
+    complete, index 1's pod is deleted, as a lost node's is: the Job re-creates it for its
+    index, torch elastic re-forms the group, and the run resumes from that checkpoint and
+    succeeds, its status saying from which step."""
+    steps, every = 120, 4
+    training = runs("http://unused")[1]
+    training["spec"]["baseModel"] = {"uri": "pvc://crucible-models/models/a"}
+    training["spec"]["hyperparameters"] |= {"maxSteps": steps, "saveSteps": every}
+    training["spec"]["resources"] = {"nodes": 2, "gpus": 0}
+    cluster.kubectl_apply([config_map("qa", {"qa.csv": QA}), training], "-n", namespace)
+    checkpoints = tiny_store / namespace / "finetunejobs" / "tuned" / "checkpoints"
+    with operator(**images_env()):
+        wait_for(
+            lambda: last_complete_checkpoint(checkpoints),
+            timeout=600,
+            interval=0.2,
+            what="a complete checkpoint",
+        )
+        index_1 = "job-name=tuned-train,batch.kubernetes.io/job-completion-index=1"
+        (lost,) = json.loads(
+            cluster.kubectl("get", "pods", "-n", namespace, "-l", index_1, "-o", "json").stdout
+        )["items"]
+        cluster.kubectl(
+            "delete", "pod", lost["metadata"]["name"], "-n", namespace, "--grace-period=1"
+        )
+        done = wait_phase(cluster, namespace, "finetunejob", "tuned", "Succeeded", timeout=600)
+    progress = done["progress"]
+    assert progress["step"] == steps
+    resumed = progress["resumedFromStep"]
+    assert every <= resumed < steps and resumed % every == 0
+    pods = json.loads(
+        cluster.kubectl("get", "pods", "-n", namespace, "-l", index_1, "-o", "json").stdout
+    )["items"]
+    assert lost["metadata"]["uid"] not in {p["metadata"]["uid"] for p in pods}
+    assert {p["spec"]["hostname"] for p in pods} == {"tuned-train-1"}
     assert (tiny_store / namespace / "finetunejobs" / "tuned" / "adapter").is_dir()
