@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from kopf.testing import KopfRunner
 
-from crucible.api.contract import REPORT_KEY
+from crucible.api.contract import REPORT_KEY, WorkloadReport, pack_report
 from crucible.devcluster.cluster import LocalCluster, folder_claim
 from tests.conftest import wait_for
 
@@ -197,7 +197,12 @@ def finish_pod(
     pod: dict[str, Any],
     exit_code: int = 0,
     message: str = "",
+    *,
+    report: dict[str, Any] | None = None,
 ) -> None:
-    """What the kubelet does when the container exits."""
+    """What the kubelet does when the container exits: its termination message is `message`,
+    or the workload's last `report` packed as its Reporter leaves it."""
+    if report is not None:
+        message = pack_report(WorkloadReport.model_validate(report)) or ""
     phase = "Succeeded" if exit_code == 0 else "Failed"
     set_pod_status(cluster, namespace, pod, pod_status(pod, phase, exited(exit_code, message)))

@@ -146,9 +146,9 @@ def test_inputs_created_late_are_picked_up(
         assert 'CreateContainerConfigError): secret "pg" not found' in waiting["message"]
         # The Secret appears; the kubelet starts the container and finishes it.
         cluster.kubectl_apply([inputs()[3]], "-n", namespace)
-        write_report(cluster, namespace, "docs", {"documents": 1, "chunks": 1})
-        finish_pod(cluster, namespace, pod)
-        wait_phase(cluster, namespace, "ri", "docs", "Succeeded")
+        finish_pod(cluster, namespace, pod, report={"documents": 1, "chunks": 1})
+        done = wait_phase(cluster, namespace, "ri", "docs", "Succeeded")
+        assert (done["documents"], done["chunks"]) == (1, 1)  # its termination message said so
 
 
 def test_a_pod_that_cannot_mount_its_volumes_is_explained(

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from crucible.api.contract import unpack_report
 from crucible.devcluster.cluster import LocalCluster
 from crucible.devcluster.images import built_images
 from crucible.devcluster.node import LocalNode
@@ -352,6 +353,11 @@ def test_every_workload_runs_under_pod_security_restricted(
         assert found["spec"]["securityContext"]["runAsUser"] == 1000
         (state,) = found["status"]["containerStatuses"]
         assert state["state"]["terminated"]["exitCode"] == 0, found["metadata"]["name"]
+        # Each left its report as its termination message (the kubelet read it from a
+        # read-only root); the merge and the index hold no token for the API server at all.
+        assert unpack_report(state["state"]["terminated"]["message"]), found["metadata"]["name"]
+        if found["metadata"]["labels"]["crucible.dev/kind"] in ("ModelMerge", "RagIndex"):
+            assert not [v for v in found["spec"]["volumes"] if "projected" in v], found
 
 
 def merge_of(name: str, **resources: Any) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from crucible.api import API_VERSION
-from crucible.api.contract import REPORT_KEY
+from crucible.api.contract import REPORT_KEY, WorkloadReport, pack_report
 from crucible.api.kinds import KINDS_BY_NAME
 from crucible.config import OperatorConfig
 from crucible.controllers.engine import Engine
@@ -77,6 +77,9 @@ class FakeApiServer(KubeClient):
         # With a number, the operator's process ends after that many more writes: the next
         # write raises OperatorGoneError instead of reaching the server.
         self.writes_left: int | None = None
+        # What each run's workload reported last (by report name), as its Reporter holds it:
+        # a pod that succeeds packs it into its termination message.
+        self.reports: dict[tuple[str, str], dict[str, Any]] = {}
 
     # -- the transport ------------------------------------------------------------------
 
@@ -371,14 +374,17 @@ class FakeApiServer(KubeClient):
         reason: str | None = None,
         namespace: str = "ns",
     ) -> None:
-        """The Job's pod exits with `exit_code` (and termination `message`; `reason` is the
-        kubelet's, e.g. OOMKilled); the Job controller marks the Job Complete or Failed."""
+        """The Job's pod exits with `exit_code` (and termination `message`, by default the last
+        report packed, as a workload's Reporter.finish leaves it; `reason` is the kubelet's,
+        e.g. OOMKilled); the Job controller marks the Job Complete or Failed."""
         pods = [
             n
             for (_, k, ns, n), o in self.objects.items()
             if (k, ns) == ("Pod", namespace) and o["metadata"]["labels"].get("job-name") == job
         ]
         pod = pods[-1] if pods else self.job_pod(job, namespace)
+        if exit_code == 0 and not message and (report := self._report_of(job, namespace)):
+            message = pack_report(WorkloadReport.model_validate(report)) or ""
         terminated = {
             "exitCode": exit_code,
             "reason": reason or ("Completed" if exit_code == 0 else "Error"),
@@ -407,13 +413,24 @@ class FakeApiServer(KubeClient):
             namespace,
         )
 
-    def report(self, run: str, report: dict[str, Any], namespace: str = "ns") -> None:
-        """What a workload does: write its report into the run's report ConfigMap."""
-        name = f"{run}-report"
-        existing = self.read("ConfigMap", name, namespace)
-        key = ("v1", "ConfigMap", namespace, name)
-        data = {**(existing.get("data") or {}), REPORT_KEY: json.dumps(report)}
-        self._store(key, {**existing, "data": data}, existing, "")
+    def report(
+        self, run: str, report: dict[str, Any], namespace: str = "ns", *, written: bool = True
+    ) -> None:
+        """What a workload's Reporter does: hold its report (for its termination message) and
+        write it into the run's report ConfigMap, if the run has one, unless the write is lost
+        (`written` False)."""
+        self.reports[(namespace, run)] = report
+        key = ("v1", "ConfigMap", namespace, f"{run}-report")
+        existing = self.objects.get(key)
+        if existing is not None and written:
+            data = {**(existing.get("data") or {}), REPORT_KEY: json.dumps(report)}
+            self._store(key, {**existing, "data": data}, existing, "")
+
+    def _report_of(self, job: str, namespace: str) -> dict[str, Any] | None:
+        """The report of the workload `job` runs: its run's (a Job is named run-role), or the
+        Job's own (one of a run's several Jobs)."""
+        runs = [r for ns, r in self.reports if ns == namespace and f"{job}-".startswith(f"{r}-")]
+        return self.reports.get((namespace, max(runs, key=len))) if runs else None
 
 
 class Operator:

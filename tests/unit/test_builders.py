@@ -102,6 +102,37 @@ def test_merge_children_in_creation_order_with_ownership() -> None:
     spec = merge_spec(resources={"gpus": 2, "memory": "64Gi"})
     inputs = modelmerge.MergeInputs(["pvc://crucible-models/team/modelmerges/a/", "hf://o/b"], None)
     children = modelmerge.build(owner(MODEL_MERGE), spec, inputs, CONFIG)
+    assert [c["kind"] for c in children] == ["ConfigMap", "Job"]
+    for child in children:
+        meta = child["metadata"]
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "crucible"
+        assert meta["labels"]["crucible.dev/kind"] == "ModelMerge"
+        assert meta["labels"]["crucible.dev/name"] == "run"
+        (ref,) = meta["ownerReferences"]
+        assert (ref["kind"], ref["uid"], ref["controller"]) == ("ModelMerge", "uid-1", True)
+    task_cm, job = children
+    mergekit = yaml.safe_load(task_cm["data"]["mergekit.yaml"])
+    assert mergekit["models"][0]["model"] == "pvc://crucible-models/team/modelmerges/a/"
+    task = json.loads(task_cm["data"]["task.json"])
+    assert task["outputPath"] == "/models/team/modelmerges/run"
+    assert task["outputUri"] == "pvc://crucible-models/team/modelmerges/run/"
+    assert task["mounts"] == {"crucible-models": "/models"}
+    assert "reportConfigMap" not in task
+    assert job["metadata"]["name"] == "run-merge" and job["spec"]["suspend"] is False
+    container = container_of(job)
+    assert container["image"] == CONFIG.merge_image
+    assert container["resources"]["limits"] == {"memory": "64Gi", "nvidia.com/gpu": "2"}
+    assert container["securityContext"]["runAsNonRoot"] is True
+    # It reports through its termination message: no credential for the API server.
+    pod = job["spec"]["template"]["spec"]
+    assert "serviceAccountName" not in pod and pod["automountServiceAccountToken"] is False
+    assert {"name": "model-store", "persistentVolumeClaim": {"claimName": "crucible-models"}} in (
+        pod["volumes"]
+    )
+
+
+def test_a_workload_reporting_while_it_runs_may_write_only_its_report() -> None:
+    children = finetunejob.build(owner(FINE_TUNE_JOB), ft_spec(), "hf://o/base", CONFIG)
     assert [c["kind"] for c in children] == [
         "ConfigMap",
         "ServiceAccount",
@@ -110,32 +141,9 @@ def test_merge_children_in_creation_order_with_ownership() -> None:
         "ConfigMap",
         "Job",
     ]
-    for child in children:
-        meta = child["metadata"]
-        assert meta["labels"]["app.kubernetes.io/managed-by"] == "crucible"
-        assert meta["labels"]["crucible.dev/kind"] == "ModelMerge"
-        assert meta["labels"]["crucible.dev/name"] == "run"
-        (ref,) = meta["ownerReferences"]
-        assert (ref["kind"], ref["uid"], ref["controller"]) == ("ModelMerge", "uid-1", True)
-    task_cm = children[4]
-    mergekit = yaml.safe_load(task_cm["data"]["mergekit.yaml"])
-    assert mergekit["models"][0]["model"] == "pvc://crucible-models/team/modelmerges/a/"
-    task = json.loads(task_cm["data"]["task.json"])
-    assert task["outputPath"] == "/models/team/modelmerges/run"
-    assert task["outputUri"] == "pvc://crucible-models/team/modelmerges/run/"
-    assert task["mounts"] == {"crucible-models": "/models"}
-    job = children[5]
-    assert job["metadata"]["name"] == "run-merge" and job["spec"]["suspend"] is False
-    container = container_of(job)
-    assert container["image"] == CONFIG.merge_image
-    assert container["resources"]["limits"] == {"memory": "64Gi", "nvidia.com/gpu": "2"}
-    assert container["securityContext"]["runAsNonRoot"] is True
-    pod = job["spec"]["template"]["spec"]
-    assert pod["serviceAccountName"] == "run-merge"
-    assert {"name": "model-store", "persistentVolumeClaim": {"claimName": "crucible-models"}} in (
-        pod["volumes"]
-    )
-    role = children[2]
+    report, account, role, binding, task_cm, job = children
+    assert json.loads(task_cm["data"]["task.json"])["reportConfigMap"] == "run-report"
+    assert report["metadata"]["name"] == "run-report"
     assert role["rules"] == [
         {
             "apiGroups": [""],
@@ -144,6 +152,12 @@ def test_merge_children_in_creation_order_with_ownership() -> None:
             "verbs": ["get", "update", "patch"],
         }
     ]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": "team"}
+    ]
+    pod = job["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == account["metadata"]["name"] == "run-train"
+    assert pod["automountServiceAccountToken"] is True
 
 
 def test_kueue_queue_suspends_jobs_and_labels_them() -> None:

@@ -99,7 +99,7 @@ async def test_a_chain_waits_for_its_inputs_then_runs_each_step_once_with_lineag
     await operator.settle()
     assert status(api, "ModelMerge", "merged")["phase"] == "Running"
     assert owned(api, "Job", "merged") == ["merged-merge"]
-    assert owned(api, "ConfigMap", "merged") == ["merged-merge", "merged-report"]
+    assert owned(api, "ConfigMap", "merged") == ["merged-merge"]  # it reports when it ends
     # Reconciling again, with nothing changed, writes nothing.
     writes = len(api.writes)
     operator.engine.lead(False)
@@ -275,6 +275,54 @@ async def test_a_deleted_run_takes_its_children_and_its_series_with_it(
     # Its Events stay, as they do on a real cluster until they expire.
     assert [n for (_, k, _, n) in api.objects if n.startswith("hosted") and k != "Event"] == []
     assert series not in generate_latest(REGISTRY).decode()
+
+
+@story
+async def test_a_run_ends_with_its_exact_results_from_the_termination_message_alone(
+    api: FakeApiServer, operator: Operator
+) -> None:
+    """An EvalRun whose workload could not write its final report (the API server was away
+    at that moment) has the same results from its pod's termination message; one whose report
+    outgrew a termination message has them from its report ConfigMap."""
+    for doc in inputs():
+        api.apply(doc)
+    for name in ("lost", "large"):
+        run = eval_run(name)
+        run["spec"]["models"] = run["spec"]["models"][2:]  # an endpoint: nothing to serve
+        del run["spec"]["rag"]
+        api.apply(run)
+    await operator.settle()
+    exact = [{**result("gpt", False, [0.5, 0.52, 0.54]), "scoring": "Generation"}]
+    api.report("lost", {"results": exact}, written=False)
+    api.job_ends("lost-eval")
+    # Paired tests of many models, too many for 4 KiB even compressed.
+    many = [
+        {
+            "a": f"model-{i}",
+            "aRag": False,
+            "b": f"model-{j}",
+            "bRag": True,
+            "difference": (i - j) / 50,
+            "ci95Low": (i - j) / 50 - 0.1,
+            "ci95High": (i - j) / 50 + 0.1,
+            "test": "McNemar",
+            "pValue": (i * 31 + j) / 997,
+        }
+        for i in range(32)
+        for j in range(i + 1, 32)
+    ][:400]
+    api.report("large", {"results": exact, "pairedTests": many})
+    api.job_ends("large-eval")
+    await operator.settle()
+    assert not api.read("ConfigMap", "lost-report")["data"]
+    lost = status(api, "EvalRun", "lost")
+    assert lost["phase"] == "Succeeded" and lost["results"] == exact
+    (large_pod,) = [p for p in api.named("Pod") if p.startswith("large-eval")]
+    terminated = api.read("Pod", large_pod)["status"]["containerStatuses"][0]["state"]
+    assert "message" not in terminated["terminated"]  # too large: it left none
+    large = status(api, "EvalRun", "large")
+    assert large["phase"] == "Succeeded" and large["results"] == exact
+    assert large["pairedTests"] == many
 
 
 @story

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +12,16 @@ import kopf
 import pytest
 
 from crucible.api.common import Phase
+from crucible.api.contract import (
+    TERMINATION_MESSAGE_BYTES,
+    WorkloadReport,
+    pack_report,
+    unpack_report,
+)
 from crucible.config import ConfigError, OperatorConfig
 from crucible.controllers.kube import Kube, client_configuration
 from crucible.controllers.settings import login
-from crucible.resources.jobs import job_outcome
+from crucible.resources.jobs import job_outcome, packed_report
 
 
 def job(*conditions: tuple[str, str], suspend: bool = False) -> dict[str, Any]:
@@ -35,6 +43,44 @@ def pod(state: dict[str, Any], phase: str = "Failed", **status: Any) -> dict[str
             "containerStatuses": [{"name": "main", "image": "img", "state": state}],
         },
     }
+
+
+def test_a_report_packs_into_a_termination_message_and_back_exactly() -> None:
+    report = WorkloadReport.model_validate(
+        {
+            "progress": {"step": 120, "totalSteps": 120, "loss": 0.123456789, "epoch": 3.0},
+            "adapterModules": [f"model.layers.{i}.self_attn.q_proj" for i in range(200)],
+            "message": "trained 120 steps, resumed from step 96 — ünïcode too",
+        }
+    )
+    packed = pack_report(report)
+    assert packed is not None and len(packed.encode()) <= TERMINATION_MESSAGE_BYTES
+    assert unpack_report(packed) == report
+    # An error's message (or its log's tail) is no report; a damaged one is refused.
+    assert unpack_report("Traceback (most recent call last): ...") is None
+    with pytest.raises(ValueError, match="does not decode"):
+        unpack_report(packed[:-7])
+
+
+def test_a_report_too_large_for_a_termination_message_packs_to_none() -> None:
+    # Random text does not compress: 4 KiB of it cannot fit in 4 KiB of base64.
+    noise = base64.b85encode(random.Random(0).randbytes(3200)).decode()[:4096]
+    assert pack_report(WorkloadReport(message=noise)) is None
+
+
+def test_the_packed_report_is_the_newest_succeeded_pod_s() -> None:
+    old, new = (
+        pack_report(WorkloadReport(message=text)) for text in ("the first try", "the retry")
+    )
+    first = pod({"terminated": {"exitCode": 0, "message": old}}, "Succeeded")
+    second = pod({"terminated": {"exitCode": 0, "message": new}}, "Succeeded")
+    second["metadata"]["creationTimestamp"] = "2026-01-01T00:01:00Z"
+    failed = pod({"terminated": {"exitCode": 1, "message": new}})
+    failed["metadata"]["creationTimestamp"] = "2026-01-01T00:02:00Z"
+    running = pod({"running": {}}, "Running")
+    assert packed_report([first, second, failed, running]) == new
+    assert packed_report([pod({"terminated": {"exitCode": 0, "message": "done"}})]) is None
+    assert packed_report([]) is None
 
 
 def test_complete_job_succeeds() -> None:

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from crucible.api.contract import MergeTask
+from crucible.api.contract import MergeTask, WorkloadReport, unpack_report
+from crucible.workloads import common
 from crucible.workloads.common import WorkloadError, resolve_uri, sha256_of
 from crucible.workloads.merge import MANIFEST, merge
 from tests.conftest import ModelFactory
@@ -192,6 +193,24 @@ def test_incompatible_models_fail_naming_them(
     message = str(error.value)
     assert uri(a) in message and uri(odd) in message and field in message
     assert not (tmp_path / "out").exists()
+
+
+def test_the_report_is_the_termination_message_in_a_pod(
+    tmp_path: Path, make_model: ModelFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a pod, the kubelet's termination log exists: the last report is packed into it,
+    the same report as the one written elsewhere."""
+    a, b = make_model(1), make_model(2)
+    termination_log = tmp_path / "termination-log"
+    termination_log.touch()
+    monkeypatch.setattr(common, "TERMINATION_LOG", termination_log)
+    report = tmp_path / "report.json"
+    monkeypatch.setenv("CRUCIBLE_REPORT_FILE", str(report))
+    models = [{"model": uri(m), "parameters": {"weight": 1.0}} for m in (a, b)]
+    merge(task(tmp_path, {"merge_method": "linear", "dtype": "float32", "models": models}))
+    packed = unpack_report(termination_log.read_text())
+    assert packed == WorkloadReport.model_validate_json(report.read_text())
+    assert packed.message and packed.message.startswith("merged 2 models with linear")
 
 
 def test_command_line_reports_and_fails_clearly(tmp_path: Path, make_model: ModelFactory) -> None:

@@ -1,12 +1,19 @@
 """The contract between the operator and its workloads.
 
 The operator renders a task (one of the *Task types) into a ConfigMap mounted at
-`TASK_PATH`; the workload reads it, does the work and writes a `WorkloadReport` into the run's
-report ConfigMap (key `REPORT_KEY`). Both sides import these types, so they cannot drift.
+`TASK_PATH`; the workload reads it and does the work. Its final `WorkloadReport` is its
+container's termination message (`pack_report`), which the kubelet keeps in the pod's status
+as long as the pod exists, whatever happens to the operator or the API server meanwhile. A
+workload that reports while it runs (a fine-tune's progress) or whose report may outgrow a
+termination message also writes it into the run's report ConfigMap (key `REPORT_KEY`). Both
+sides import these types, so they cannot drift.
 """
 
 from __future__ import annotations
 
+import base64
+import json
+import zlib
 from typing import Any, Literal
 
 from pydantic import Field
@@ -36,7 +43,11 @@ DATABASE_URL_ENV = "CRUCIBLE_DATABASE_URL"
 class TaskBase(ApiModel):
     namespace: str = Field(description="Namespace of the run.")
     name: str = Field(description="Name of the resource the task belongs to.")
-    report_config_map: str = Field(description="ConfigMap the workload writes its report to.")
+    report_config_map: str | None = Field(
+        default=None,
+        description="ConfigMap the workload writes its report to while it runs; without one, "
+        "only its termination message reports.",
+    )
     mounts: dict[str, str] = Field(
         default_factory=dict,
         description="PersistentVolumeClaim name → where it is mounted, to resolve pvc:// URIs.",
@@ -180,7 +191,7 @@ Task = MergeTask | FineTuneTask | RagTask | EvalTask | SynthTask | RankTask
 
 
 class WorkloadReport(ApiModel):
-    """What a workload tells the operator; small, since it travels through a ConfigMap."""
+    """What a workload tells the operator; small, since it travels in a termination message."""
 
     progress: TrainingProgress | None = None
     adapter_modules: list[str] | None = Field(
@@ -200,3 +211,29 @@ class WorkloadReport(ApiModel):
     ranking: list[RankedModel] | None = Field(default=None, max_length=32)
     held_out: HeldOutVerdict | None = None
     message: str | None = Field(default=None, max_length=4096)
+
+
+# The kubelet keeps at most this much of a container's termination message.
+TERMINATION_MESSAGE_BYTES = 4096
+PACKED_REPORT_PREFIX = "crucible-report/v1:"
+
+
+def pack_report(report: WorkloadReport) -> str | None:
+    """The report as a termination message: its JSON, compressed and in base64 after a prefix
+    that tells it from an error's message; None when even that exceeds what the kubelet keeps
+    (a report ConfigMap then carries it)."""
+    packed = zlib.compress(json.dumps(report.to_api(), separators=(",", ":")).encode(), 9)
+    message = PACKED_REPORT_PREFIX + base64.b64encode(packed).decode()
+    return message if len(message) <= TERMINATION_MESSAGE_BYTES else None
+
+
+def unpack_report(message: str) -> WorkloadReport | None:
+    """The report a termination message packs; None for any other message. ValueError (a
+    pydantic ValidationError) when the packed report is malformed."""
+    if not message.startswith(PACKED_REPORT_PREFIX):
+        return None
+    try:
+        text = zlib.decompress(base64.b64decode(message.removeprefix(PACKED_REPORT_PREFIX)))
+    except (ValueError, zlib.error) as error:
+        raise ValueError(f"the packed report does not decode: {error}") from error
+    return WorkloadReport.model_validate_json(text)

@@ -14,14 +14,17 @@ from pydantic import ValidationError
 
 from crucible.api import API_VERSION
 from crucible.api.common import Phase, Reason
-from crucible.api.contract import REPORT_KEY, WorkloadReport
+from crucible.api.contract import REPORT_KEY
 from crucible.api.experiment import ExperimentSpec
 from crucible.api.kinds import EVAL_RUN, EXPERIMENT, FINE_TUNE_JOB
 from crucible.controllers.lifecycle import (
     Context,
     Controller,
     Result,
+    config_map_report,
     create_one,
+    final_report,
+    parse_report,
     status_of,
     timestamp,
 )
@@ -42,8 +45,7 @@ JOBS = (experiment.RANK_JOB, experiment.VERDICT_JOB)
 
 async def observe(ctx: Context, *, fresh: bool) -> experiment.Observed:
     """The experiment's children: from the watches' view, or with `fresh` its child runs read
-    from the API. A ranking Job that completed has its report read from the API when the
-    view's has none yet (the two events may come in either order)."""
+    from the API. A ranking Job that completed has its final report read as every run's is."""
     ns = ctx.owner.namespace
     if fresh:
         selector = {
@@ -63,12 +65,17 @@ async def observe(ctx: Context, *, fresh: bool) -> experiment.Observed:
         if body is None:
             continue
         seen.jobs[job] = body
-        seen.pods[job] = list(ctx.children.of_kind("Pod", **{"job-name": body["metadata"]["name"]}))
-        report = ctx.children.get("ConfigMap", report_name(ctx.owner, job))
-        if not ((report or {}).get("data") or {}).get(REPORT_KEY) and _completed(body):
-            report = await ctx.kube.get("v1", "ConfigMap", ns, report_name(ctx.owner, job))
-        text = ((report or {}).get("data") or {}).get(REPORT_KEY)
-        seen.reports[job] = WorkloadReport.model_validate_json(text) if text else None
+        selector = {"job-name": body["metadata"]["name"]}
+        seen.pods[job] = list(ctx.children.of_kind("Pod", **selector))
+        config_map = report_name(ctx.owner, job)
+        seen.reports[job] = (
+            await final_report(ctx, seen.pods[job], selector, config_map)
+            if _completed(body)
+            else parse_report(
+                config_map_report(ctx.children.get("ConfigMap", config_map)),
+                f"{config_map}/{REPORT_KEY}",
+            )
+        )
     return seen
 
 

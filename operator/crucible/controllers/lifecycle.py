@@ -30,14 +30,14 @@ from crucible.api.common import (
     Serving,
     ServingStatus,
 )
-from crucible.api.contract import REPORT_KEY, WorkloadReport
+from crucible.api.contract import PACKED_REPORT_PREFIX, REPORT_KEY, WorkloadReport, unpack_report
 from crucible.api.finetunejob import FineTuneJobStatus
 from crucible.api.kinds import KINDS_BY_NAME, AnyKind
 from crucible.config import OperatorConfig
 from crucible.controllers.cache import Children
 from crucible.controllers.kube import ChildConflictError, KubeClient
 from crucible.resources.common import LABEL_ROLE, Owner, child_name, report_name
-from crucible.resources.jobs import JOB, WorkloadKind, job_outcome, pod_failure
+from crucible.resources.jobs import JOB, WorkloadKind, job_outcome, packed_report, pod_failure
 from crucible.resources.serving import (
     SERVER_LABEL,
     SERVER_ROLE,
@@ -318,19 +318,41 @@ def timestamp(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
-def parse_report(cm: dict[str, Any] | None, ctx: Context) -> WorkloadReport | None:
-    """The workload's report, validated; FailedError when it is malformed."""
-    text = ((cm or {}).get("data") or {}).get(REPORT_KEY)
+def parse_report(text: str | None, source: str) -> WorkloadReport | None:
+    """The workload's report (JSON, or a packed termination message), validated; FailedError
+    naming its `source` when it is malformed."""
     if not text:
         return None
     try:
+        if text.startswith(PACKED_REPORT_PREFIX):
+            return unpack_report(text)
         return WorkloadReport.model_validate_json(text)
     except ValidationError as error:
-        raise FailedError(
-            Reason.INVALID_REPORT,
-            f"the workload's report ({report_name(ctx.owner)}/{REPORT_KEY}) is malformed: "
-            + describe_validation_error(error, "report"),
-        ) from None
+        detail = describe_validation_error(error, "report")
+    except ValueError as error:
+        detail = str(error)
+    raise FailedError(
+        Reason.INVALID_REPORT, f"the workload's report ({source}) is malformed: {detail}"
+    )
+
+
+def config_map_report(cm: dict[str, Any] | None) -> str | None:
+    text: str | None = ((cm or {}).get("data") or {}).get(REPORT_KEY)
+    return text
+
+
+async def final_report(
+    ctx: Context, pods: list[dict[str, Any]], selector: dict[str, str], config_map: str
+) -> WorkloadReport | None:
+    """The report of a Job that completed: its pod's termination message, from the view or,
+    while the view has none yet, from the API; failing that (a report too large for it), the
+    report ConfigMap read from the API."""
+    ns = ctx.owner.namespace
+    message = packed_report(pods) or packed_report(await ctx.kube.list("v1", "Pod", ns, selector))
+    if message is not None:
+        return parse_report(message, "its pod's termination message")
+    cm = await ctx.kube.get("v1", "ConfigMap", ns, config_map)
+    return parse_report(config_map_report(cm), f"{config_map}/{REPORT_KEY}")
 
 
 async def create_one(ctx: Context, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -511,12 +533,15 @@ async def run_workload(
         if outcome.reason == Reason.IMAGE_PULL_FAILED:
             await ctx.kube.delete(kind.api_version, kind.kind, ns, job_name)
         raise FailedError(outcome.reason, outcome.message)
-    report_cm = ctx.children.get("ConfigMap", report_name(ctx.owner))
-    if outcome.phase == Phase.SUCCEEDED:
-        # The final report decides the result: read it from the API, not the watches' view.
-        report_cm = await ctx.kube.get("v1", "ConfigMap", ns, report_name(ctx.owner))
     if outcome.phase in (Phase.RUNNING, Phase.SUCCEEDED):
-        report = parse_report(report_cm, ctx)
+        config_map = report_name(ctx.owner)
+        if outcome.phase == Phase.SUCCEEDED:
+            report = await final_report(ctx, pods, {kind.pod_label: job_name}, config_map)
+        else:  # progress, from the watches' view
+            report = parse_report(
+                config_map_report(ctx.children.get("ConfigMap", config_map)),
+                f"{config_map}/{REPORT_KEY}",
+            )
         fields.update(fields_set(ctl.from_report(ctx, spec, report, outcome.phase)))
     done = outcome.phase in (Phase.SUCCEEDED, Phase.FAILED)
     poll = None if kind.watched or done else UNWATCHED_RECHECK_SECONDS

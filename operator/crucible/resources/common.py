@@ -11,7 +11,7 @@ from typing import Any
 
 from crucible.api import GROUP
 from crucible.api.common import Resources
-from crucible.api.contract import REPORT_KEY, TASK_DIR, TASK_FILE, TASK_PATH, TaskBase
+from crucible.api.contract import TASK_DIR, TASK_FILE, TASK_PATH, TaskBase
 from crucible.api.formats import ModelLocation
 from crucible.api.kinds import AnyKind
 from crucible.config import OperatorConfig
@@ -265,9 +265,11 @@ class Workload:
         return child_name(self.owner.name, self.role)
 
 
-def workload_pod(w: Workload) -> dict[str, Any]:
+def workload_pod(w: Workload, report_config_map: str | None) -> dict[str, Any]:
     """The pod template of a Crucible workload: task mounted, model store (and any other
-    PVCs) mounted, restricted security, token for writing the report."""
+    PVCs) mounted, restricted security. It reports through its termination message, which
+    needs no credential: only a workload with a report ConfigMap holds a token, its own
+    ServiceAccount's, which may update that ConfigMap and nothing else."""
     volumes, mounts, _ = pvc_volumes(w.config, w.claims)
     volumes += [
         {"name": TASK_VOLUME, "configMap": {"name": w.name}},
@@ -287,11 +289,11 @@ def workload_pod(w: Workload) -> dict[str, Any]:
         "env": [
             {"name": "HOME", "value": "/tmp"},
             {"name": "HF_HOME", "value": f"{w.config.model_store_mount}/.cache/huggingface"},
-            {"name": "CRUCIBLE_REPORT_KEY", "value": REPORT_KEY},
             *w.env,
         ],
         "volumeMounts": mounts,
         "securityContext": RESTRICTED_CONTAINER,
+        # A failure with no message of its own is explained by the end of its log.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if resources_spec := container_resources(w.resources, w.config):
@@ -300,8 +302,11 @@ def workload_pod(w: Workload) -> dict[str, Any]:
         "metadata": {"labels": labels(w.owner, w.role)},
         "spec": {
             "restartPolicy": "Never",
-            "serviceAccountName": w.name,
-            "automountServiceAccountToken": True,
+            **(
+                {"serviceAccountName": w.name, "automountServiceAccountToken": True}
+                if report_config_map
+                else {"automountServiceAccountToken": False}
+            ),
             "securityContext": RESTRICTED_POD,
             "containers": [container],
             "volumes": volumes,
@@ -340,14 +345,16 @@ def task_fields(
     output_uri: str | None = None,
     *,
     job: str | None = None,
+    report: bool = False,
 ) -> dict[str, Any]:
     """The TaskBase fields every workload's task has; a run with several Jobs names the `job`,
-    which gets a report and an output folder of its own."""
+    which gets a report and an output folder of its own. A workload that reports while it
+    runs, or whose report may outgrow a termination message, gets a report ConfigMap."""
     _, _, mounts = pvc_volumes(config, claims)
     return {
         "namespace": owner.namespace,
         "name": owner.name,
-        "report_config_map": report_name(owner, job),
+        "report_config_map": report_name(owner, job) if report else None,
         "mounts": mounts,
         "output_uri": output_uri or store_uri(config, owner, job or ""),
         "output_path": store_path(config, owner, job or ""),
@@ -361,10 +368,11 @@ def workload_command(module: str) -> list[str]:
 def workload_children(
     w: Workload, task: TaskBase, extra_data: Mapping[str, str] | None = None
 ) -> list[dict[str, Any]]:
-    """Every child of a workload run, in creation order: report ConfigMap and the identity
-    that may write it, the task ConfigMap, the Job."""
+    """Every child of a workload run, in creation order: the report ConfigMap and the
+    identity that may write it (if the task names one), the task ConfigMap, the Job."""
+    report = task.report_config_map
     return [
-        *report_objects(w.owner, w.role, task.report_config_map),
+        *(report_objects(w.owner, w.role, report) if report else []),
         task_config_map(w.owner, w.name, w.role, task, extra_data),
-        job(w.owner, w.name, w.role, workload_pod(w), w.config),
+        job(w.owner, w.name, w.role, workload_pod(w, report), w.config),
     ]

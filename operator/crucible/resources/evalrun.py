@@ -96,7 +96,7 @@ def eval_job(
             env_from_secret(eval_rag.database_url_env, rag.connection.name, rag.connection.key)
         )
     task = EvalTask(
-        **task_fields(owner, config, claims),
+        **task_fields(owner, config, claims, report=True),
         endpoints=endpoints,
         dataset=DataFile(path=data.path, uri=data.uri) if data else None,
         prompts=DataFile(path=prompts.path, uri=prompts.uri) if prompts else None,

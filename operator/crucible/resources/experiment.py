@@ -130,7 +130,7 @@ def ranking_job(
     are its own (`<store>/<namespace>/experiments/<name>/<job>/`)."""
     job = RANK_JOB if winner is None else VERDICT_JOB
     task = RankTask(
-        **task_fields(owner, config, [], job=job),
+        **task_fields(owner, config, [], job=job, report=True),
         tasks=[
             JudgedTask(name=t, judgements_path=judgements_path(config, owner.namespace, run))
             for t, run in judged.items()

@@ -281,7 +281,9 @@ def build(
         )
     claims = pvc_claims([base_model_uri]) + data.claims
     task = FineTuneTask(
-        **task_fields(owner, config, claims, outputs(owner, spec, config)["outputUri"]),
+        **task_fields(
+            owner, config, claims, outputs(owner, spec, config)["outputUri"], report=True
+        ),
         base_model_uri=base_model_uri,
         method=spec.method,
         dataset=rows,

@@ -10,6 +10,7 @@ from types import MappingProxyType
 from typing import Any
 
 from crucible.api.common import Phase, Reason
+from crucible.api.contract import PACKED_REPORT_PREFIX
 
 IMAGE_PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
 # The kubelet cannot create the container until something the pod names exists (a Secret or
@@ -75,6 +76,18 @@ def _statuses(pod: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _newest_first(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", reverse=True)
+
+
+def packed_report(pods: list[dict[str, Any]]) -> str | None:
+    """The report a container that succeeded left as its termination message, the newest pod's
+    first (of a training on several pods, rank 0 reports)."""
+    for pod in _newest_first(pods):
+        for status in _statuses(pod):
+            terminated = (status.get("state") or {}).get("terminated") or {}
+            message: str = terminated.get("message") or ""
+            if terminated.get("exitCode") == 0 and message.startswith(PACKED_REPORT_PREFIX):
+                return message
+    return None
 
 
 def _container_failure(pod: dict[str, Any], container: dict[str, Any]) -> Outcome | None:

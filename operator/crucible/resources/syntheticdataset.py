@@ -89,7 +89,7 @@ def build(
     documents = mount_documents(spec.source, config)
     claims = pvc_claims([tokenizer] if tokenizer else []) + documents.claims
     task = SynthTask(
-        **task_fields(owner, config, claims),
+        **task_fields(owner, config, claims, report=True),
         git=spec.source.git,
         documents_path=documents.path,
         include=spec.source.include,

@@ -18,7 +18,13 @@ from typing import Any, NoReturn, TypeVar
 
 from pydantic import BaseModel
 
-from crucible.api.contract import REPORT_KEY, TaskBase, WorkloadReport
+from crucible.api.contract import (
+    REPORT_KEY,
+    TERMINATION_MESSAGE_BYTES,
+    TaskBase,
+    WorkloadReport,
+    pack_report,
+)
 from crucible.api.formats import ModelLocation, Scheme
 
 log = logging.getLogger("crucible.workload")
@@ -26,6 +32,9 @@ T = TypeVar("T", bound=TaskBase)
 # Where the kubelet reads the termination message (the pods' terminationMessagePath): a file
 # it creates in the container, so a workload run elsewhere leaves none.
 TERMINATION_LOG = Path("/dev/termination-log")
+# A report write that the API server does not answer in this time is given up: the work is
+# done, and its termination message says so anyway.
+REPORT_WRITE_TIMEOUT_SECONDS = 10
 
 
 class WorkloadError(RuntimeError):
@@ -45,7 +54,7 @@ def fail(message: str) -> NoReturn:
     log.error(message)
     if TERMINATION_LOG.exists():
         with contextlib.suppress(OSError):
-            TERMINATION_LOG.write_text(message[-4000:])
+            TERMINATION_LOG.write_text(message[-TERMINATION_MESSAGE_BYTES:])
     print(message, file=sys.stderr)
     raise SystemExit(1)
 
@@ -181,9 +190,11 @@ def sha256_of(path: Path) -> str:
 
 
 class Reporter:
-    """Sends the WorkloadReport to the operator: into the run's report ConfigMap as the pod's
-    ServiceAccount (which may update only that one); or, outside any cluster, into
-    CRUCIBLE_REPORT_FILE."""
+    """Tells the operator what the workload did. Its end (`finish`) becomes the container's
+    termination message, which needs no credential and outlives the operator and any outage of
+    the API server. A task that names a report ConfigMap also gets every report there (a
+    fine-tune's progress while it trains), as the pod's ServiceAccount, which may update only
+    that one. Outside any cluster, each report goes to CRUCIBLE_REPORT_FILE."""
 
     def __init__(self, task: TaskBase) -> None:
         self.task = task
@@ -193,22 +204,45 @@ class Reporter:
     def update(self, **fields: Any) -> None:
         self.report = self.report.model_copy(update=fields)
         document = json.dumps(self.report.to_api())
+        log.info("report: %s", document)
         if self.file:
             Path(self.file).write_text(document)
-        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
-            self._patch_config_map(document)
-        log.info("report: %s", document)
+        elif self.task.report_config_map and os.environ.get("KUBERNETES_SERVICE_HOST"):
+            self._patch_config_map(self.task.report_config_map, document)
 
-    def _patch_config_map(self, document: str) -> None:
+    def finish(self, **fields: Any) -> None:
+        """The last report: the termination message first, as it cannot fail for want of the
+        API server, then the report ConfigMap if there is one."""
+        report = self.report.model_copy(update=fields)
+        packed = pack_report(report)
+        if packed is None:
+            log.warning(
+                "the report exceeds the %d bytes of a termination message once packed; only a "
+                "report ConfigMap carries it",
+                TERMINATION_MESSAGE_BYTES,
+            )
+        elif TERMINATION_LOG.exists():
+            TERMINATION_LOG.write_text(packed)
+        self.update(**fields)
+
+    def _patch_config_map(self, name: str, document: str) -> None:
         from kubernetes import client, config
+        from urllib3.exceptions import HTTPError
 
         config.load_incluster_config()  # type: ignore[no-untyped-call]
         try:
             client.CoreV1Api().patch_namespaced_config_map(
-                self.task.report_config_map, self.task.namespace, {"data": {REPORT_KEY: document}}
+                name,
+                self.task.namespace,
+                {"data": {REPORT_KEY: document}},
+                _request_timeout=REPORT_WRITE_TIMEOUT_SECONDS,
             )
-        except client.ApiException as error:  # reporting must not fail the work itself
-            log.warning("could not write the report ConfigMap: %s", error.reason)
+        except (
+            client.ApiException,
+            HTTPError,
+            OSError,
+        ) as error:  # reporting must not fail the work
+            log.warning("could not write the report ConfigMap %s: %s", name, error)
 
 
 def write_json(path: Path, document: BaseModel | dict[str, Any]) -> None:

@@ -166,7 +166,7 @@ def evaluate(task: EvalTask, retriever: Retriever | None = None) -> list[ModelRe
             },
         )
     journal.remove()  # the results are in place: nothing left to resume
-    reporter.update(
+    reporter.finish(
         results=results or None,
         paired_tests=paired or None,
         judge_ratings=ratings or None,

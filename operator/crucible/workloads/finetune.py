@@ -365,7 +365,7 @@ def save_outputs(
                 {**summary, "lineage": [{"uri": task.base_model_uri}]},
             )
     final = result.losses[-1] if result.losses else None
-    reporter.update(
+    reporter.finish(
         adapter_modules=sorted(trainer.model.peft_config["default"].target_modules),
         progress=TrainingProgress(
             step=result.global_step,

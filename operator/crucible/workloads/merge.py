@@ -167,7 +167,7 @@ def merge(task: MergeTask, cache: Path | None = None) -> Path:
             },
         )
     seconds = time.monotonic() - started
-    reporter.update(
+    reporter.finish(
         message=f"merged {len(inputs)} models with {config.merge_method} in {seconds:.1f} s"
     )
     return output

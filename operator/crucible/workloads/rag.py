@@ -120,7 +120,7 @@ def index(task: RagTask) -> dict[str, Any]:
         "phaseSeconds": phases,
     }
     log.info("indexed: %s", summary)
-    reporter.update(
+    reporter.finish(
         documents=len(documents),
         chunks=int(chunks),
         content_hash=digest,

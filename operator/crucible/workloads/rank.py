@@ -128,7 +128,7 @@ def rank(task: RankTask) -> None:
             {"phase": Phase.SUCCEEDED, "comparisons": len(judgements), **reporter_fields}
         )
         (staging / REPORT_FILE).write_text(experiment_report(task.name, task.namespace, shown))
-    reporter.update(
+    reporter.finish(
         comparisons=len(judgements),
         results_uri=task.output_uri + RANKING_FILE,
         message=f"{len(judgements)} comparisons of {len(ratings)} models",

@@ -365,7 +365,7 @@ def synthesize(task: SynthTask) -> dict[str, Any]:
         "seconds": round(time.monotonic() - started, 3),
     }
     log.info("synthesized: %s", summary)
-    reporter.update(
+    reporter.finish(
         documents=len(documents),
         chunks=len(chunks),
         pairs=counts,
@@ -390,7 +390,7 @@ def reuse(task: SynthTask, earlier: Path, reporter: Reporter) -> dict[str, Any]:
                 shutil.copyfile(earlier / name, staging / name)
     source = task.output_uri.rstrip("/").rsplit("/", 1)[0] + f"/{earlier.name}/"
     counts = PairCounts.model_validate(manifest["pairs"])
-    reporter.update(
+    reporter.finish(
         documents=len(manifest["documents"]),
         chunks=manifest["chunks"],
         pairs=counts,
