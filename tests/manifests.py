@@ -1,10 +1,14 @@
 """The resources the tests of both tiers apply: a ModelMerge → FineTuneJob → RagIndex →
 EvalRun chain and the inputs it names, an eval workload's result for one model, a
-SyntheticDataset feeding a fine-tune, a gated ModelServing and an Experiment."""
+SyntheticDataset feeding a fine-tune, a gated ModelServing and an Experiment; and the task a
+workload's Job carries."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+from crucible.resources.common import TASK_ANNOTATION
 
 API = "crucible.dev/v1alpha1"
 
@@ -315,3 +319,11 @@ def verdict_report() -> dict[str, Any]:
         "ratings": judged(["b", "a", "hosted"])["judgeRatings"],
     }
     return {"comparisons": 12, "heldOut": verdict}
+
+
+def task_of(job: dict[str, Any]) -> dict[str, Any]:
+    """The task a workload's Job gives its pods, in their annotation."""
+    task: dict[str, Any] = json.loads(
+        job["spec"]["template"]["metadata"]["annotations"][TASK_ANNOTATION]
+    )
+    return task

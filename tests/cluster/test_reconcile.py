@@ -22,7 +22,7 @@ from tests.cluster.conftest import (
     write_report,
 )
 from tests.conftest import wait_for
-from tests.manifests import API, eval_run, finetune, inputs, merge, rag_index, result
+from tests.manifests import API, eval_run, finetune, inputs, merge, rag_index, result, task_of
 
 
 def objects(
@@ -62,8 +62,10 @@ def test_the_chain_reaches_succeeded_with_lineage(  # noqa: PLR0915 (one story, 
         assert merged["outputUri"] == f"pvc://crucible-models/{namespace}/modelmerges/merged/"
         assert merged["jobName"] == "merged-merge" and merged["startTime"]
         assert merged["observedGeneration"] == 1
-        mergekit = objects(cluster, namespace, "configmap", "merged")
-        assert any("mergekit.yaml" in cm["data"] for cm in mergekit)
+        # Its task, with the mergekit configuration, rode in the Job: no ConfigMap of its own.
+        (job,) = objects(cluster, namespace, "job", "merged")
+        assert task_of(job)["mergekit"]["merge_method"] == "linear"
+        assert objects(cluster, namespace, "configmap", "merged") == []
 
         tuned = wait_phase(cluster, namespace, "ftj", "tuned", "Succeeded")
         assert tuned["baseModelUri"] == merged["outputUri"]

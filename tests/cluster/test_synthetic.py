@@ -4,7 +4,6 @@ train split, and a failed or mismatched dataset fails the fine-tune saying why."
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
@@ -21,20 +20,17 @@ from tests.cluster.conftest import (
 )
 from tests.cluster.test_reconcile import objects
 from tests.conftest import wait_for
-from tests.manifests import COUNTS, finetune_on, inputs, synthetic
+from tests.manifests import COUNTS, finetune_on, inputs, synthetic, task_of
 
 FAIL_IMAGE = "kwok.crucible.test/fail:error"
 
 
-def task_of(cluster: LocalCluster, namespace: str, owner: str, job: str) -> dict[str, Any]:
+def rendered_task(cluster: LocalCluster, namespace: str, owner: str, job: str) -> dict[str, Any]:
     """The task the operator rendered for a run's Job."""
-    (config_map,) = [
-        cm
-        for cm in objects(cluster, namespace, "configmap", owner)
-        if cm["metadata"]["name"] == job
+    (found,) = [
+        j for j in objects(cluster, namespace, "job", owner) if j["metadata"]["name"] == job
     ]
-    task: dict[str, Any] = json.loads(config_map["data"]["task.json"])
-    return task
+    return task_of(found)
 
 
 @pytest.mark.pod_security_baseline
@@ -58,7 +54,7 @@ def test_synthetic_dataset_feeds_a_fine_tune(
         assert deployment["metadata"]["name"] == "qa-vllm-teacher"
         args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
         assert args[:2] == ["--model", "org/teacher"]
-        task = task_of(cluster, namespace, "qa", "qa-synth")
+        task = rendered_task(cluster, namespace, "qa", "qa-synth")
         assert task["teacher"]["baseUrl"] == f"http://qa-vllm-teacher.{namespace}.svc:8000/v1"
         assert task["tokenizerUri"] == "hf://org/teacher"
         waiting = wait_phase(cluster, namespace, "ftj", "tuned", "Waiting")
@@ -90,7 +86,7 @@ def test_synthetic_dataset_feeds_a_fine_tune(
         assert not objects(cluster, namespace, "service", "qa")
 
         wait_phase(cluster, namespace, "ftj", "tuned", "Succeeded")
-        train_task = task_of(cluster, namespace, "tuned", "tuned-train")
+        train_task = rendered_task(cluster, namespace, "tuned", "tuned-train")
         assert train_task["dataset"]["path"] == (
             f"/models/{namespace}/syntheticdatasets/qa/train.jsonl"
         )

@@ -7,8 +7,9 @@ import re
 from typing import Any
 
 import pytest
-import yaml
 
+from crucible.api.common import Resources
+from crucible.api.contract import MergeTask
 from crucible.api.evalrun import EvalRunSpec
 from crucible.api.finetunejob import FineTuneJobSpec
 from crucible.api.formats import DNS_1035_LABEL
@@ -35,7 +36,16 @@ from crucible.resources import (
     serving,
     syntheticdataset,
 )
-from crucible.resources.common import Owner, child_name, report_name
+from crucible.resources.common import (
+    TASK_ANNOTATION_BYTES,
+    Owner,
+    Workload,
+    child_name,
+    report_name,
+    task_fields,
+    workload_children,
+)
+from tests.manifests import task_of
 
 CONFIG = OperatorConfig.from_env({})
 
@@ -102,7 +112,8 @@ def test_merge_children_in_creation_order_with_ownership() -> None:
     spec = merge_spec(resources={"gpus": 2, "memory": "64Gi"})
     inputs = modelmerge.MergeInputs(["pvc://crucible-models/team/modelmerges/a/", "hf://o/b"], None)
     children = modelmerge.build(owner(MODEL_MERGE), spec, inputs, CONFIG)
-    assert [c["kind"] for c in children] == ["ConfigMap", "Job"]
+    # The task rides in the Job's pods: one child only.
+    assert [c["kind"] for c in children] == ["Job"]
     for child in children:
         meta = child["metadata"]
         assert meta["labels"]["app.kubernetes.io/managed-by"] == "crucible"
@@ -110,10 +121,9 @@ def test_merge_children_in_creation_order_with_ownership() -> None:
         assert meta["labels"]["crucible.dev/name"] == "run"
         (ref,) = meta["ownerReferences"]
         assert (ref["kind"], ref["uid"], ref["controller"]) == ("ModelMerge", "uid-1", True)
-    task_cm, job = children
-    mergekit = yaml.safe_load(task_cm["data"]["mergekit.yaml"])
-    assert mergekit["models"][0]["model"] == "pvc://crucible-models/team/modelmerges/a/"
-    task = json.loads(task_cm["data"]["task.json"])
+    (job,) = children
+    task = task_of(job)
+    assert task["mergekit"]["models"][0]["model"] == "pvc://crucible-models/team/modelmerges/a/"
     assert task["outputPath"] == "/models/team/modelmerges/run"
     assert task["outputUri"] == "pvc://crucible-models/team/modelmerges/run/"
     assert task["mounts"] == {"crucible-models": "/models"}
@@ -131,6 +141,27 @@ def test_merge_children_in_creation_order_with_ownership() -> None:
     )
 
 
+def test_a_task_too_large_for_an_annotation_takes_a_config_map() -> None:
+    run = owner(MODEL_MERGE)
+    workload = Workload(run, "merge", CONFIG, Resources(), "img", ["merge"], ["crucible-models"])
+    fields = task_fields(run, CONFIG, ["crucible-models"])
+    small = MergeTask(**fields, mergekit={"merge_method": "linear"})
+    (job,) = workload_children(workload, small)
+    (volume,) = [v for v in job["spec"]["template"]["spec"]["volumes"] if v["name"] == "task"]
+    (item,) = volume["downwardAPI"]["items"]
+    assert item == {
+        "path": "task.json",
+        "fieldRef": {"fieldPath": "metadata.annotations['crucible.dev/task']"},
+    }
+    large = MergeTask(**fields, mergekit={"notes": "x" * TASK_ANNOTATION_BYTES})
+    config_map, job = workload_children(workload, large)
+    assert config_map["kind"] == "ConfigMap" and config_map["metadata"]["name"] == "run-merge"
+    assert json.loads(config_map["data"]["task.json"])["mergekit"] == large.mergekit
+    assert "annotations" not in job["spec"]["template"]["metadata"]
+    (volume,) = [v for v in job["spec"]["template"]["spec"]["volumes"] if v["name"] == "task"]
+    assert volume["configMap"] == {"name": "run-merge"}
+
+
 def test_a_workload_reporting_while_it_runs_may_write_only_its_report() -> None:
     children = finetunejob.build(owner(FINE_TUNE_JOB), ft_spec(), "hf://o/base", CONFIG)
     assert [c["kind"] for c in children] == [
@@ -138,11 +169,10 @@ def test_a_workload_reporting_while_it_runs_may_write_only_its_report() -> None:
         "ServiceAccount",
         "Role",
         "RoleBinding",
-        "ConfigMap",
         "Job",
     ]
-    report, account, role, binding, task_cm, job = children
-    assert json.loads(task_cm["data"]["task.json"])["reportConfigMap"] == "run-report"
+    report, account, role, binding, job = children
+    assert task_of(job)["reportConfigMap"] == "run-report"
     assert report["metadata"]["name"] == "run-report"
     assert role["rules"] == [
         {
@@ -253,7 +283,7 @@ def test_single_gpu_training_runs_one_process() -> None:
     children = finetunejob.build(owner(FINE_TUNE_JOB), ft_spec(), "hf://o/base", CONFIG)
     job = by_kind(children, "Job")[0]
     assert container_of(job)["command"][:3] == ["python", "-m", "crucible.workloads.finetune"]
-    task = json.loads(by_kind(children, "ConfigMap")[1]["data"]["task.json"])
+    task = task_of(by_kind(children, "Job")[0])
     assert task["dataset"]["path"] == "/data/dataset/qa.csv"
     assert task["adapterPath"] == "/models/team/finetunejobs/run/adapter"
     assert "mergedPath" not in task
@@ -273,7 +303,7 @@ def test_continued_pretraining_mounts_its_documents_and_names_no_dataset() -> No
         }
     )
     children = finetunejob.build(owner(FINE_TUNE_JOB), spec, "hf://o/base", CONFIG)
-    task = json.loads(by_kind(children, "ConfigMap")[1]["data"]["task.json"])
+    task = task_of(by_kind(children, "Job")[0])
     assert task["method"] == "cpt"
     assert "dataset" not in task
     assert task["documents"] == {"documentsPath": "/data/documents", "include": ["**/*.md"]}
@@ -294,7 +324,7 @@ def test_multi_gpu_training_runs_torchrun_with_shared_memory() -> None:
     assert container_of(job)["command"][:3] == ["torchrun", "--standalone", "--nproc_per_node=4"]
     assert {"name": "dshm", "mountPath": "/dev/shm"} in container_of(job)["volumeMounts"]
     assert {"name": "pvc-data", "mountPath": "/mnt/pvc/data"} in container_of(job)["volumeMounts"]
-    task = json.loads(by_kind(children, "ConfigMap")[1]["data"]["task.json"])
+    task = task_of(by_kind(children, "Job")[0])
     assert task["dataset"]["path"] == "/mnt/pvc/data/sets/qa.jsonl"
     assert task["mergedPath"] == "/models/team/finetunejobs/run/merged"
     assert finetunejob.outputs(owner(FINE_TUNE_JOB), spec, CONFIG) == {
@@ -335,7 +365,7 @@ def test_training_on_several_nodes_is_an_indexed_job_under_a_headless_service() 
     assert container_of(job)["resources"]["limits"]["nvidia.com/gpu"] == "4"
     # A lost node's re-created pod can join the re-formed group (see ELASTIC_ENV).
     assert {"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "1"} in container_of(job)["env"]
-    task = json.loads(by_kind(children, "ConfigMap")[1]["data"]["task.json"])
+    task = task_of(by_kind(children, "Job")[0])
     assert task["gpus"] == 4
     assert task["strategy"] == "FSDP"
 
@@ -349,7 +379,7 @@ def test_the_global_batch_holds_whatever_the_shape(
 ) -> None:
     spec = ft_spec(resources=resources, hyperparameters={"batchSize": 4, "globalBatchSize": 32})
     children = finetunejob.build(owner(FINE_TUNE_JOB), spec, "hf://o/base", CONFIG)
-    task = json.loads(by_kind(children, "ConfigMap")[1]["data"]["task.json"])
+    task = task_of(by_kind(children, "Job")[0])
     assert task["hyperparameters"]["gradientAccumulationSteps"] == accumulation
 
 
@@ -514,7 +544,7 @@ def test_eval_job_targets_servers_and_endpoints() -> None:
     )
     spec = eval_spec(rag={"indexName": "docs", "topK": 4})
     children = evalrun.eval_job(owner(EVAL_RUN), spec, served, rag, CONFIG)
-    task = json.loads(by_kind(children, "ConfigMap")[1]["data"]["task.json"])
+    task = task_of(by_kind(children, "Job")[0])
     assert [(e["name"], e["baseUrl"], e["model"]) for e in task["endpoints"]] == [
         ("merged", "http://run-vllm-merged.team.svc:8000/v1", "merged"),
         ("tuned", "http://run-vllm-tuned.team.svc:8000/v1", "tuned"),
@@ -543,7 +573,7 @@ def test_eval_job_mounts_questions_and_prompts_side_by_side() -> None:
         serving.ServedModel("judge", "hf://o/a"),
     ]
     children = evalrun.eval_job(owner(EVAL_RUN), spec, served, None, CONFIG)
-    task = json.loads(by_kind(children, "ConfigMap")[1]["data"]["task.json"])
+    task = task_of(by_kind(children, "Job")[0])
     assert task["dataset"] == {"path": "/data/dataset/mcq.csv"}
     assert task["prompts"] == {"path": "/data/prompts/prompts.jsonl"}
     # The judge is the same weights as model a: it is asked on a's server.
@@ -570,7 +600,7 @@ def test_synth_job_asks_the_served_teacher_and_counts_with_its_tokenizer() -> No
     targets = syntheticdataset.served_targets(spec)
     assert [(t.name, t.field) for t in targets] == [("teacher", "spec.teacher")]
     children = syntheticdataset.build(owner(SYNTHETIC_DATASET), spec, [teacher], CONFIG)
-    task = json.loads(by_kind(children, "ConfigMap")[1]["data"]["task.json"])
+    task = task_of(by_kind(children, "Job")[0])
     assert task["workload"] == "synthesize"
     assert task["teacher"] == {
         "name": "teacher",
@@ -598,7 +628,7 @@ def test_synth_settings_hash_follows_what_shapes_the_output() -> None:
 
     def digest(spec: SyntheticDatasetSpec, served: list[serving.ServedModel]) -> str:
         children = syntheticdataset.build(owner(SYNTHETIC_DATASET), spec, served, CONFIG)
-        task = json.loads(by_kind(children, "ConfigMap")[1]["data"]["task.json"])
+        task = task_of(by_kind(children, "Job")[0])
         return str(task["settingsHash"])
 
     base = digest(synth_spec(), teacher)
@@ -624,14 +654,14 @@ def test_synth_endpoint_teacher_key_comes_from_its_secret() -> None:
     assert [(t.name, t.field) for t in targets] == [("rejected", "spec.rejectedModel")]
     rejected = serving.ServedModel("rejected", "hf://o/small")
     children = syntheticdataset.build(owner(SYNTHETIC_DATASET), spec, [rejected], CONFIG)
-    task = json.loads(by_kind(children, "ConfigMap")[1]["data"]["task.json"])
+    task = task_of(by_kind(children, "Job")[0])
     assert task["teacher"]["baseUrl"] == "https://api.example.com/v1"
     assert task["rejected"]["baseUrl"] == "http://run-vllm-rejected.team.svc:8000/v1"
     assert "tokenizerUri" not in task  # words are counted: no tokenizer to load
     env = {e["name"]: e for e in container_of(by_kind(children, "Job")[0])["env"]}
     ref = env[task["teacher"]["apiKeyEnv"]]["valueFrom"]["secretKeyRef"]
     assert ref == {"name": "openai", "key": "key"}
-    assert "gpt-4" not in json.dumps(by_kind(children, "Job"))
+    assert "gpt-4" not in json.dumps(by_kind(children, "Job")[0]["spec"]["template"]["spec"])
 
 
 RAG_SPEC = {

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,6 +33,7 @@ from tests.manifests import (
     scored_eval_run,
     scored_report,
     synthetic,
+    task_of,
     verdict_report,
 )
 from tests.unit.fakeapi import FakeApiServer, Operator, OperatorGoneError
@@ -99,7 +99,7 @@ async def test_a_chain_waits_for_its_inputs_then_runs_each_step_once_with_lineag
     await operator.settle()
     assert status(api, "ModelMerge", "merged")["phase"] == "Running"
     assert owned(api, "Job", "merged") == ["merged-merge"]
-    assert owned(api, "ConfigMap", "merged") == ["merged-merge"]  # it reports when it ends
+    assert owned(api, "ConfigMap", "merged") == []  # its task rides in the Job
     # Reconciling again, with nothing changed, writes nothing.
     writes = len(api.writes)
     operator.engine.lead(False)
@@ -357,7 +357,7 @@ async def test_a_synthetic_dataset_serves_its_teacher_reports_progress_and_feeds
     assert owned(api, "Deployment", "qa") == ["qa-vllm-teacher"]
     api.rolled_out("qa-vllm-teacher")
     await operator.settle()
-    task = json.loads(api.read("ConfigMap", "qa-synth")["data"]["task.json"])
+    task = task_of(api.read("Job", "qa-synth"))
     assert task["teacher"]["baseUrl"] == "http://qa-vllm-teacher.ns.svc:8000/v1"
     assert (
         "waiting for SyntheticDataset 'qa' to succeed"
@@ -377,7 +377,7 @@ async def test_a_synthetic_dataset_serves_its_teacher_reports_progress_and_feeds
     )
     assert done["pairs"]["kept"] == 9 and done["pairs"]["dropped"]["duplicate"] == 2
     assert owned(api, "Deployment", "qa") == owned(api, "Service", "qa") == []
-    train = json.loads(api.read("ConfigMap", "tuned-train")["data"]["task.json"])
+    train = task_of(api.read("Job", "tuned-train"))
     assert train["dataset"]["path"] == "/models/ns/syntheticdatasets/qa/train.jsonl"
 
 
@@ -544,7 +544,7 @@ async def test_an_experiment_fans_out_within_its_bound_survives_a_restart_and_re
     await evaluated(api, operator, "search-ops", judged(["b", "a", "hosted"]))
     expected |= {"FineTuneJob/search-b-ops", "EvalRun/search-ops", "Job/search-rank"}
     assert runs_of(api, "search") == expected
-    rank = json.loads(api.read("ConfigMap", "search-rank")["data"]["task.json"])
+    rank = task_of(api.read("Job", "search-rank"))
     assert [t["judgementsPath"] for t in rank["tasks"]] == [
         "/models/ns/evalruns/search-docs/judgements.jsonl",
         "/models/ns/evalruns/search-ops/judgements.jsonl",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from crucible.api.contract import WorkloadReport
@@ -11,6 +10,7 @@ from crucible.api.kinds import EXPERIMENT
 from crucible.config import OperatorConfig
 from crucible.resources.common import Owner
 from crucible.resources.experiment import RANK_JOB, VERDICT_JOB, Decision, Observed, decide
+from tests.manifests import task_of
 
 CONFIG = OperatorConfig()
 OWNER = Owner(EXPERIMENT, "search", "team", "uid-9")
@@ -253,11 +253,7 @@ def test_the_ranking_job_reads_every_judged_task() -> None:
     assert container["command"][:3] == ["python", "-m", "crucible.workloads.rank"]
     seen_again = Observed(runs=dict(seen.runs))
     creation = decide(OWNER, s, seen_again, CONFIG).create
-    task = json.loads(
-        next(m for m in creation if m["kind"] == "ConfigMap" and "task.json" in m["data"])["data"][
-            "task.json"
-        ]
-    )
+    task = task_of(next(m for m in creation if m["kind"] == "Job"))
     assert [t["judgementsPath"] for t in task["tasks"]] == [
         "/models/team/evalruns/search-docs/judgements.jsonl",
         "/models/team/evalruns/search-ops/judgements.jsonl",

@@ -1,7 +1,7 @@
 """The contract between the operator and its workloads.
 
-The operator renders a task (one of the *Task types) into a ConfigMap mounted at
-`TASK_PATH`; the workload reads it and does the work. Its final `WorkloadReport` is its
+The operator renders a task (one of the *Task types) into its pod's annotation, mounted at
+`TASK_PATH` (a ConfigMap there when it is large); the workload reads it and does the work. Its final `WorkloadReport` is its
 container's termination message (`pack_report`), which the kubelet keeps in the pod's status
 as long as the pod exists, whatever happens to the operator or the API server meanwhile. A
 workload that reports while it runs (a fine-tune's progress) or whose report may outgrow a

@@ -146,14 +146,23 @@ def pvc_volumes(
 # -- tasks and reports --------------------------------------------------------------------
 
 
-def task_config_map(
-    owner: Owner, name: str, role: str, task: TaskBase, extra: Mapping[str, str] | None = None
-) -> dict[str, Any]:
+# The task rides in its pod's annotation, which the downward API mounts as TASK_PATH: no
+# object of its own to write. The API server allows 256 KiB of annotations an object; a task
+# larger than this takes a ConfigMap instead.
+TASK_ANNOTATION = f"{GROUP}/task"
+TASK_ANNOTATION_BYTES = 128 * 1024
+
+
+def task_text(task: TaskBase) -> str:
+    return json.dumps(task.to_api(), indent=2, sort_keys=True)
+
+
+def task_config_map(owner: Owner, name: str, role: str, task: TaskBase) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": metadata(owner, name, role),
-        "data": {TASK_FILE: json.dumps(task.to_api(), indent=2, sort_keys=True), **(extra or {})},
+        "data": {TASK_FILE: task_text(task)},
     }
 
 
@@ -265,14 +274,29 @@ class Workload:
         return child_name(self.owner.name, self.role)
 
 
-def workload_pod(w: Workload, report_config_map: str | None) -> dict[str, Any]:
-    """The pod template of a Crucible workload: task mounted, model store (and any other
-    PVCs) mounted, restricted security. It reports through its termination message, which
-    needs no credential: only a workload with a report ConfigMap holds a token, its own
+def workload_pod(w: Workload, report_config_map: str | None, task: str | None) -> dict[str, Any]:
+    """The pod template of a Crucible workload: its `task` in an annotation mounted by the
+    downward API (without one, the ConfigMap of the workload's name), the model store (and any
+    other PVCs) mounted, restricted security. It reports through its termination message,
+    which needs no credential: only a workload with a report ConfigMap holds a token, its own
     ServiceAccount's, which may update that ConfigMap and nothing else."""
+    task_source: dict[str, Any] = (
+        {"configMap": {"name": w.name}}
+        if task is None
+        else {
+            "downwardAPI": {
+                "items": [
+                    {
+                        "path": TASK_FILE,
+                        "fieldRef": {"fieldPath": f"metadata.annotations['{TASK_ANNOTATION}']"},
+                    }
+                ]
+            }
+        }
+    )
     volumes, mounts, _ = pvc_volumes(w.config, w.claims)
     volumes += [
-        {"name": TASK_VOLUME, "configMap": {"name": w.name}},
+        {"name": TASK_VOLUME, **task_source},
         {"name": TMP_VOLUME, "emptyDir": {}},
         *w.extra_volumes,
     ]
@@ -299,7 +323,10 @@ def workload_pod(w: Workload, report_config_map: str | None) -> dict[str, Any]:
     if resources_spec := container_resources(w.resources, w.config):
         container["resources"] = resources_spec
     return {
-        "metadata": {"labels": labels(w.owner, w.role)},
+        "metadata": {
+            "labels": labels(w.owner, w.role),
+            **({"annotations": {TASK_ANNOTATION: task}} if task is not None else {}),
+        },
         "spec": {
             "restartPolicy": "Never",
             **(
@@ -365,14 +392,15 @@ def workload_command(module: str) -> list[str]:
     return ["python", "-m", f"crucible.workloads.{module}", "--task", TASK_PATH]
 
 
-def workload_children(
-    w: Workload, task: TaskBase, extra_data: Mapping[str, str] | None = None
-) -> list[dict[str, Any]]:
+def workload_children(w: Workload, task: TaskBase) -> list[dict[str, Any]]:
     """Every child of a workload run, in creation order: the report ConfigMap and the
-    identity that may write it (if the task names one), the task ConfigMap, the Job."""
+    identity that may write it (if the task names one), the task's ConfigMap (if it is too
+    large for an annotation), the Job."""
     report = task.report_config_map
+    text = task_text(task)
+    inline = len(text.encode()) <= TASK_ANNOTATION_BYTES
     return [
         *(report_objects(w.owner, w.role, report) if report else []),
-        task_config_map(w.owner, w.name, w.role, task, extra_data),
-        job(w.owner, w.name, w.role, workload_pod(w, report), w.config),
+        *([] if inline else [task_config_map(w.owner, w.name, w.role, task)]),
+        job(w.owner, w.name, w.role, workload_pod(w, report, text if inline else None), w.config),
     ]

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
 from crucible.api.contract import MergeTask
 from crucible.api.modelmerge import (
     METHODS_NEEDING_BASE,
@@ -80,5 +78,4 @@ def build(
             claims=claims,
         ),
         MergeTask(**task_fields(owner, config, claims), mergekit=mergekit),
-        {"mergekit.yaml": yaml.safe_dump(mergekit, sort_keys=False)},
     )
