@@ -133,11 +133,17 @@ class CpuMeter:
         return ", ".join(f"{name} {seconds:.1f}" for name, seconds in spent.items())
 
 
-def scrape_requests(port: int) -> float:
+WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def scrape_requests(port: int, verbs: tuple[str, ...] = ()) -> float:
+    """The operator's API requests so far (of `verbs` only, if given)."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    series = r'^crucible_kube_requests_total\{[^}]*verb="([A-Z]+)"[^}]*\} (\S+)$'
     return sum(
-        float(m.group(1))
-        for m in re.finditer(r"^crucible_kube_requests_total\{[^}]*\} (\S+)$", text, re.M)
+        float(m.group(2))
+        for m in re.finditer(series, text, re.M)
+        if not verbs or m.group(1) in verbs
     )
 
 
@@ -230,8 +236,8 @@ async def raw_rates(b: Bench) -> tuple[float, float]:
     raw_rate = b.runs / seconds
     print(f"raw: {b.runs} Jobs created in {seconds:.2f} s = {raw_rate:.0f} Jobs/s")
     print(f"  CPU s while creating: {b.cpu.report()}")
-    # The same objects a ModelMerge's reconcile creates (report ConfigMap, ServiceAccount, Role,
-    # RoleBinding, task ConfigMap, Job), created directly: the API server's share of a run.
+    # The same objects a ModelMerge's reconcile creates, created directly: the API server's
+    # share of a run.
     per_run = run_children("raw")
     b.cpu.start()
     start = time.monotonic()
@@ -254,6 +260,7 @@ async def operator_rate(b: Bench, raw_rate: float, children_rate: float) -> None
     statuses = Watcher(b.kube, MODELMERGES.format(ns), needs_status=True)
     children = Watcher(b.kube, JOBS.format(ns), needs_status=False)
     names = [f"mm-{i}" for i in range(b.runs)]
+    writes_before = scrape_requests(b.operator_port, WRITE_VERBS)
     b.cpu.start()
     start = time.monotonic()
     returned = await create_all(b.kube, [modelmerge(n, ns) for n in names])
@@ -273,6 +280,19 @@ async def operator_rate(b: Bench, raw_rate: float, children_rate: float) -> None
     print(f"  CPU s until then: {b.cpu.report()}")
     print(f"first-status latency: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
     await quiet(b.operator_port)
+    writes = scrape_requests(b.operator_port, WRITE_VERBS) - writes_before
+    rbac = sum(
+        len(await b.kube.list(api_version, kind, ns, {"app.kubernetes.io/managed-by": "crucible"}))
+        for api_version, kind in (
+            ("v1", "ServiceAccount"),
+            ("rbac.authorization.k8s.io/v1", "Role"),
+            ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+        )
+    )
+    print(
+        f"API writes per run while starting: {writes / b.runs:.2f} (creates, status patches and "
+        f"Events); RBAC objects per run: {rbac / b.runs:.2f}"
+    )
     print(f"operator RSS with {b.runs} live runs: {rss_mib(b.operator_pid):.0f} MiB")
 
     more = [f"mm-{i}" for i in range(b.runs, 2 * b.runs)]
