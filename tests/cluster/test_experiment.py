@@ -29,6 +29,7 @@ from tests.manifests import (
     experiment_inputs,
     judged,
     rank_report,
+    task_of,
     verdict_report,
 )
 
@@ -141,16 +142,10 @@ def test_an_experiment_fans_out_within_its_bound_and_reaches_a_verdict(  # noqa:
         # The ranking Job pools the verdicts of both tasks from the model store.
         expected.add("Job/search-rank")
         settle(cluster, namespace, expected)
-        rank_task = json.loads(
-            cluster.kubectl(
-                "get",
-                "configmap",
-                "search-rank",
-                "-n",
-                namespace,
-                "-o",
-                "jsonpath={.data.task\\.json}",
-            ).stdout
+        rank_task = task_of(
+            json.loads(
+                cluster.kubectl("get", "job", "search-rank", "-n", namespace, "-o", "json").stdout
+            )
         )
         assert [t["judgementsPath"] for t in rank_task["tasks"]] == [
             f"/models/{namespace}/evalruns/search-docs/judgements.jsonl",

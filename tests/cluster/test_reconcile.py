@@ -3,13 +3,16 @@ RagIndex → EvalRun, with lineage, failures that say why, and restarts that dup
 
 from __future__ import annotations
 
+import base64
 import json
 import time
+import zlib
 from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY, generate_latest
 
+from crucible.api.contract import PACKED_REPORT_PREFIX
 from crucible.devcluster.cluster import LocalCluster
 from tests.cluster.conftest import (
     HOLD_IMAGE,
@@ -64,7 +67,7 @@ def test_the_chain_reaches_succeeded_with_lineage(  # noqa: PLR0915 (one story, 
         assert merged["observedGeneration"] == 1
         # Its task, with the mergekit configuration, rode in the Job: no ConfigMap of its own.
         (job,) = objects(cluster, namespace, "job", "merged")
-        assert task_of(job)["mergekit"]["merge_method"] == "linear"
+        assert task_of(job)["mergekit"]["merge_method"] == "slerp"
         assert objects(cluster, namespace, "configmap", "merged") == []
 
         tuned = wait_phase(cluster, namespace, "ftj", "tuned", "Succeeded")
@@ -78,10 +81,8 @@ def test_the_chain_reaches_succeeded_with_lineage(  # noqa: PLR0915 (one story, 
 
         # The rag workload (held) reports its counts, then its pod exits.
         pod = running_pod(cluster, namespace, "docs-rag")
-        write_report(
-            cluster, namespace, "docs", {"documents": 1, "chunks": 3, "contentHash": "sha256:abc"}
-        )
-        finish_pod(cluster, namespace, pod)
+        counts = {"documents": 1, "chunks": 3, "contentHash": "sha256:abc"}
+        finish_pod(cluster, namespace, pod, report=counts)
         docs = wait_phase(cluster, namespace, "ri", "docs", "Succeeded")
         assert (docs["documents"], docs["chunks"], docs["table"]) == (1, 3, "docs")
         assert docs["contentHash"] == "sha256:abc" and docs["lastIndexedTime"]
@@ -320,14 +321,14 @@ def test_deleting_a_resource_removes_its_children(
     cluster: LocalCluster, namespace: str, model_store: str, operator: OperatorFactory
 ) -> None:
     cluster.kubectl_apply(inputs(), "-n", namespace)
-    with operator(CRUCIBLE_MERGE_IMAGE=HOLD_IMAGE):
-        cluster.kubectl_apply([merge()], "-n", namespace)
-        wait_phase(cluster, namespace, "mm", "merged", "Running")
+    with operator(CRUCIBLE_TRAIN_IMAGE=HOLD_IMAGE):
+        cluster.kubectl_apply([finetune(baseModel={"uri": "hf://org/base"})], "-n", namespace)
+        wait_phase(cluster, namespace, "ftj", "tuned", "Running")
         kinds = ("job", "configmap", "serviceaccount", "role", "rolebinding")
-        assert all(objects(cluster, namespace, kind, "merged") for kind in kinds)
-        cluster.kubectl("delete", "mm", "merged", "-n", namespace)
+        assert all(objects(cluster, namespace, kind, "tuned") for kind in kinds)
+        cluster.kubectl("delete", "ftj", "tuned", "-n", namespace)
         wait_for(
-            lambda: not any(objects(cluster, namespace, kind, "merged") for kind in kinds),
+            lambda: not any(objects(cluster, namespace, kind, "tuned") for kind in kinds),
             what="garbage collection of the children",
         )
 
@@ -469,27 +470,29 @@ def test_malformed_report_fails_the_run_clearly(
     with operator(CRUCIBLE_RAG_IMAGE=HOLD_IMAGE):
         cluster.kubectl_apply([rag_index()], "-n", namespace)
         pod = running_pod(cluster, namespace, "docs-rag")
-        write_report(cluster, namespace, "docs", {"chunks": -3})
-        finish_pod(cluster, namespace, pod)
+        malformed = zlib.compress(json.dumps({"chunks": -3}).encode())
+        message = PACKED_REPORT_PREFIX + base64.b64encode(malformed).decode()
+        finish_pod(cluster, namespace, pod, message=message)
         failed = ready_condition(wait_phase(cluster, namespace, "ri", "docs", "Failed"))
         assert failed["reason"] == "InvalidReport"
+        assert "(its pod's termination message) is malformed" in failed["message"]
         assert "report.chunks" in failed["message"]
 
 
 def test_a_workload_may_write_its_own_report_and_nothing_else(
     cluster: LocalCluster, namespace: str, model_store: str, operator: OperatorFactory
 ) -> None:
-    with operator(CRUCIBLE_MERGE_IMAGE=HOLD_IMAGE):
-        cluster.kubectl_apply([merge()], "-n", namespace)
-        wait_phase(cluster, namespace, "mm", "merged", "Running")
-        as_workload = cluster.service_account_kubeconfig(namespace, "merged-merge")
-        write_report(
-            cluster, namespace, "merged", {"message": "merged 2 models"}, kubeconfig=as_workload
-        )
+    cluster.kubectl_apply(inputs(), "-n", namespace)
+    with operator(CRUCIBLE_TRAIN_IMAGE=HOLD_IMAGE):
+        cluster.kubectl_apply([finetune(baseModel={"uri": "hf://org/base"})], "-n", namespace)
+        wait_phase(cluster, namespace, "ftj", "tuned", "Running")
+        as_workload = cluster.service_account_kubeconfig(namespace, "tuned-train")
+        progress = {"progress": {"step": 1, "totalSteps": 2}}
+        write_report(cluster, namespace, "tuned", progress, kubeconfig=as_workload)
         other = cluster.kubectl(
             "patch",
             "configmap",
-            "merged-merge",
+            "qa",
             "-n",
             namespace,
             "--type=merge",
