@@ -281,14 +281,14 @@ async def operator_rate(b: Bench, raw_rate: float, children_rate: float) -> None
     print(f"first-status latency: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
     await quiet(b.operator_port)
     writes = scrape_requests(b.operator_port, WRITE_VERBS) - writes_before
-    rbac = sum(
-        len(await b.kube.list(api_version, kind, ns, {"app.kubernetes.io/managed-by": "crucible"}))
-        for api_version, kind in (
-            ("v1", "ServiceAccount"),
-            ("rbac.authorization.k8s.io/v1", "Role"),
-            ("rbac.authorization.k8s.io/v1", "RoleBinding"),
-        )
-    )
+    rbac = 0
+    for api_version, kind in (
+        ("v1", "ServiceAccount"),
+        ("rbac.authorization.k8s.io/v1", "Role"),
+        ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    ):
+        managed = {"app.kubernetes.io/managed-by": "crucible"}
+        rbac += len(await b.kube.list(api_version, kind, ns, managed))
     print(
         f"API writes per run while starting: {writes / b.runs:.2f} (creates, status patches and "
         f"Events); RBAC objects per run: {rbac / b.runs:.2f}"
