@@ -175,6 +175,7 @@ async def test_a_chain_waits_for_its_inputs_then_runs_each_step_once_with_lineag
     assert conflicts(api) == 0
     events = [o for o in api.objects.values() if o["kind"] == "Event"]
     assert {e["reason"] for e in events} >= {"DependencyNotFound", "Succeeded"}
+    assert "JobRunning" not in {e["reason"] for e in events}  # the status says it
 
 
 @story

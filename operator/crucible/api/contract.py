@@ -1,12 +1,12 @@
 """The contract between the operator and its workloads.
 
 The operator renders a task (one of the *Task types) into its pod's annotation, mounted at
-`TASK_PATH` (a ConfigMap there when it is large); the workload reads it and does the work. Its final `WorkloadReport` is its
-container's termination message (`pack_report`), which the kubelet keeps in the pod's status
-as long as the pod exists, whatever happens to the operator or the API server meanwhile. A
-workload that reports while it runs (a fine-tune's progress) or whose report may outgrow a
-termination message also writes it into the run's report ConfigMap (key `REPORT_KEY`). Both
-sides import these types, so they cannot drift.
+`TASK_PATH` (a ConfigMap there when it is large); the workload reads it and does the work.
+Its final `WorkloadReport` is its container's termination message (`pack_report`), which the
+kubelet keeps in the pod's status as long as the pod exists, whatever happens to the operator
+or the API server meanwhile. A workload that reports while it runs (a fine-tune's progress)
+or whose report may outgrow a termination message also writes it into the run's report
+ConfigMap (key `REPORT_KEY`). Both sides import these types, so they cannot drift.
 """
 
 from __future__ import annotations

@@ -314,17 +314,21 @@ class Engine:
     async def _announce(
         self, kind: str, body: dict[str, Any], before: RunStatus, after: RunStatus
     ) -> None:
-        """A phase transition: a core Event, a log line, the duration of a finished run."""
+        """A phase transition: a log line, the duration of a finished run, and a core Event,
+        except when a run starts running: that is in its status and its Job's own Events, and
+        an Event more would be a third API write for every run that starts (with its Job and
+        its status). A server that starts serving is announced."""
         ready = after.ready()
         assert ready is not None  # every status the flow builds has one
         meta = body["metadata"]
         logger.info(
             "%s %s/%s %s: %s", kind, meta["namespace"], meta["name"], after.phase, ready.message
         )
-        failed = after.phase == Phase.FAILED
-        await self.kube.post_event(
-            body, "Warning" if failed else "Normal", ready.reason, ready.message
-        )
+        if after.phase != Phase.RUNNING or KINDS_BY_NAME[kind].long_lived:
+            failed = after.phase == Phase.FAILED
+            await self.kube.post_event(
+                body, "Warning" if failed else "Normal", ready.reason, ready.message
+            )
         if after.phase in TERMINAL_PHASES and after.start_time and after.completion_time:
             seconds = (after.completion_time - after.start_time).total_seconds()
             JOB_SECONDS.labels(kind, after.phase).observe(max(seconds, 0.0))
