@@ -12,7 +12,9 @@ operator as its own process (`crucible operator`), and one client for both sides
    2N runs waiting on running Jobs;
 5. 20 runs whose Jobs never finish: the time until all 20 have their Job;
 6. 10 FineTuneJobs waiting on a ModelMerge created last: the time from its success until all
-   10 have their Jobs.
+   10 have their Jobs;
+7. N finished ModelMerges deleted against N finished bare Jobs: the time until the garbage
+   collector has removed all their children.
 
     .venv/bin/python bench/scale.py [--runs 500]
 """
@@ -36,11 +38,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the tests' helpers playing the kubelet
 HOLD = "kwok.crucible.test/hold"
+DONE = "kwok.crucible.test/done"  # kwok completes the pods of any image but its fail and hold
 API = "crucible.dev/v1alpha1"
 PODS_PER_NODE = 110
 
 
-def modelmerge(name: str, namespace: str) -> dict[str, Any]:
+def modelmerge(name: str, namespace: str, image: str = HOLD) -> dict[str, Any]:
     return {
         "apiVersion": API,
         "kind": "ModelMerge",
@@ -48,7 +51,7 @@ def modelmerge(name: str, namespace: str) -> dict[str, Any]:
         "spec": {
             "method": "linear",
             "models": [{"uri": "hf://org/a"}, {"uri": "hf://org/b"}],
-            "resources": {"gpus": 0, "image": HOLD},
+            "resources": {"gpus": 0, "image": image},
         },
     }
 
@@ -66,7 +69,7 @@ def finetune(name: str, namespace: str, base: str) -> dict[str, Any]:
     }
 
 
-def raw_job(name: str, namespace: str) -> dict[str, Any]:
+def raw_job(name: str, namespace: str, image: str = HOLD) -> dict[str, Any]:
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -76,7 +79,7 @@ def raw_job(name: str, namespace: str) -> dict[str, Any]:
             "template": {
                 "spec": {
                     "restartPolicy": "Never",
-                    "containers": [{"name": "w", "image": HOLD}],
+                    "containers": [{"name": "w", "image": image}],
                 }
             },
         },
@@ -333,6 +336,45 @@ async def no_starvation(b: Bench) -> None:
     merged.stop()
 
 
+async def collected(
+    b: Bench, namespace: str, kind: tuple[str, str], manifests: list[dict[str, Any]]
+) -> float:
+    """Create `manifests`, wait until every Job in `namespace` completed, then delete them
+    one after another: the seconds until no Job and no pod is left."""
+    await create_all(b.kube, manifests)
+    while True:
+        jobs = await b.kube.list("batch/v1", "Job", namespace, {})
+        complete = [j for j in jobs if (j.get("status") or {}).get("succeeded")]
+        if len(complete) == len(manifests):
+            break
+        await asyncio.sleep(0.5)
+    await quiet(b.operator_port)
+    start = time.monotonic()
+    for manifest in manifests:
+        await b.kube.delete(*kind, namespace, manifest["metadata"]["name"])
+    while await b.kube.list("batch/v1", "Job", namespace, {}) or await b.kube.list(
+        "v1", "Pod", namespace, {}
+    ):
+        await asyncio.sleep(0.5)
+    return time.monotonic() - start
+
+
+async def garbage_collection(b: Bench) -> None:
+    raw = await collected(
+        b, "gc-raw", ("batch/v1", "Job"), [raw_job(f"j-{i}", "gc-raw", DONE) for i in range(b.runs)]
+    )
+    runs = await collected(
+        b,
+        "gc-runs",
+        (API, "ModelMerge"),
+        [modelmerge(f"mm-{i}", "gc-runs", DONE) for i in range(b.runs)],
+    )
+    print(
+        f"{b.runs} finished runs deleted: their children gone in {runs:.1f} s; {b.runs} "
+        f"finished bare Jobs deleted: their pods gone in {raw:.1f} s"
+    )
+
+
 async def bench(cluster: Any, runs: int, operator_port: int, operator_pid: int) -> None:
     from crucible.controllers.kube import Kube, client_configuration
 
@@ -344,6 +386,7 @@ async def bench(cluster: Any, runs: int, operator_port: int, operator_pid: int) 
     raw_rate, children_rate = await raw_rates(b)
     await operator_rate(b, raw_rate, children_rate)
     await no_starvation(b)
+    await garbage_collection(b)
     await b.kube.close()
 
 
@@ -392,15 +435,15 @@ def main() -> None:
     from crucible.devcluster.cluster import LocalCluster, folder_claim, free_port
 
     workdir = Path(tempfile.mkdtemp(prefix="crucible-scale-"))
-    nodes = (2 * args.runs + 40) // PODS_PER_NODE + 1
+    nodes = (3 * args.runs + 40) // PODS_PER_NODE + 1
     with LocalCluster(workdir / "cluster", nodes=nodes) as cluster:
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
         cluster.kubectl("wait", "--for=condition=Established", "crd", "--all")
-        for ns in ("raw", "bench", "starve", "crs"):
+        for ns in ("raw", "bench", "starve", "crs", "gc-raw", "gc-runs"):
             cluster.kubectl("create", "namespace", ns)
-        for ns in ("bench", "starve"):
+        for ns in ("bench", "starve", "gc-runs"):
             cluster.kubectl_apply(folder_claim(ns, "crucible-models", workdir / ns))
-        for ns in ("raw", "bench", "starve"):
+        for ns in ("raw", "bench", "starve", "gc-raw", "gc-runs"):
             while cluster.kubectl("get", "sa", "default", "-n", ns, check=False).returncode:
                 time.sleep(0.2)
         print(
