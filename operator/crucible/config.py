@@ -122,6 +122,15 @@ class OperatorConfig(BaseModel):
         description="Seconds between safety-net reconciles of every unfinished run; watch "
         "events drive everything else.",
     )
+    progress_interval: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        alias="CRUCIBLE_PROGRESS_INTERVAL",
+        description="Least seconds between two status writes of a run that only change its "
+        "progress; the latest progress is written when the interval ends, and a run's end at "
+        "once.",
+    )
     error_backoff: float = Field(
         default=1.0,
         gt=0,

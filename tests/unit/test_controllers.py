@@ -327,6 +327,52 @@ async def test_a_run_ends_with_its_exact_results_from_the_termination_message_al
 
 
 @story
+async def test_progress_is_folded_into_one_status_write_per_interval(
+    api: FakeApiServer, operator: Operator
+) -> None:
+    """A fine-tune reporting every second has its progress written at most once per
+    CRUCIBLE_PROGRESS_INTERVAL (30 s): the first at once, the latest when the interval ends,
+    and the run's end at once."""
+    now = [1000.0]
+    operator.engine.clock = lambda: now[0]
+    for doc in inputs():
+        api.apply(doc)
+    api.apply(finetune(baseModel={"uri": "hf://org/base"}))
+    await operator.settle()
+    api.job_pod("tuned-train")
+    key = ("FineTuneJob", "ns", "tuned")
+
+    def step(n: int) -> dict[str, Any]:
+        return {"progress": {"step": n, "totalSteps": 100, "loss": 2.0 - n / 100}}
+
+    def status_writes() -> int:
+        return sum(w.endswith("/finetunejobs/tuned/status") for w in api.writes)
+
+    api.report("tuned", step(1))
+    await operator.settle()
+    assert status(api, "FineTuneJob", "tuned")["progress"]["step"] == 1
+    written = status_writes()
+    for n in range(2, 12):  # ten more reports, a second apart
+        now[0] += 1
+        api.report("tuned", step(n))
+        await operator.settle()
+    assert status_writes() == written
+    assert status(api, "FineTuneJob", "tuned")["progress"]["step"] == 1
+    # The reconcile asks to look again when the interval ends, and then writes the latest.
+    assert await operator.engine.reconcile(key) == pytest.approx(20)
+    now[0] += 20
+    await operator.engine.reconcile(key)
+    assert status_writes() == written + 1
+    assert status(api, "FineTuneJob", "tuned")["progress"]["step"] == 11
+    now[0] += 1
+    api.report("tuned", step(100))
+    api.job_ends("tuned-train")
+    await operator.settle()
+    done = status(api, "FineTuneJob", "tuned")
+    assert done["phase"] == "Succeeded" and done["progress"]["step"] == 100
+
+
+@story
 async def test_a_child_name_someone_else_holds_fails_the_run_and_leaves_theirs(
     api: FakeApiServer, operator: Operator
 ) -> None:

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
+from math import inf
 from typing import Any
 
 from crucible.api.common import TERMINAL_PHASES, Phase, RunStatus
@@ -52,7 +54,7 @@ from crucible.resources.common import (
     Owner,
     name_label,
 )
-from crucible.resources.status import comparable, merge_patch
+from crucible.resources.status import comparable, merge_patch, progress_only
 
 logger = logging.getLogger("crucible.engine")
 
@@ -136,6 +138,9 @@ class Engine:
         # (namespace, owner kind, owner's crucible.dev/name label) → the runs it made.
         self.owned: dict[Key, set[Key]] = {}
         self.failures: dict[Key, int] = {}
+        # When each run's status was last written for its progress alone (self.clock).
+        self.progress_written: dict[Key, float] = {}
+        self.clock = time.monotonic
         self.children = ChildCache()
         self.leading = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -155,6 +160,7 @@ class Engine:
             self.names.pop((meta["namespace"], kind, name_label(meta["name"])), None)
             self.queue.forget(key)
             self.failures.pop(key, None)
+            self.progress_written.pop(key, None)
             RUNS.forget(kind, meta["namespace"], meta["name"])
         else:
             if not newer(body, self.runs.get(key)):
@@ -299,6 +305,14 @@ class Engine:
             result = await self.controllers[kind].reconcile(ctx)
         status = result.status
         RECONCILES.labels(kind, status.phase or Phase.PENDING).inc()
+        if progress_only(current, status):
+            # A workload may report every second: fold its progress into one status write
+            # per interval, the latest one written when the interval ends.
+            now = self.clock()
+            wait = self.config.progress_interval - (now - self.progress_written.get(key, -inf))
+            if wait > 0:
+                return wait if result.requeue_after is None else min(wait, result.requeue_after)
+            self.progress_written[key] = now
         if comparable(status) != comparable(current):
             patch = merge_patch(current.to_api(), status.to_api())
             patched = await self.kube.patch_status(kind, namespace, name, patch)

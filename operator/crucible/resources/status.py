@@ -87,6 +87,12 @@ def comparable(status: RunStatus) -> dict[str, Any]:
     return api
 
 
+def progress_only(before: RunStatus, after: RunStatus) -> bool:
+    """Whether `after` differs from `before` in its progress alone."""
+    first, second = comparable(before), comparable(after)
+    return first.pop("progress", None) != second.pop("progress", None) and first == second
+
+
 def describe_validation_error(error: ValidationError, root: str = "spec") -> str:
     """One line per problem, each naming the field as the API spells it."""
     lines = []
