@@ -97,6 +97,26 @@ def test_a_referenced_resource_or_configmap_wakes_the_runs_that_name_it() -> Non
     asyncio.run(scenario())
 
 
+def test_the_engine_keeps_runs_without_managed_fields_or_kubectl_s_copy() -> None:
+    async def scenario() -> None:
+        engine = Engine(None, OperatorConfig(), CONTROLLERS)  # type: ignore[arg-type]
+        applied = body("ModelMerge", "m", MM_SPEC)
+        applied["metadata"] |= {
+            "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}],
+            "annotations": {
+                "kubectl.kubernetes.io/last-applied-configuration": '{"spec": {}}',
+                "team": "nlp",
+            },
+        }
+        engine.run_changed("ModelMerge", "ADDED", applied)
+        kept = engine.runs[("ModelMerge", "ns", "m")]
+        assert "managedFields" not in kept["metadata"]
+        assert kept["metadata"]["annotations"] == {"team": "nlp"}
+        assert kept["spec"] == applied["spec"] and kept["metadata"]["uid"]
+
+    asyncio.run(scenario())
+
+
 def test_children_map_back_to_their_run_even_with_a_hashed_name_label() -> None:
     async def scenario() -> None:
         engine = Engine(None, OperatorConfig(), CONTROLLERS)  # type: ignore[arg-type]

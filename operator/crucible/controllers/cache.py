@@ -32,6 +32,20 @@ def newer(candidate: Mapping[str, Any], known: Mapping[str, Any] | None) -> bool
         return True
 
 
+# kubectl apply's copy of the whole object as last applied: nothing reconciles from it.
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def slim_run(body: dict[str, Any]) -> dict[str, Any]:
+    """A Crucible resource as the engine keeps it: without managedFields and kubectl's
+    last-applied copy, which together are often larger than the rest of the object."""
+    meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
+    annotations = meta.get("annotations") or {}
+    if LAST_APPLIED in annotations:
+        meta["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
+    return {**body, "metadata": meta}
+
+
 def slim(body: dict[str, Any]) -> dict[str, Any]:
     """What a reconcile reads of a child: metadata without managedFields, a Job's spec
     without its pod template, status, and the data of a report ConfigMap."""

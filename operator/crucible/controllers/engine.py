@@ -34,7 +34,7 @@ from typing import Any
 from crucible.api.common import TERMINAL_PHASES, Phase, RunStatus
 from crucible.api.kinds import KINDS_BY_NAME
 from crucible.config import OperatorConfig
-from crucible.controllers.cache import ChildCache, newer
+from crucible.controllers.cache import ChildCache, newer, slim_run
 from crucible.controllers.kube import KubeClient
 from crucible.controllers.lifecycle import Context, Controller, Reference
 from crucible.metrics import (
@@ -165,7 +165,7 @@ class Engine:
         else:
             if not newer(body, self.runs.get(key)):
                 return
-            self.runs[key] = body
+            self.runs[key] = body = slim_run(body)
             if owner is not None:
                 self.owned.setdefault(owner, set()).add(key)
             self.names[(meta["namespace"], kind, name_label(meta["name"]))] = meta["name"]
@@ -319,7 +319,7 @@ class Engine:
             if patched is None:
                 return None  # deleted meanwhile
             if newer(patched, self.runs.get(key)):
-                self.runs[key] = patched
+                self.runs[key] = slim_run(patched)
             RUNS.observe(kind, patched)
         if status.phase != current.phase:
             await self._announce(kind, body, current, status)
