@@ -155,7 +155,11 @@ def test_the_child_cache_never_goes_back_to_an_older_version() -> None:
     cache.store(
         {
             **pod,
-            "metadata": {**pod["metadata"], "resourceVersion": "9"},
+            "metadata": {
+                **pod["metadata"],
+                "resourceVersion": "9",
+                "annotations": {"crucible.dev/task": "{...}"},
+            },
             "status": {"phase": "Running"},
         }
     )
@@ -168,6 +172,7 @@ def test_the_child_cache_never_goes_back_to_an_older_version() -> None:
     )
     (seen,) = cache.children("ns", "t").of_kind("Pod")
     assert seen["status"]["phase"] == "Running"
+    assert "annotations" not in seen["metadata"]  # the task it carries is never read back
     cache.remove(pod)
     assert not list(cache.children("ns", "t").of_kind("Pod"))
 

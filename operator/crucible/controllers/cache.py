@@ -47,8 +47,9 @@ def slim_run(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def slim(body: dict[str, Any]) -> dict[str, Any]:
-    """What a reconcile reads of a child: metadata without managedFields, a Job's spec
-    without its pod template, status, and the data of a report ConfigMap."""
+    """What a reconcile reads of a child: metadata without managedFields (and a pod's without
+    its annotations), a Job's spec without its pod template, status, and the data of a report
+    ConfigMap."""
     meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
     labels = meta.get("labels") or {}
     spec = body.get("spec") or {}
@@ -56,6 +57,7 @@ def slim(body: dict[str, Any]) -> dict[str, Any]:
         spec = {k: v for k, v in spec.items() if k == "suspend"}
     elif body.get("kind") == "Pod":
         spec = {}
+        meta.pop("annotations", None)  # its task among them: nothing reads a pod's
     return {
         "apiVersion": body.get("apiVersion"),
         "kind": body.get("kind"),
