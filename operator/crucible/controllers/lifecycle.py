@@ -37,7 +37,14 @@ from crucible.config import OperatorConfig
 from crucible.controllers.cache import Children
 from crucible.controllers.kube import ChildConflictError, KubeClient
 from crucible.resources.common import LABEL_ROLE, Owner, child_name, report_name
-from crucible.resources.jobs import JOB, WorkloadKind, job_outcome, packed_report, pod_failure
+from crucible.resources.jobs import (
+    JOB,
+    WorkloadKind,
+    job_outcome,
+    packed_report,
+    pod_ended,
+    pod_failure,
+)
 from crucible.resources.serving import (
     SERVER_LABEL,
     SERVER_ROLE,
@@ -345,10 +352,18 @@ async def final_report(
     ctx: Context, pods: list[dict[str, Any]], selector: dict[str, str], config_map: str
 ) -> WorkloadReport | None:
     """The report of a Job that completed: its pod's termination message, from the view or,
-    while the view has none yet, from the API; failing that (a report too large for it), the
-    report ConfigMap read from the API."""
+    where the view has not seen its pods end, from the API (each such pod by name: a list by
+    label would make the API server filter every pod of the namespace); failing that (a report
+    too large for it), the report ConfigMap read from the API."""
     ns = ctx.owner.namespace
-    message = packed_report(pods) or packed_report(await ctx.kube.list("v1", "Pod", ns, selector))
+    message = packed_report(pods)
+    if message is None:
+        if pods:
+            lagging = [p["metadata"]["name"] for p in pods if not pod_ended(p)]
+            read = [await ctx.kube.get("v1", "Pod", ns, name) for name in lagging]
+            message = packed_report([p for p in read if p is not None])
+        else:  # none seen at all (an operator down until they were removed)
+            message = packed_report(await ctx.kube.list("v1", "Pod", ns, selector))
     if message is not None:
         return parse_report(message, "its pod's termination message")
     cm = await ctx.kube.get("v1", "ConfigMap", ns, config_map)

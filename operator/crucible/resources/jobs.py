@@ -78,6 +78,10 @@ def _newest_first(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", reverse=True)
 
 
+def pod_ended(pod: dict[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+
 def packed_report(pods: list[dict[str, Any]]) -> str | None:
     """The report a container that succeeded left as its termination message, the newest pod's
     first (of a training on several pods, rank 0 reports)."""
