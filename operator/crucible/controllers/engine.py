@@ -305,7 +305,8 @@ class Engine:
             result = await self.controllers[kind].reconcile(ctx)
         status = result.status
         RECONCILES.labels(kind, status.phase or Phase.PENDING).inc()
-        if progress_only(current, status):
+        before, after = comparable(current), comparable(status)
+        if progress_only(before, after):
             # A workload may report every second: fold its progress into one status write
             # per interval, the latest one written when the interval ends.
             now = self.clock()
@@ -313,7 +314,7 @@ class Engine:
             if wait > 0:
                 return wait if result.requeue_after is None else min(wait, result.requeue_after)
             self.progress_written[key] = now
-        if comparable(status) != comparable(current):
+        if after != before:
             patch = merge_patch(current.to_api(), status.to_api())
             patched = await self.kube.patch_status(kind, namespace, name, patch)
             if patched is None:

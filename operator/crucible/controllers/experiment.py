@@ -14,7 +14,6 @@ from pydantic import ValidationError
 
 from crucible.api import API_VERSION
 from crucible.api.common import Phase, Reason
-from crucible.api.contract import REPORT_KEY
 from crucible.api.experiment import ExperimentSpec
 from crucible.api.kinds import EVAL_RUN, EXPERIMENT, FINE_TUNE_JOB
 from crucible.controllers.lifecycle import (
@@ -24,7 +23,6 @@ from crucible.controllers.lifecycle import (
     config_map_report,
     create_one,
     final_report,
-    parse_report,
     status_of,
     timestamp,
 )
@@ -71,10 +69,7 @@ async def observe(ctx: Context, *, fresh: bool) -> experiment.Observed:
         seen.reports[job] = (
             await final_report(ctx, seen.pods[job], selector, config_map)
             if _completed(body)
-            else parse_report(
-                config_map_report(ctx.children.get("ConfigMap", config_map)),
-                f"{config_map}/{REPORT_KEY}",
-            )
+            else config_map_report(ctx.children.get("ConfigMap", config_map), config_map)
         )
     return seen
 

@@ -343,9 +343,9 @@ def parse_report(text: str | None, source: str) -> WorkloadReport | None:
     )
 
 
-def config_map_report(cm: dict[str, Any] | None) -> str | None:
-    text: str | None = ((cm or {}).get("data") or {}).get(REPORT_KEY)
-    return text
+def config_map_report(cm: dict[str, Any] | None, name: str) -> WorkloadReport | None:
+    """The report in the report ConfigMap `name` (as read, or None where there is none)."""
+    return parse_report(((cm or {}).get("data") or {}).get(REPORT_KEY), f"{name}/{REPORT_KEY}")
 
 
 async def final_report(
@@ -366,8 +366,7 @@ async def final_report(
             message = packed_report(await ctx.kube.list("v1", "Pod", ns, selector))
     if message is not None:
         return parse_report(message, "its pod's termination message")
-    cm = await ctx.kube.get("v1", "ConfigMap", ns, config_map)
-    return parse_report(config_map_report(cm), f"{config_map}/{REPORT_KEY}")
+    return config_map_report(await ctx.kube.get("v1", "ConfigMap", ns, config_map), config_map)
 
 
 async def create_one(ctx: Context, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -553,10 +552,7 @@ async def run_workload(
         if outcome.phase == Phase.SUCCEEDED:
             report = await final_report(ctx, pods, {kind.pod_label: job_name}, config_map)
         else:  # progress, from the watches' view
-            report = parse_report(
-                config_map_report(ctx.children.get("ConfigMap", config_map)),
-                f"{config_map}/{REPORT_KEY}",
-            )
+            report = config_map_report(ctx.children.get("ConfigMap", config_map), config_map)
         fields.update(fields_set(ctl.from_report(ctx, spec, report, outcome.phase)))
     done = outcome.phase in (Phase.SUCCEEDED, Phase.FAILED)
     poll = None if kind.watched or done else UNWATCHED_RECHECK_SECONDS

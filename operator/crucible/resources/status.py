@@ -87,10 +87,10 @@ def comparable(status: RunStatus) -> dict[str, Any]:
     return api
 
 
-def progress_only(before: RunStatus, after: RunStatus) -> bool:
-    """Whether `after` differs from `before` in its progress alone."""
-    first, second = comparable(before), comparable(after)
-    return first.pop("progress", None) != second.pop("progress", None) and first == second
+def progress_only(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """Whether the comparable status `after` differs from `before` in its progress alone."""
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    return changed == {"progress"}
 
 
 def describe_validation_error(error: ValidationError, root: str = "spec") -> str:
