@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -180,12 +181,47 @@ class OperatorConfig(BaseModel):
         description="Port /healthz and /metrics are served on.",
     )
 
+    report_tls_dir: str | None = Field(
+        default=None,
+        alias="CRUCIBLE_REPORT_TLS_DIR",
+        description="Folder of the report endpoint's certificate, tls.crt, tls.key and ca.crt "
+        "(a mounted kubernetes.io/tls Secret: the chart's, or cert-manager's); unset: no "
+        "endpoint, and workloads report by their termination messages alone.",
+    )
+    report_port: int = Field(
+        default=8443,
+        ge=1,
+        le=65535,
+        alias="CRUCIBLE_REPORT_PORT",
+        description="Port the report endpoint is served on (HTTPS), at CRUCIBLE_HTTP_ADDRESS.",
+    )
+    report_url: str | None = Field(
+        default=None,
+        alias="CRUCIBLE_REPORT_URL",
+        description="The report endpoint as the workload pods reach it, https://host:port (the "
+        "chart's Service); set, the runs that report while they run push to it with a "
+        "projected token of their own audience instead of writing a report ConfigMap.",
+    )
+    report_ca: str | None = Field(
+        default=None,
+        alias="CRUCIBLE_REPORT_CA",
+        description="PEM of the CA the workloads trust the endpoint by, given to them in their "
+        "tasks; unset: ca.crt of CRUCIBLE_REPORT_TLS_DIR.",
+    )
+
     @field_validator("image_pull_policy")
     @classmethod
     def _pull_policy(cls, value: str) -> str:
         if value not in ("Always", "IfNotPresent", "Never"):
             raise ValueError("must be Always, IfNotPresent or Never")
         return value
+
+    @field_validator("report_url")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith("https://") or " " in value):
+            raise ValueError("must be an https:// URL, e.g. https://crucible-reports.crucible:8443")
+        return None if value is None else value.rstrip("/")
 
     @field_validator("model_store_mount")
     @classmethod
@@ -200,6 +236,20 @@ class OperatorConfig(BaseModel):
         if isinstance(value, str):
             return tuple(n.strip() for n in value.split(",") if n.strip())
         return value
+
+    def with_report_ca(self) -> OperatorConfig:
+        """These settings with `report_ca` read from the endpoint's certificate folder where
+        it is not given."""
+        if self.report_ca is not None or self.report_tls_dir is None:
+            return self
+        ca = Path(self.report_tls_dir) / "ca.crt"
+        try:
+            return self.model_copy(update={"report_ca": ca.read_text()})
+        except OSError as error:
+            raise ConfigError(
+                f"CRUCIBLE_REPORT_TLS_DIR={self.report_tls_dir!r}: cannot read {ca} ({error}); "
+                "mount the endpoint's Secret with its ca.crt there, or set CRUCIBLE_REPORT_CA"
+            ) from None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:

@@ -13,7 +13,8 @@ import pytest
 from kopf.testing import KopfRunner
 
 from crucible.api.contract import REPORT_KEY, WorkloadReport, pack_report
-from crucible.devcluster.cluster import LocalCluster, folder_claim
+from crucible.devcluster.cluster import LocalCluster, folder_claim, free_port
+from crucible.devcluster.pki import issue
 from tests.conftest import wait_for
 
 HOLD_IMAGE = "kwok.crucible.test/hold"
@@ -67,6 +68,21 @@ def operator(
         assert runner.exception is None, runner.output
 
     return run
+
+
+def report_settings(cluster: LocalCluster, folder: Path, host: str) -> dict[str, str]:
+    """The operator's settings for serving its report endpoint on `host`, where the pods reach
+    it, with a certificate the cluster's CA signs (written into `folder`)."""
+    assert cluster.pki is not None
+    issue(cluster.pki, folder, "tls", "crucible-reports", hosts=[host])
+    (folder / "ca.crt").write_bytes(cluster.pki.ca_cert.read_bytes())
+    port = free_port()
+    return {
+        "CRUCIBLE_REPORT_TLS_DIR": str(folder),
+        "CRUCIBLE_REPORT_PORT": str(port),
+        "CRUCIBLE_HTTP_ADDRESS": host,
+        "CRUCIBLE_REPORT_URL": f"https://{host}:{port}",
+    }
 
 
 def status_of(cluster: LocalCluster, namespace: str, kind: str, name: str) -> dict[str, Any]:

@@ -14,14 +14,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from crucible.api.contract import unpack_report
+from crucible.api.kinds import KINDS_BY_NAME
 from crucible.devcluster.cluster import LocalCluster
 from crucible.devcluster.images import built_images
 from crucible.devcluster.node import LocalNode
 from crucible.resources.common import RESTRICTED_CONTAINER
 from crucible.workloads.finetune import last_complete_checkpoint
-from tests.cluster.conftest import OperatorFactory, ready_condition, status_of, wait_phase
+from tests.cluster.conftest import (
+    OperatorFactory,
+    ready_condition,
+    report_settings,
+    status_of,
+    wait_phase,
+)
 from tests.conftest import ModelFactory, wait_for
 from tests.workloads.scripted_server import ScriptedServer, serving
 from tests.workloads.test_synthesize import json_teacher
@@ -296,13 +304,17 @@ def scripted(model: str, user: str, messages: list[dict[str, str]]) -> str:
 def test_every_workload_runs_under_pod_security_restricted(
     cluster: LocalCluster,
     namespace: str,
+    *,
     tiny_store: Path,
     operator: OperatorFactory,
     endpoint: ScriptedServer,
+    node: LocalNode,
+    tmp_path: Path,
 ) -> None:
     """Merge, fine-tune, RAG index, evaluation and synthetic data, each a real pod of its own
     image in a namespace that enforces "restricted": admitted, run as user 1000 on a read-only
-    root filesystem, and to its end."""
+    root filesystem, and to its end; the ones that report while they run push their reports
+    to the operator's endpoint with a token for it alone."""
     cluster.kubectl_apply(
         [
             *postgres("not-a-secret"),
@@ -316,7 +328,9 @@ def test_every_workload_runs_under_pod_security_restricted(
     cluster.kubectl(
         "rollout", "status", "deployment/pg", "-n", namespace, "--timeout=300s"
     )  # a database that is not up yet fails the index, as it would anywhere
-    with operator(**images_env()):
+    reports = report_settings(cluster, tmp_path, node.network.host_address)
+    taken = REGISTRY.get_sample_value("crucible_report_requests_total", {"code": "202"}) or 0
+    with operator(**images_env(), **reports):
         cluster.kubectl_apply(runs(endpoint.url), "-n", namespace)
         for kind, name in (
             ("modelmerge", "merged"),
@@ -356,8 +370,27 @@ def test_every_workload_runs_under_pod_security_restricted(
         # Each left its report as its termination message (the kubelet read it from a
         # read-only root); the merge and the index hold no token for the API server at all.
         assert unpack_report(state["state"]["terminated"]["message"]), found["metadata"]["name"]
-        if found["metadata"]["labels"]["crucible.dev/kind"] in ("ModelMerge", "RagIndex"):
-            assert not [v for v in found["spec"]["volumes"] if "projected" in v], found
+        labels = found["metadata"]["labels"]
+        tokens = [v["projected"] for v in found["spec"]["volumes"] if "projected" in v]
+        assert found["spec"]["automountServiceAccountToken"] is False
+        assert found["spec"]["serviceAccountName"] == "default"
+        if labels["crucible.dev/kind"] in ("ModelMerge", "RagIndex"):
+            assert not tokens, found
+        else:  # one token, for the report endpoint and this run alone
+            ((source,),) = [t["sources"] for t in tokens]
+            run = (
+                f"{KINDS_BY_NAME[labels['crucible.dev/kind']].plural}/{labels['crucible.dev/name']}"
+            )
+            assert source["serviceAccountToken"]["audience"].endswith(f"/{namespace}/{run}")
+    # The fine-tune, the evaluation and the synthetic data each pushed their ends at least;
+    # none of the runs made a report ConfigMap or an identity of its own.
+    pushed = REGISTRY.get_sample_value("crucible_report_requests_total", {"code": "202"}) or 0
+    assert pushed >= taken + 3
+    made = cluster.kubectl(
+        "get", "configmaps,serviceaccounts,roles", "-n", namespace,
+        "-l", "app.kubernetes.io/managed-by=crucible", "-o", "name",
+    ).stdout  # fmt: skip
+    assert not made.strip(), made
 
 
 def merge_of(name: str, **resources: Any) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from crucible.resources.common import (
     Owner,
     Workload,
     child_name,
+    report_audience,
     report_name,
     task_fields,
     workload_children,
@@ -188,6 +189,45 @@ def test_a_workload_reporting_while_it_runs_may_write_only_its_report() -> None:
     pod = job["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == account["metadata"]["name"] == "run-train"
     assert pod["automountServiceAccountToken"] is True
+
+
+REPORTING = OperatorConfig.from_env(
+    {"CRUCIBLE_REPORT_URL": "https://reports.crucible:8443/", "CRUCIBLE_REPORT_CA": "PEM"}
+)
+
+
+@pytest.mark.parametrize(
+    ("builder", "kind"),
+    [("train", FINE_TUNE_JOB), ("eval", EVAL_RUN), ("synth", SYNTHETIC_DATASET)],
+)
+def test_a_workload_pushing_its_reports_holds_a_token_for_the_endpoint_alone(
+    builder: str, kind: Any
+) -> None:
+    """With the report endpoint configured, a run that reports while it runs makes no report
+    ConfigMap, ServiceAccount or RBAC, and its pod holds no token for the API server."""
+    children = children_of(builder, config=REPORTING)
+    assert {c["kind"] for c in children} <= {"Job", "Deployment", "Service"}
+    (job,) = by_kind(children, "Job")
+    run = owner(kind)
+    task = task_of(job)
+    assert "reportConfigMap" not in task
+    assert task["reportUrl"] == f"https://reports.crucible:8443/reports/v1/team/{kind.plural}/run"
+    assert task["reportCa"] == "PEM"
+    pod = job["spec"]["template"]["spec"]
+    assert "serviceAccountName" not in pod and pod["automountServiceAccountToken"] is False
+    (token,) = [v for v in pod["volumes"] if "projected" in v]
+    (source,) = token["projected"]["sources"]
+    assert source["serviceAccountToken"] == {
+        "audience": report_audience(run),
+        "expirationSeconds": 3600,
+        "path": "token",
+    }
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == token["name"]]
+    assert mount == {
+        "name": token["name"],
+        "mountPath": "/var/run/secrets/crucible.dev/report",
+        "readOnly": True,
+    }
 
 
 def test_kueue_queue_suspends_jobs_and_labels_them() -> None:
@@ -670,25 +710,27 @@ RAG_SPEC = {
 }
 
 
-def children_of(builder: str, name: str = "run") -> list[dict[str, Any]]:
+def children_of(
+    builder: str, name: str = "run", config: OperatorConfig = CONFIG
+) -> list[dict[str, Any]]:
     """The children of one workload run of each kind, named `name`."""
     models = [serving.ServedModel("merged", "hf://o/m"), serving.ServedModel("tuned", "hf://o/t")]
     return {
         "merge": lambda: modelmerge.build(
-            owner(MODEL_MERGE, name), merge_spec(), modelmerge.MergeInputs(["A", "B"], None), CONFIG
+            owner(MODEL_MERGE, name), merge_spec(), modelmerge.MergeInputs(["A", "B"], None), config
         ),
         "train": lambda: finetunejob.build(
-            owner(FINE_TUNE_JOB, name), ft_spec(), "hf://o/b", CONFIG
+            owner(FINE_TUNE_JOB, name), ft_spec(), "hf://o/b", config
         ),
         "rag": lambda: ragindex.build(
-            owner(RAG_INDEX, name), RagIndexSpec.model_validate(RAG_SPEC), CONFIG
+            owner(RAG_INDEX, name), RagIndexSpec.model_validate(RAG_SPEC), config
         ),
-        "eval": lambda: evalrun.eval_job(owner(EVAL_RUN, name), eval_spec(), models, None, CONFIG),
+        "eval": lambda: evalrun.eval_job(owner(EVAL_RUN, name), eval_spec(), models, None, config),
         "synth": lambda: syntheticdataset.build(
             owner(SYNTHETIC_DATASET, name),
             synth_spec(),
             [serving.ServedModel("teacher", "hf://o/t")],
-            CONFIG,
+            config,
         ),
     }[builder]()
 

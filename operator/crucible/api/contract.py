@@ -5,7 +5,8 @@ The operator renders a task (one of the *Task types) into its pod's annotation, 
 Its final `WorkloadReport` is its container's termination message (`pack_report`), which the
 kubelet keeps in the pod's status as long as the pod exists, whatever happens to the operator
 or the API server meanwhile. A workload that reports while it runs (a fine-tune's progress)
-or whose report may outgrow a termination message also writes it into the run's report
+or whose report may outgrow a termination message also pushes it to the operator's report
+endpoint (`report_url`), or where the operator serves none, writes it into the run's report
 ConfigMap (key `REPORT_KEY`). Both sides import these types, so they cannot drift.
 """
 
@@ -37,6 +38,10 @@ TASK_DIR = "/etc/crucible"
 TASK_FILE = "task.json"
 TASK_PATH = f"{TASK_DIR}/{TASK_FILE}"
 REPORT_KEY = "report.json"
+# Where a pod that pushes its reports finds its token (a projected ServiceAccount token whose
+# audience names its run).
+REPORT_TOKEN_DIR = "/var/run/secrets/crucible.dev/report"
+REPORT_TOKEN_FILE = "token"
 DATABASE_URL_ENV = "CRUCIBLE_DATABASE_URL"
 
 
@@ -47,6 +52,14 @@ class TaskBase(ApiModel):
         default=None,
         description="ConfigMap the workload writes its report to while it runs; without one, "
         "only its termination message reports.",
+    )
+    report_url: str | None = Field(
+        default=None,
+        description="The operator's report endpoint for this run: the workload POSTs each report "
+        "there with its projected token; replaces the report ConfigMap.",
+    )
+    report_ca: str | None = Field(
+        default=None, description="PEM of the CA that signed the endpoint's certificate."
     )
     mounts: dict[str, str] = Field(
         default_factory=dict,

@@ -11,9 +11,10 @@ creates enter the view at once, so the next reconcile does not create them again
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from crucible.api.contract import WorkloadReport
 from crucible.resources.common import LABEL_NAME, LABEL_ROLE, MANAGED_BY, MANAGED_BY_LABEL
 
 ObjectKey = tuple[str, str]  # kind, name
@@ -70,11 +71,12 @@ def slim(body: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Children:
-    """The children of one run, as last seen, and what the kubelet said of its pods' volumes
-    (FailedMount events, by pod name)."""
+    """The children of one run, as last seen, what the kubelet said of its pods' volumes
+    (FailedMount events, by pod name), and the reports its workloads pushed (by Job name)."""
 
     objects: dict[ObjectKey, dict[str, Any]]
     mount_failures: dict[str, str]
+    pushed: dict[str, WorkloadReport] = field(default_factory=dict)
 
     def get(self, kind: str, name: str) -> dict[str, Any] | None:
         return self.objects.get((kind, name))
@@ -93,6 +95,8 @@ class ChildCache:
         # (namespace, pod) → its labels, and the kubelet's latest FailedMount message.
         self._pods: dict[tuple[str, str], dict[str, str]] = {}
         self._mount_failures: dict[tuple[str, str], str] = {}
+        # (namespace, run label) → Job name → the report its workload pushed last.
+        self._pushed: dict[tuple[str, str], dict[str, WorkloadReport]] = {}
 
     @staticmethod
     def run_of(body: dict[str, Any]) -> tuple[str, str] | None:
@@ -135,6 +139,13 @@ class ChildCache:
             self._mount_failures[(namespace, pod)] = message
         return labels
 
+    def report_pushed(self, namespace: str, label: str, job: str, report: WorkloadReport) -> None:
+        self._pushed.setdefault((namespace, label), {})[job] = report
+
+    def forget_reports(self, namespace: str, label: str) -> None:
+        """A run was deleted: what its workloads pushed goes with it."""
+        self._pushed.pop((namespace, label), None)
+
     def children(self, namespace: str, label: str) -> Children:
         objects = dict(self._by_run.get((namespace, label), {}))
         failures = {
@@ -142,4 +153,4 @@ class ChildCache:
             for kind, name in objects
             if kind == "Pod" and (namespace, name) in self._mount_failures
         }
-        return Children(objects, failures)
+        return Children(objects, failures, dict(self._pushed.get((namespace, label), {})))

@@ -32,6 +32,7 @@ from math import inf
 from typing import Any
 
 from crucible.api.common import TERMINAL_PHASES, Phase, RunStatus
+from crucible.api.contract import WorkloadReport
 from crucible.api.kinds import KINDS_BY_NAME
 from crucible.config import OperatorConfig
 from crucible.controllers.cache import ChildCache, newer, slim_run
@@ -161,6 +162,7 @@ class Engine:
             self.queue.forget(key)
             self.failures.pop(key, None)
             self.progress_written.pop(key, None)
+            self.children.forget_reports(meta["namespace"], name_label(meta["name"]))
             RUNS.forget(kind, meta["namespace"], meta["name"])
         else:
             if not newer(body, self.runs.get(key)):
@@ -184,6 +186,12 @@ class Engine:
             self.children.store(body)
         meta = body["metadata"]
         self._queue_owner(meta["namespace"], meta.get("labels") or {})
+
+    def report_pushed(self, owner: Owner, job: str, report: WorkloadReport) -> None:
+        """A workload pushed its report to the report endpoint, which checked that it is the
+        run's `job`'s."""
+        self.children.report_pushed(owner.namespace, owner.label, job, report)
+        self.queue.add((owner.kind.kind, owner.namespace, owner.name))
 
     def _owner_of(self, namespace: str, labels: Mapping[str, str]) -> Key | None:
         """(namespace, kind, crucible.dev/name label) of the run a child's labels name."""

@@ -20,9 +20,9 @@ from crucible.controllers.lifecycle import (
     Context,
     Controller,
     Result,
-    config_map_report,
     create_one,
     final_report,
+    live_report,
     status_of,
     timestamp,
 )
@@ -66,10 +66,11 @@ async def observe(ctx: Context, *, fresh: bool) -> experiment.Observed:
         selector = {"job-name": body["metadata"]["name"]}
         seen.pods[job] = list(ctx.children.of_kind("Pod", **selector))
         config_map = report_name(ctx.owner, job)
+        name = body["metadata"]["name"]
         seen.reports[job] = (
-            await final_report(ctx, seen.pods[job], selector, config_map)
+            await final_report(ctx, name, seen.pods[job], selector, config_map)
             if _completed(body)
-            else config_map_report(ctx.children.get("ConfigMap", config_map), config_map)
+            else live_report(ctx, name, config_map)
         )
     return seen
 

@@ -348,13 +348,22 @@ def config_map_report(cm: dict[str, Any] | None, name: str) -> WorkloadReport | 
     return parse_report(((cm or {}).get("data") or {}).get(REPORT_KEY), f"{name}/{REPORT_KEY}")
 
 
+def live_report(ctx: Context, job: str, config_map: str) -> WorkloadReport | None:
+    """The report of a Job that runs: the one its workload pushed last, else the one in its
+    report ConfigMap as the watches last saw it."""
+    pushed = ctx.children.pushed.get(job)
+    if pushed is not None:
+        return pushed
+    return config_map_report(ctx.children.get("ConfigMap", config_map), config_map)
+
+
 async def final_report(
-    ctx: Context, pods: list[dict[str, Any]], selector: dict[str, str], config_map: str
+    ctx: Context, job: str, pods: list[dict[str, Any]], selector: dict[str, str], config_map: str
 ) -> WorkloadReport | None:
     """The report of a Job that completed: its pod's termination message, from the view or,
     where the view has not seen its pods end, from the API (each such pod by name: a list by
     label would make the API server filter every pod of the namespace); failing that (a report
-    too large for it), the report ConfigMap read from the API."""
+    too large for it), the report ConfigMap read from the API, else the last one pushed."""
     ns = ctx.owner.namespace
     message = packed_report(pods)
     if message is None:
@@ -366,7 +375,8 @@ async def final_report(
             message = packed_report(await ctx.kube.list("v1", "Pod", ns, selector))
     if message is not None:
         return parse_report(message, "its pod's termination message")
-    return config_map_report(await ctx.kube.get("v1", "ConfigMap", ns, config_map), config_map)
+    kept = config_map_report(await ctx.kube.get("v1", "ConfigMap", ns, config_map), config_map)
+    return kept or ctx.children.pushed.get(job)
 
 
 async def create_one(ctx: Context, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -550,9 +560,9 @@ async def run_workload(
     if outcome.phase in (Phase.RUNNING, Phase.SUCCEEDED):
         config_map = report_name(ctx.owner)
         if outcome.phase == Phase.SUCCEEDED:
-            report = await final_report(ctx, pods, {kind.pod_label: job_name}, config_map)
-        else:  # progress, from the watches' view
-            report = config_map_report(ctx.children.get("ConfigMap", config_map), config_map)
+            report = await final_report(ctx, job_name, pods, {kind.pod_label: job_name}, config_map)
+        else:
+            report = live_report(ctx, job_name, config_map)
         fields.update(fields_set(ctl.from_report(ctx, spec, report, outcome.phase)))
     done = outcome.phase in (Phase.SUCCEEDED, Phase.FAILED)
     poll = None if kind.watched or done else UNWATCHED_RECHECK_SECONDS

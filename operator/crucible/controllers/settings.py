@@ -14,6 +14,7 @@ from crucible.controllers.engine import Engine
 from crucible.controllers.kube import Kube, client_configuration
 from crucible.controllers.leader import LeaderElector
 from crucible.controllers.registry import CONTROLLERS
+from crucible.controllers.reports import serve_reports
 from crucible.resources.common import MANAGED_BY, MANAGED_BY_LABEL
 
 CHILDREN = ("jobs", "pods", "deployments", "services")
@@ -36,7 +37,7 @@ class NoDiffBase(kopf.DiffBaseStorage):
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     try:
-        memo.config = config = OperatorConfig.from_env()
+        memo.config = config = OperatorConfig.from_env().with_report_ca()
     except ConfigError as error:
         raise kopf.PermanentError(str(error)) from None
     settings.persistence.diffbase_storage = NoDiffBase()
@@ -51,6 +52,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.kube = kube = Kube(client_configuration())
     memo.engine = engine = Engine(kube, config, CONTROLLERS)
     engine.start()
+    if config.report_tls_dir is not None:
+        memo.reports = await serve_reports(engine, config)
     if config.leader_election_namespace is None:
         engine.lead(True)
     else:
@@ -67,6 +70,9 @@ async def shut_down(memo: kopf.Memo, **_: Any) -> None:
             await election
         with contextlib.suppress(Exception):  # best effort: the Lease expires anyway
             await memo.elector.release()
+    reports = memo.get("reports")
+    if reports is not None:
+        await reports.cleanup()
     await memo.engine.stop()
     await memo.kube.close()
 

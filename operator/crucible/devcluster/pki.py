@@ -99,15 +99,21 @@ def _write_pair(
 
 
 def issue(
-    pki: Pki, directory: Path, name: str, common_name: str, organization: str | None = None
+    pki: Pki,
+    directory: Path,
+    name: str,
+    common_name: str,
+    organization: str | None = None,
+    *,
+    hosts: list[str] | None = None,
 ) -> tuple[Path, Path]:
-    """A client certificate signed by the cluster's CA: `name`.crt and `name`.key in
-    `directory` (a kubelet is CN=system:node:<node>, O=system:nodes)."""
+    """A certificate signed by the cluster's CA, `name`.crt and `name`.key in `directory`: a
+    client's (a kubelet is CN=system:node:<node>, O=system:nodes), or with `hosts` a server's
+    for those names and addresses."""
     ca, ca_key = _load_ca(pki)
     cert, key = directory / f"{name}.crt", directory / f"{name}.key"
-    pair = _sign(
-        ca_key, ca.subject, _name(common_name, organization), ExtendedKeyUsageOID.CLIENT_AUTH
-    )
+    usage = ExtendedKeyUsageOID.SERVER_AUTH if hosts else ExtendedKeyUsageOID.CLIENT_AUTH
+    pair = _sign(ca_key, ca.subject, _name(common_name, organization), usage, hosts)
     _write_pair(pair, cert, key)
     return cert, key
 

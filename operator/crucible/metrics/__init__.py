@@ -39,6 +39,12 @@ RECONCILE_SECONDS = Histogram(
     ("kind",),
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+REPORT_REQUESTS = Counter(
+    "crucible_report_requests_total",
+    "Reports workloads pushed to the report endpoint, by the HTTP status code of the answer "
+    "(202 taken; 401, 403 refused; 429 too often).",
+    ("code",),
+)
 KUBE_REQUESTS = Counter(
     "crucible_kube_requests_total",
     "Requests the reconcilers sent to the Kubernetes API (watches excluded), by verb and "

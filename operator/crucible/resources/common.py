@@ -11,7 +11,14 @@ from typing import Any
 
 from crucible.api import GROUP
 from crucible.api.common import Resources
-from crucible.api.contract import TASK_DIR, TASK_FILE, TASK_PATH, TaskBase
+from crucible.api.contract import (
+    REPORT_TOKEN_DIR,
+    REPORT_TOKEN_FILE,
+    TASK_DIR,
+    TASK_FILE,
+    TASK_PATH,
+    TaskBase,
+)
 from crucible.api.formats import ModelLocation
 from crucible.api.kinds import AnyKind
 from crucible.config import OperatorConfig
@@ -23,9 +30,13 @@ LABEL_NAME = f"{GROUP}/name"
 LABEL_ROLE = f"{GROUP}/role"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 MAX_NAME = 63
+REPORT_PATH_PREFIX = "/reports/v1"
 TASK_VOLUME = "task"
 STORE_VOLUME = "model-store"
 TMP_VOLUME = "tmp"
+REPORT_TOKEN_VOLUME = "report-token"
+# The kubelet renews a projected token at 80% of its life; the API server's least is 600 s.
+REPORT_TOKEN_SECONDS = 3600
 
 
 @dataclass(frozen=True)
@@ -206,6 +217,16 @@ def report_objects(owner: Owner, workload: str, report: str) -> list[dict[str, A
     ]
 
 
+def report_audience(owner: Owner) -> str:
+    """The audience of the tokens of one run's pods: a token minted for another run, or for
+    the API server, is refused by the TokenReview that names this one."""
+    return f"{GROUP}/reports/{owner.namespace}/{owner.kind.plural}/{owner.name}"
+
+
+def report_path(owner: Owner) -> str:
+    return f"{REPORT_PATH_PREFIX}/{owner.namespace}/{owner.kind.plural}/{owner.name}"
+
+
 def report_name(owner: Owner, job: str | None = None) -> str:
     """The report ConfigMap of a run's Job; `job` tells apart the Jobs of a run with several."""
     return child_name(owner.name, f"{job}-report" if job else "report")
@@ -274,15 +295,35 @@ class Workload:
         return child_name(self.owner.name, self.role)
 
 
-def workload_pod(w: Workload, report_config_map: str | None, task: str | None) -> dict[str, Any]:
-    """The pod template of a Crucible workload: its `task` in an annotation mounted by the
-    downward API (without one, the ConfigMap of the workload's name), the model store (and any
-    other PVCs) mounted, restricted security. It reports through its termination message,
-    which needs no credential: only a workload with a report ConfigMap holds a token, its own
+def report_token_volume(owner: Owner) -> dict[str, Any]:
+    """A ServiceAccount token for the report endpoint alone: its audience names the run, so
+    the API server refuses it, and the kubelet renews it before it expires."""
+    return {
+        "name": REPORT_TOKEN_VOLUME,
+        "projected": {
+            "sources": [
+                {
+                    "serviceAccountToken": {
+                        "audience": report_audience(owner),
+                        "expirationSeconds": REPORT_TOKEN_SECONDS,
+                        "path": REPORT_TOKEN_FILE,
+                    }
+                }
+            ]
+        },
+    }
+
+
+def workload_pod(w: Workload, task: TaskBase, text: str | None) -> dict[str, Any]:
+    """The pod template of a Crucible workload: its task's `text` in an annotation mounted by
+    the downward API (without one, the ConfigMap of the workload's name), the model store (and
+    any other PVCs) mounted, restricted security. It reports through its termination message,
+    which needs no credential. A workload that pushes its reports holds a token for the report
+    endpoint and none for the API server; one with a report ConfigMap holds its own
     ServiceAccount's, which may update that ConfigMap and nothing else."""
     task_source: dict[str, Any] = (
         {"configMap": {"name": w.name}}
-        if task is None
+        if text is None
         else {
             "downwardAPI": {
                 "items": [
@@ -294,15 +335,22 @@ def workload_pod(w: Workload, report_config_map: str | None, task: str | None) -
             }
         }
     )
+    pushes = task.report_url is not None
     volumes, mounts, _ = pvc_volumes(w.config, w.claims)
     volumes += [
         {"name": TASK_VOLUME, **task_source},
         {"name": TMP_VOLUME, "emptyDir": {}},
+        *([report_token_volume(w.owner)] if pushes else []),
         *w.extra_volumes,
     ]
     mounts += [
         {"name": TASK_VOLUME, "mountPath": TASK_DIR, "readOnly": True},
         {"name": TMP_VOLUME, "mountPath": "/tmp"},
+        *(
+            [{"name": REPORT_TOKEN_VOLUME, "mountPath": REPORT_TOKEN_DIR, "readOnly": True}]
+            if pushes
+            else []
+        ),
         *w.extra_mounts,
     ]
     container = {
@@ -325,13 +373,13 @@ def workload_pod(w: Workload, report_config_map: str | None, task: str | None) -
     return {
         "metadata": {
             "labels": labels(w.owner, w.role),
-            **({"annotations": {TASK_ANNOTATION: task}} if task is not None else {}),
+            **({"annotations": {TASK_ANNOTATION: text}} if text is not None else {}),
         },
         "spec": {
             "restartPolicy": "Never",
             **(
                 {"serviceAccountName": w.name, "automountServiceAccountToken": True}
-                if report_config_map
+                if task.report_config_map
                 else {"automountServiceAccountToken": False}
             ),
             "securityContext": RESTRICTED_POD,
@@ -376,12 +424,16 @@ def task_fields(
 ) -> dict[str, Any]:
     """The TaskBase fields every workload's task has; a run with several Jobs names the `job`,
     which gets a report and an output folder of its own. A workload that reports while it
-    runs, or whose report may outgrow a termination message, gets a report ConfigMap."""
+    runs, or whose report may outgrow a termination message, pushes its reports to the
+    operator's endpoint, or where there is none writes them to a report ConfigMap."""
     _, _, mounts = pvc_volumes(config, claims)
+    pushes = report and config.report_url is not None
     return {
         "namespace": owner.namespace,
         "name": owner.name,
-        "report_config_map": report_name(owner, job) if report else None,
+        "report_config_map": report_name(owner, job) if report and not pushes else None,
+        "report_url": f"{config.report_url}{report_path(owner)}" if pushes else None,
+        "report_ca": config.report_ca if pushes else None,
         "mounts": mounts,
         "output_uri": output_uri or store_uri(config, owner, job or ""),
         "output_path": store_path(config, owner, job or ""),
@@ -399,8 +451,9 @@ def workload_children(w: Workload, task: TaskBase) -> list[dict[str, Any]]:
     report = task.report_config_map
     text = task_text(task)
     inline = len(text.encode()) <= TASK_ANNOTATION_BYTES
+    pod = workload_pod(w, task, text if inline else None)
     return [
         *(report_objects(w.owner, w.role, report) if report else []),
         *([] if inline else [task_config_map(w.owner, w.name, w.role, task)]),
-        job(w.owner, w.name, w.role, workload_pod(w, report, text if inline else None), w.config),
+        job(w.owner, w.name, w.role, pod, w.config),
     ]

@@ -11,7 +11,9 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -20,6 +22,8 @@ from pydantic import BaseModel
 
 from crucible.api.contract import (
     REPORT_KEY,
+    REPORT_TOKEN_DIR,
+    REPORT_TOKEN_FILE,
     TERMINATION_MESSAGE_BYTES,
     TaskBase,
     WorkloadReport,
@@ -32,8 +36,11 @@ T = TypeVar("T", bound=TaskBase)
 # Where the kubelet reads the termination message (the pods' terminationMessagePath): a file
 # it creates in the container, so a workload run elsewhere leaves none.
 TERMINATION_LOG = Path("/dev/termination-log")
-# A report write that the API server does not answer in this time is given up: the work is
-# done, and its termination message says so anyway.
+# The pod's token for the report endpoint (its audience names the run), which the kubelet
+# renews: read again for every push.
+REPORT_TOKEN = Path(REPORT_TOKEN_DIR) / REPORT_TOKEN_FILE
+# A report write or push not answered in this time is given up: the work is done, and its
+# termination message says so anyway.
 REPORT_WRITE_TIMEOUT_SECONDS = 10
 
 
@@ -192,9 +199,11 @@ def sha256_of(path: Path) -> str:
 class Reporter:
     """Tells the operator what the workload did. Its end (`finish`) becomes the container's
     termination message, which needs no credential and outlives the operator and any outage of
-    the API server. A task that names a report ConfigMap also gets every report there (a
-    fine-tune's progress while it trains), as the pod's ServiceAccount, which may update only
-    that one. Outside any cluster, each report goes to CRUCIBLE_REPORT_FILE."""
+    the API server. A task that names the operator's report endpoint also gets every report
+    there (a fine-tune's progress while it trains), POSTed with the pod's token for that
+    endpoint alone; one that names a report ConfigMap instead gets them there, as the pod's
+    ServiceAccount, which may update only that one. Outside any cluster, each report goes to
+    CRUCIBLE_REPORT_FILE."""
 
     def __init__(self, task: TaskBase) -> None:
         self.task = task
@@ -207,6 +216,8 @@ class Reporter:
         log.info("report: %s", document)
         if self.file:
             Path(self.file).write_text(document)
+        elif self.task.report_url:
+            self._push(self.task.report_url, document)
         elif self.task.report_config_map and os.environ.get("KUBERNETES_SERVICE_HOST"):
             self._patch_config_map(self.task.report_config_map, document)
 
@@ -224,6 +235,19 @@ class Reporter:
         elif TERMINATION_LOG.exists():
             TERMINATION_LOG.write_text(packed)
         self.update(**fields)
+
+    def _push(self, url: str, document: str) -> None:
+        try:
+            request = urllib.request.Request(url, data=document.encode(), method="POST")
+            request.add_header("Authorization", f"Bearer {REPORT_TOKEN.read_text().strip()}")
+            request.add_header("Content-Type", "application/json")
+            context = ssl.create_default_context(cadata=self.task.report_ca)
+            with urllib.request.urlopen(
+                request, context=context, timeout=REPORT_WRITE_TIMEOUT_SECONDS
+            ):
+                pass
+        except OSError as error:  # URLError and SSLError too: reporting must not fail the work
+            log.warning("could not push the report to %s: %s", url, error)
 
     def _patch_config_map(self, name: str, document: str) -> None:
         from kubernetes import client, config
