@@ -216,6 +216,29 @@ class OperatorConfig(BaseModel):
             raise ValueError("must be Always, IfNotPresent or Never")
         return value
 
+    report_service: str | None = Field(
+        default=None,
+        alias="CRUCIBLE_REPORT_SERVICE",
+        description="namespace/name of the Service (one without a selector) that "
+        "CRUCIBLE_REPORT_URL names: the active replica points its EndpointSlice at itself, so "
+        "the workloads reach the replica that writes the statuses; unset: the Service is "
+        "someone else's to route.",
+    )
+    pod_ip: str | None = Field(
+        default=None,
+        alias="CRUCIBLE_POD_IP",
+        description="This replica's pod IP (the downward API's status.podIP), which that "
+        "EndpointSlice names.",
+    )
+
+    @field_validator("report_service")
+    @classmethod
+    def _namespaced_name(cls, value: str | None) -> str | None:
+        namespace, _, name = (value or "/").partition("/")
+        if value is not None and not (namespace and name and "/" not in name):
+            raise ValueError("must be namespace/name of a Service, e.g. crucible/crucible-reports")
+        return value
+
     @field_validator("report_url")
     @classmethod
     def _https(cls, value: str | None) -> str | None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from cryptography import x509
 
 from crucible.api.crd import render_crds
 from crucible.devcluster.binaries import find_binaries
@@ -80,7 +82,8 @@ def test_operator_deployment_is_hardened() -> None:
 def test_namespaced_mode_grants_roles_only_where_watched() -> None:
     docs = rendered("clusterWide=false", "watchNamespaces={team-a,team-b}")
     cluster_roles = [d for d in docs if d["kind"] == "ClusterRole"]
-    # Cluster-wide only what kopf reads: Namespaces and CRDs.
+    # Cluster-wide only what kopf reads (Namespaces and CRDs) and the reviews of the
+    # workloads' tokens.
     assert [r["rules"] for r in cluster_roles] == [
         [
             {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},
@@ -89,12 +92,18 @@ def test_namespaced_mode_grants_roles_only_where_watched() -> None:
                 "resources": ["customresourcedefinitions"],
                 "verbs": ["get", "list", "watch"],
             },
+            {
+                "apiGroups": ["authentication.k8s.io"],
+                "resources": ["tokenreviews"],
+                "verbs": ["create"],
+            },
         ]
     ]
     roles = [
         d
         for d in docs
-        if d["kind"] == "Role" and not d["metadata"]["name"].endswith("-leader-election")
+        if d["kind"] == "Role"
+        and not d["metadata"]["name"].endswith(("-leader-election", "-reports"))
     ]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
@@ -110,6 +119,59 @@ def test_rbac_has_no_wildcards_and_no_secrets() -> None:
     for rule in role["rules"]:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"]
         assert "secrets" not in rule["resources"]
+        # Workloads push their reports: the operator makes no identity or RBAC for them.
+        assert not {"serviceaccounts", "roles", "rolebindings"} & set(rule["resources"]), rule
+
+
+def test_the_report_endpoint_has_its_certificate_service_and_settings() -> None:
+    docs = rendered()
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert (
+        env["CRUCIBLE_REPORT_URL"]["value"] == "https://t-crucible-reports.crucible-system.svc:8443"
+    )
+    assert env["CRUCIBLE_REPORT_SERVICE"]["value"] == "crucible-system/t-crucible-reports"
+    assert env["CRUCIBLE_POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "reports-tls"]
+    assert env["CRUCIBLE_REPORT_TLS_DIR"]["value"] == mount["mountPath"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "reports-tls"]
+    (secret,) = [d for d in docs if d["kind"] == "Secret"]
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+    # The serving certificate is signed by the CA the workloads get, for the Service's names.
+    data = {k: base64.b64decode(v) for k, v in secret["data"].items()}
+    ca = x509.load_pem_x509_certificate(data["ca.crt"])
+    served = x509.load_pem_x509_certificate(data["tls.crt"])
+    served.verify_directly_issued_by(ca)
+    names = served.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "t-crucible-reports.crucible-system.svc" in names.get_values_for_type(x509.DNSName)
+    (service,) = [d for d in docs if d["kind"] == "Service" and "reports" in d["metadata"]["name"]]
+    assert "selector" not in service["spec"]  # the active replica writes its EndpointSlice
+    (role,) = [
+        d for d in docs if d["kind"] == "Role" and d["metadata"]["name"].endswith("-reports")
+    ]
+    slices = [r for r in role["rules"] if r["resources"] == ["endpointslices"]]
+    assert {"resourceNames": ["t-crucible-reports"], "verbs": ["get", "patch"]}.items() <= (
+        slices[-1].items()
+    )
+
+
+def test_cert_manager_makes_the_report_certificate_instead() -> None:
+    docs = rendered("reports.certManager.enabled=true")
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    (issuer,) = [d for d in docs if d["kind"] == "Issuer"]
+    (certificate,) = [d for d in docs if d["kind"] == "Certificate"]
+    assert certificate["spec"]["secretName"] == "t-crucible-reports-tls"
+    assert certificate["spec"]["issuerRef"]["name"] == issuer["metadata"]["name"]
+    docs = rendered(
+        "reports.certManager.enabled=true",
+        "reports.certManager.issuerRef.kind=ClusterIssuer",
+        "reports.certManager.issuerRef.name=corp-ca",
+    )
+    assert not [d for d in docs if d["kind"] == "Issuer"]
+    (certificate,) = [d for d in docs if d["kind"] == "Certificate"]
+    assert certificate["spec"]["issuerRef"] == {"kind": "ClusterIssuer", "name": "corp-ca"}
 
 
 @pytest.mark.parametrize(
@@ -207,7 +269,7 @@ def test_two_replicas_elect_a_leader_on_their_own_lease() -> None:
     env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["CRUCIBLE_LEADER_ELECTION_NAMESPACE"]["value"] == "crucible-system"
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-    (role,) = [d for d in docs if d["kind"] == "Role"]
+    (role,) = [d for d in docs if d["kind"] == "Role" and "leader" in d["metadata"]["name"]]
     assert role["metadata"]["namespace"] == "crucible-system"
     # Only Leases, and only its own may be read or renewed.
     assert {g for rule in role["rules"] for g in rule["apiGroups"]} == {"coordination.k8s.io"}
@@ -225,4 +287,4 @@ def test_two_replicas_elect_a_leader_on_their_own_lease() -> None:
     )
     assert refused.returncode != 0 and "replicaCount > 1 needs leaderElection" in refused.stderr
     single = rendered("leaderElection.enabled=false", "replicaCount=1")
-    assert not [d for d in single if d["kind"] == "Role"]
+    assert not [d for d in single if d["kind"] == "Role" and "leader" in d["metadata"]["name"]]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,7 @@ from tests.cluster.conftest import (
     HOLD_IMAGE,
     OperatorFactory,
     finish_pod,
+    report_settings,
     running_pod,
     wait_phase,
 )
@@ -96,17 +98,23 @@ def test_service_account_rbac_is_least_privilege(cluster: LocalCluster, release:
 
 
 @pytest.mark.pod_security_baseline
+@pytest.mark.usefixtures("model_store")
 def test_operator_with_the_charts_credentials_drives_the_chain(
     cluster: LocalCluster,
     namespace: str,
-    model_store: str,
     release: str,
     operator: OperatorFactory,
+    tmp_path: Path,
 ) -> None:
     as_operator = cluster.service_account_kubeconfig(release, "crucible")
+    # The chart grants no rights over identities: the workloads push to the report endpoint.
+    reports = report_settings(cluster, tmp_path, "127.0.0.1")
     cluster.kubectl_apply(inputs(), "-n", namespace)
     with operator(
-        KUBECONFIG=str(as_operator), CRUCIBLE_RAG_IMAGE=HOLD_IMAGE, CRUCIBLE_EVAL_IMAGE=HOLD_IMAGE
+        KUBECONFIG=str(as_operator),
+        CRUCIBLE_RAG_IMAGE=HOLD_IMAGE,
+        CRUCIBLE_EVAL_IMAGE=HOLD_IMAGE,
+        **reports,
     ):
         cluster.kubectl_apply([merge(), finetune(), rag_index(), eval_run()], "-n", namespace)
         pod = running_pod(cluster, namespace, "docs-rag")

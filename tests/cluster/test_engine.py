@@ -30,6 +30,7 @@ from tests.cluster.conftest import (
     finish_pod,
     pod_status,
     ready_condition,
+    report_settings,
     running_pod,
     set_pod_status,
     status_of,
@@ -416,12 +417,29 @@ def lease_holder(cluster: LocalCluster, namespace: str) -> str:
     return holder
 
 
+def report_slice(cluster: LocalCluster, namespace: str) -> tuple[str, str] | None:
+    """The address and pod the report Service's EndpointSlice names, if it exists."""
+    found = cluster.kubectl(
+        "get", "endpointslice", "reports", "-n", namespace, "-o", "json", check=False
+    )
+    if found.returncode:
+        return None
+    (endpoint,) = json.loads(found.stdout)["endpoints"]
+    return endpoint["addresses"][0], endpoint["targetRef"]["name"]
+
+
 def test_a_standby_replica_takes_over_when_the_leader_is_killed(
     cluster: LocalCluster, namespace: str, model_store: str, tmp_path: Path
 ) -> None:
+    """The standby takes over the reconciles, and the report Service's endpoint with them."""
     lease_seconds = 3
     replicas: dict[str, subprocess.Popen[bytes]] = {}
     logs = []
+    reports = report_settings(cluster, tmp_path, "127.0.0.1")
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "reports"}}
+    service["spec"] = {"ports": [{"name": "https", "port": 8443}]}  # no selector
+    cluster.kubectl_apply([service], "-n", namespace)
+    addresses = {"replica-a": "10.9.0.1", "replica-b": "10.9.0.2"}
     for identity in ("replica-a", "replica-b"):
         log = (tmp_path / f"{identity}.log").open("wb")
         logs.append(log)
@@ -433,11 +451,19 @@ def test_a_standby_replica_takes_over_when_the_leader_is_killed(
             "CRUCIBLE_LEADER_ELECTION_NAMESPACE": namespace,
             "CRUCIBLE_LEASE_DURATION": str(lease_seconds),
             "CRUCIBLE_IDENTITY": identity,
+            "CRUCIBLE_REPORT_TLS_DIR": reports["CRUCIBLE_REPORT_TLS_DIR"],
+            "CRUCIBLE_REPORT_PORT": str(free_port()),
+            "CRUCIBLE_REPORT_SERVICE": f"{namespace}/reports",
+            "CRUCIBLE_POD_IP": addresses[identity],
         }
         argv = [sys.executable, "-m", "crucible.cli.main", "operator", "--namespace", namespace]
         replicas[identity] = processes.spawn(argv, log, tmp_path, env)
     try:
         leader = wait_for(lambda: lease_holder(cluster, namespace), what="a leader")
+        wait_for(
+            lambda: report_slice(cluster, namespace) == (addresses[leader], leader),
+            what="the report Service to name the leader",
+        )
         cluster.kubectl_apply([merge("first", **HELD)], "-n", namespace)
         wait_phase(cluster, namespace, "mm", "first", "Running")
         standby = next(name for name in replicas if name != leader)
@@ -455,6 +481,11 @@ def test_a_standby_replica_takes_over_when_the_leader_is_killed(
         assert takeover < 4 * lease_seconds
         assert len(objects(cluster, namespace, "job")) == 2
         assert f"ModelMerge {namespace}/second Running" in (tmp_path / f"{standby}.log").read_text()
+        # The workloads' reports go to the new leader.
+        wait_for(
+            lambda: report_slice(cluster, namespace) == (addresses[standby], standby),
+            what="the report Service to name the new leader",
+        )
     finally:
         for replica in replicas.values():
             processes.stop(replica)

@@ -15,6 +15,7 @@ from crucible.resources.reports import (
     BoundPod,
     RefusedError,
     RequestBudget,
+    report_endpoint_slice,
     reporting_job,
 )
 
@@ -104,3 +105,15 @@ def test_each_run_has_its_own_request_budget() -> None:
     assert budget.take("a") == 0.0
     now[0] = 100.0  # refilled to the burst, not beyond
     assert [budget.take("a") for _ in range(4)][-1] > 0
+
+
+def test_the_report_slice_names_the_active_replica_and_belongs_to_its_service() -> None:
+    service = {"metadata": {"name": "crucible-reports", "namespace": "crucible", "uid": "s-1"}}
+    slice_ = report_endpoint_slice(service, "crucible-7d9f-x", "fd00::7", 8443)
+    assert slice_["metadata"]["labels"]["kubernetes.io/service-name"] == "crucible-reports"
+    assert slice_["metadata"]["ownerReferences"][0]["uid"] == "s-1"
+    assert slice_["addressType"] == "IPv6"
+    (endpoint,) = slice_["endpoints"]
+    assert endpoint["addresses"] == ["fd00::7"]
+    assert endpoint["targetRef"]["name"] == "crucible-7d9f-x"
+    assert report_endpoint_slice(service, "p", "10.0.0.3", 8443)["addressType"] == "IPv4"

@@ -29,6 +29,10 @@ app.kubernetes.io/component: operator
 {{- end -}}
 {{- end -}}
 
+{{- define "crucible.reportsService" -}}
+{{- printf "%s-reports" (include "crucible.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
 {{- define "crucible.workloadImage" -}}
 {{- $ctx := index . 0 -}}{{- $name := index . 1 -}}{{- $override := index . 2 -}}
 {{- if $override -}}{{ $override }}{{- else -}}
@@ -68,20 +72,13 @@ app.kubernetes.io/component: operator
   resources: [services]
   verbs: [get, list, watch, create, delete]
 - apiGroups: [""]
-  resources: [serviceaccounts]
-  verbs: [get, create, delete]
-- apiGroups: [""]
   resources: [configmaps]
-  # watch: a dataset or documents ConfigMap created after its run starts the run.
-  # get/update/patch are also what the per-run Roles grant workloads on their report,
-  # and RBAC only lets the operator grant what it holds.
-  verbs: [get, list, watch, create, update, patch, delete]
+  # watch: a dataset or documents ConfigMap created after its run starts the run; create:
+  # the task of a run too large for its pod's annotation.
+  verbs: [get, list, watch, create, delete]
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]
-- apiGroups: [rbac.authorization.k8s.io]
-  resources: [roles, rolebindings]
-  verbs: [get, create, delete]
 - apiGroups: [""]
   resources: [events]
   # create: Events on the runs; list/watch: the kubelet's FailedMount events on their pods.
@@ -106,13 +103,16 @@ app.kubernetes.io/component: operator
 {{- end }}
 {{- end -}}
 
-{{/* Cluster-scoped reads kopf needs in either mode: it follows the namespaces it serves and
-     the CRDs of the resources it handles. */}}
-{{- define "crucible.clusterReadRules" -}}
+{{/* Cluster-scoped rights in either mode: kopf follows the namespaces it serves and the
+     CRDs of the resources it handles; the report endpoint reviews the workloads' tokens. */}}
+{{- define "crucible.clusterRules" -}}
 - apiGroups: [""]
   resources: [namespaces]
   verbs: [get, list, watch]
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
   verbs: [get, list, watch]
+- apiGroups: [authentication.k8s.io]
+  resources: [tokenreviews]
+  verbs: [create]
 {{- end -}}

@@ -10,6 +10,7 @@ pod's termination message, read when its Job completes.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import ssl
@@ -18,11 +19,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from crucible.api.kinds import KINDS
 from crucible.config import OperatorConfig
 from crucible.controllers.engine import Engine
+from crucible.controllers.kube import ApiError, KubeClient
 from crucible.controllers.lifecycle import FailedError, parse_report
 from crucible.metrics import REPORT_REQUESTS
 from crucible.resources.common import REPORT_PATH_PREFIX, Owner, report_audience
@@ -32,6 +35,7 @@ from crucible.resources.reports import (
     RefusedError,
     RequestBudget,
     controller_of,
+    report_endpoint_slice,
     reporting_job,
 )
 
@@ -44,6 +48,7 @@ REVIEW_CACHE_ENTRIES = 10_000
 # Per run: a workload reports every few seconds at most.
 REQUESTS_PER_SECOND = 2.0
 REQUEST_BURST = 10.0
+PUBLISH_RETRY_SECONDS = 5.0
 
 
 class UnauthenticatedError(ValueError):
@@ -167,6 +172,34 @@ def tls_context(folder: Path) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(folder / "tls.crt", folder / "tls.key")
     return context
+
+
+async def publish_endpoint(kube: KubeClient, config: OperatorConfig) -> None:
+    """Point the report Service's EndpointSlice at this replica, which has just become the
+    active one; retried until it is done (or this replica stops leading and cancels it)."""
+    assert config.report_service is not None and config.pod_ip is not None
+    namespace, _, name = config.report_service.partition("/")
+    while True:
+        try:
+            service = await kube.get("v1", "Service", namespace, name)
+            if service is None:
+                log.warning("the report Service %s does not exist; pushes cannot arrive", name)
+            else:
+                endpoints = report_endpoint_slice(
+                    service, config.identity, config.pod_ip, config.report_port
+                )
+                await kube.request(
+                    "PATCH",
+                    f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices/{name}",
+                    body=endpoints,
+                    params={"fieldManager": "crucible-operator", "force": "true"},
+                    content_type="application/apply-patch+yaml",
+                )
+                log.info("reports go to %s (%s) now", config.identity, config.pod_ip)
+                return
+        except (ApiError, aiohttp.ClientError, TimeoutError) as error:
+            log.warning("cannot point the report Service %s at this replica: %s", name, error)
+        await asyncio.sleep(PUBLISH_RETRY_SECONDS)
 
 
 async def serve_reports(engine: Engine, config: OperatorConfig) -> web.AppRunner:

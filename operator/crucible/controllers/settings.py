@@ -14,7 +14,7 @@ from crucible.controllers.engine import Engine
 from crucible.controllers.kube import Kube, client_configuration
 from crucible.controllers.leader import LeaderElector
 from crucible.controllers.registry import CONTROLLERS
-from crucible.controllers.reports import serve_reports
+from crucible.controllers.reports import publish_endpoint, serve_reports
 from crucible.resources.common import MANAGED_BY, MANAGED_BY_LABEL
 
 CHILDREN = ("jobs", "pods", "deployments", "services")
@@ -54,11 +54,21 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     engine.start()
     if config.report_tls_dir is not None:
         memo.reports = await serve_reports(engine, config)
+    publishes = config.report_service is not None and config.pod_ip is not None
+
+    def lead(leading: bool) -> None:
+        engine.lead(leading)
+        publishing = memo.get("publishing")
+        if publishing is not None:
+            publishing.cancel()
+        if leading and publishes:
+            memo.publishing = asyncio.create_task(publish_endpoint(kube, config))
+
     if config.leader_election_namespace is None:
-        engine.lead(True)
+        lead(True)
     else:
         memo.elector = elector = LeaderElector(kube, config)
-        memo.election = asyncio.create_task(elector.run(engine.lead))
+        memo.election = asyncio.create_task(elector.run(lead))
 
 
 @kopf.on.cleanup()
@@ -70,6 +80,9 @@ async def shut_down(memo: kopf.Memo, **_: Any) -> None:
             await election
         with contextlib.suppress(Exception):  # best effort: the Lease expires anyway
             await memo.elector.release()
+    publishing = memo.get("publishing")
+    if publishing is not None:
+        publishing.cancel()
     reports = memo.get("reports")
     if reports is not None:
         await reports.cleanup()

@@ -114,3 +114,40 @@ class RequestBudget:
 
     def forget(self, key: str) -> None:
         self._buckets.pop(key, None)
+
+
+# A label value, so no slash: the field names its controller like endpointslice-controller.k8s.io.
+ENDPOINT_SLICE_MANAGER = "operator.crucible.dev"
+
+
+def report_endpoint_slice(
+    service: Mapping[str, Any], pod: str, address: str, port: int
+) -> dict[str, Any]:
+    """The EndpointSlice of the report Service (which has no selector): the active replica's
+    pod alone, so that reports reach the replica that writes the statuses. Owned by the
+    Service, it goes when the Service does."""
+    meta = service["metadata"]
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "labels": {
+                "kubernetes.io/service-name": meta["name"],
+                "endpointslice.kubernetes.io/managed-by": ENDPOINT_SLICE_MANAGER,
+            },
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "Service", "name": meta["name"], "uid": meta["uid"]}
+            ],
+        },
+        "addressType": "IPv6" if ":" in address else "IPv4",
+        "endpoints": [
+            {
+                "addresses": [address],
+                "conditions": {"ready": True},
+                "targetRef": {"kind": "Pod", "name": pod, "namespace": meta["namespace"]},
+            }
+        ],
+        "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+    }
