@@ -101,7 +101,6 @@ def indexing_task(tmp: Path, docs: Path, table: str, database_url: str) -> Any:
     return RagTask(
         namespace="bench",
         name="docs",
-        report_config_map="r",
         mounts={"root": "/"},
         output_uri="pvc://s/",
         output_path=str(tmp / "out"),
@@ -182,7 +181,6 @@ def bench_evaluator(tmp: Path) -> None:
         return EvalTask(
             namespace="b",
             name="b",
-            report_config_map="r",
             output_uri="pvc://s/",
             output_path=str(tmp / f"out{repeats}"),
             endpoints=[ChatEndpoint(name="m", base_url=server.url, model="m")],

@@ -14,9 +14,14 @@ operator as its own process (`crucible operator`), and one client for both sides
 6. 10 FineTuneJobs waiting on a ModelMerge created last: the time from its success until all
    10 have their Jobs;
 7. N finished ModelMerges deleted against N finished bare Jobs: the time until the garbage
-   collector has removed all their children.
+   collector has removed all their children;
+8. 20 FineTuneJobs whose workloads push their progress to the report endpoint every second
+   for --progress-seconds (600: a 10-minute training): the status writes per run, against
+   the pushes taken.
 
-    .venv/bin/python bench/scale.py [--runs 500]
+The operator serves its report endpoint throughout, as the chart deploys it.
+
+    .venv/bin/python bench/scale.py [--runs 500] [--progress-seconds 600]
 """
 
 from __future__ import annotations
@@ -375,7 +380,86 @@ async def garbage_collection(b: Bench) -> None:
     )
 
 
-async def bench(cluster: Any, runs: int, operator_port: int, operator_pid: int) -> None:
+PROGRESS_RUNS = 20
+
+
+def training(name: str, namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": API,
+        "kind": "FineTuneJob",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "baseModel": {"uri": "hf://org/base"},
+            "dataset": {"uri": "s3://bucket/qa.jsonl"},
+            "resources": {"gpus": 0, "image": HOLD},
+        },
+    }
+
+
+async def status_writes(kube: Any, path: str, counts: dict[str, int]) -> None:
+    """Count each object's MODIFIED events from now on: for a run whose spec stays, each is a
+    status write."""
+    listed = await kube.request("GET", path)
+    params = {"watch": "1", "resourceVersion": listed["metadata"]["resourceVersion"]}
+    async with kube.session.get(
+        path, params=params, headers=kube._headers(), timeout=None
+    ) as response:
+        async for line in response.content:
+            event = json.loads(line)
+            if event["type"] == "MODIFIED":
+                name = event["object"]["metadata"]["name"]
+                counts[name] = counts.get(name, 0) + 1
+
+
+async def progress_writes(b: Bench, seconds: int) -> None:
+    import aiohttp
+    from tests.cluster.conftest import report_target
+
+    from crucible.config import OperatorConfig
+
+    ns = "progress"
+    names = [f"train-{i}" for i in range(PROGRESS_RUNS)]
+    await create_all(b.kube, [training(name, ns) for name in names])
+    pods = {name: await wait_pod(b.kube, ns, f"{name}-train") for name in names}
+    targets = {name: report_target(b.cluster, pod) for name, pod in pods.items()}
+    await quiet(b.operator_port)
+    counts: dict[str, int] = {}
+    watch = asyncio.create_task(
+        status_writes(b.kube, f"/apis/{API}/namespaces/{ns}/finetunejobs", counts)
+    )
+    answers: dict[int, int] = {}
+    b.cpu.start()
+    async with aiohttp.ClientSession() as session:
+
+        async def push(name: str, step: int) -> None:
+            url, context, token = targets[name]
+            progress = {"step": step, "totalSteps": seconds, "loss": round(2 / step, 4)}
+            async with session.post(
+                url, json={"progress": progress}, ssl=context,
+                headers={"Authorization": f"Bearer {token}"},
+            ) as answer:  # fmt: skip
+                answers[answer.status] = answers.get(answer.status, 0) + 1
+
+        start = time.monotonic()
+        for step in range(1, seconds + 1):
+            await asyncio.gather(*(push(name, step) for name in names))
+            await asyncio.sleep(max(0.0, start + step - time.monotonic()))
+    interval = OperatorConfig().progress_interval
+    await asyncio.sleep(interval + 5)  # the last progress, folded at the interval's end
+    watch.cancel()
+    writes = [counts.get(name, 0) for name in names]
+    print(
+        f"progress: {PROGRESS_RUNS} trainings pushing every 1 s for {seconds} s: "
+        f"{statistics.mean(writes):.1f} status writes per run (max {max(writes)}; "
+        f"CRUCIBLE_PROGRESS_INTERVAL {interval:.0f} s), against {seconds} pushes each; "
+        f"answers {dict(sorted(answers.items()))}"
+    )
+    print(f"  CPU s while pushing: {b.cpu.report()}")
+
+
+async def bench(
+    cluster: Any, runs: int, operator_port: int, operator_pid: int, progress_seconds: int
+) -> None:
     from crucible.controllers.kube import Kube, client_configuration
 
     os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
@@ -387,6 +471,8 @@ async def bench(cluster: Any, runs: int, operator_port: int, operator_pid: int) 
     await operator_rate(b, raw_rate, children_rate)
     await no_starvation(b)
     await garbage_collection(b)
+    if progress_seconds:
+        await progress_writes(b, progress_seconds)
     await b.kube.close()
 
 
@@ -429,21 +515,24 @@ async def create_crs(cluster: Any, runs: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=500)
+    parser.add_argument("--progress-seconds", type=int, default=600, help="0: no step 8")
     args = parser.parse_args()
+
+    from tests.cluster.conftest import report_settings
 
     from crucible.devcluster import processes
     from crucible.devcluster.cluster import LocalCluster, folder_claim, free_port
 
     workdir = Path(tempfile.mkdtemp(prefix="crucible-scale-"))
-    nodes = (3 * args.runs + 40) // PODS_PER_NODE + 1
+    nodes = (3 * args.runs + 40 + PROGRESS_RUNS) // PODS_PER_NODE + 1
     with LocalCluster(workdir / "cluster", nodes=nodes) as cluster:
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
         cluster.kubectl("wait", "--for=condition=Established", "crd", "--all")
-        for ns in ("raw", "bench", "starve", "crs", "gc-raw", "gc-runs"):
+        for ns in ("raw", "bench", "starve", "crs", "gc-raw", "gc-runs", "progress"):
             cluster.kubectl("create", "namespace", ns)
-        for ns in ("bench", "starve", "gc-runs"):
+        for ns in ("bench", "starve", "gc-runs", "progress"):
             cluster.kubectl_apply(folder_claim(ns, "crucible-models", workdir / ns))
-        for ns in ("raw", "bench", "starve", "gc-raw", "gc-runs"):
+        for ns in ("raw", "bench", "starve", "gc-raw", "gc-runs", "progress"):
             while cluster.kubectl("get", "sa", "default", "-n", ns, check=False).returncode:
                 time.sleep(0.2)
         print(
@@ -453,7 +542,7 @@ def main() -> None:
         env = {
             **os.environ,
             "KUBECONFIG": str(cluster.kubeconfig),
-            "CRUCIBLE_HTTP_ADDRESS": "127.0.0.1",
+            **report_settings(cluster, workdir, "127.0.0.1"),
             "CRUCIBLE_HTTP_PORT": str(port),
             "CRUCIBLE_JOB_BACKOFF_LIMIT": "0",
         }
@@ -470,7 +559,7 @@ def main() -> None:
                     time.sleep(0.5)
             time.sleep(3)
             print(f"control plane: {nodes} kwok nodes; machine: {os.cpu_count()} cores")
-            asyncio.run(bench(cluster, args.runs, port, operator.pid))
+            asyncio.run(bench(cluster, args.runs, port, operator.pid, args.progress_seconds))
         finally:
             processes.stop(operator)
             log.close()

@@ -71,7 +71,6 @@ def bench_merge(tmp: Path, a: Path, b: Path, size: str, repeats: int) -> None:
     task = MergeTask(
         namespace="bench",
         name="m",
-        report_config_map="m-report",
         mounts={"root": "/"},
         output_uri="pvc://store/m/",
         output_path=str(tmp / "merged"),
@@ -120,7 +119,6 @@ def training_task(tmp: Path, base: Path, hyper: Any, strategy: Any = None) -> An
     return FineTuneTask(
         namespace="bench",
         name="ft",
-        report_config_map="ft-report",
         mounts={"root": "/"},
         output_uri="pvc://store/ft/",
         output_path=str(tmp / "ft"),

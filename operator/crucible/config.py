@@ -200,7 +200,7 @@ class OperatorConfig(BaseModel):
         alias="CRUCIBLE_REPORT_URL",
         description="The report endpoint as the workload pods reach it, https://host:port (the "
         "chart's Service); set, the runs that report while they run push to it with a "
-        "projected token of their own audience instead of writing a report ConfigMap.",
+        "projected token of their own audience; unset, they report only at their end.",
     )
     report_ca: str | None = Field(
         default=None,

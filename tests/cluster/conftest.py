@@ -1,10 +1,13 @@
 """Fixtures for running the operator against the control plane and playing the parts that
-kwok does not: the workload writing its report, the kubelet finishing a held pod."""
+kwok does not: the workload pushing its report, the kubelet finishing a held pod."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import ssl
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,9 +15,10 @@ from typing import Any
 import pytest
 from kopf.testing import KopfRunner
 
-from crucible.api.contract import REPORT_KEY, WorkloadReport, pack_report
+from crucible.api.contract import WorkloadReport, pack_report
 from crucible.devcluster.cluster import LocalCluster, folder_claim, free_port
 from crucible.devcluster.pki import issue
+from crucible.resources.common import TASK_ANNOTATION
 from tests.conftest import wait_for
 
 HOLD_IMAGE = "kwok.crucible.test/hold"
@@ -127,38 +131,57 @@ def running_pod(cluster: LocalCluster, namespace: str, job: str) -> dict[str, An
     return pod
 
 
-def write_report(
-    cluster: LocalCluster,
-    namespace: str,
-    name: str,
-    report: dict[str, Any],
-    kubeconfig: Any = None,
-    *,
-    wait: bool = False,
-) -> None:
-    """What the workload does at its end: write its report into the run's ConfigMap (with
-    `wait`, once the operator has made that ConfigMap)."""
-    if wait:
-        wait_for(
-            lambda: (
-                not cluster.kubectl(
-                    "get", "configmap", f"{name}-report", "-n", namespace, check=False
-                ).returncode
-            ),
-            what=f"ConfigMap {name}-report",
-        )
-    patch = json.dumps({"data": {REPORT_KEY: json.dumps(report)}})
-    cluster.kubectl(
-        "patch",
-        "configmap",
-        f"{name}-report",
+def mint(cluster: LocalCluster, pod: dict[str, Any], audience: str | None) -> str:
+    """A token of the pod's ServiceAccount bound to the pod, as the kubelet projects one."""
+    meta = pod["metadata"]
+    args = [
+        "create",
+        "token",
+        pod["spec"].get("serviceAccountName") or "default",
         "-n",
-        namespace,
-        "--type=merge",
-        "-p",
-        patch,
-        kubeconfig=kubeconfig,
-    )
+        meta["namespace"],
+        "--bound-object-kind=Pod",
+        f"--bound-object-name={meta['name']}",
+        f"--bound-object-uid={meta['uid']}",
+        "--duration=1h",  # as the projected token of a workload pod lasts
+    ]
+    if audience is not None:
+        args.append(f"--audience={audience}")
+    return cluster.kubectl(*args).stdout.strip()
+
+
+def post(url: str, context: ssl.SSLContext, token: str | None, body: bytes) -> tuple[int, str]:
+    """POST `body` to the report endpoint at `url`; its answer's code and text."""
+    request = urllib.request.Request(url, data=body, method="POST")
+    request.add_header("Content-Type", "application/json")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=30) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def report_target(cluster: LocalCluster, pod: dict[str, Any]) -> tuple[str, ssl.SSLContext, str]:
+    """Where a workload pod pushes its reports, as its task names it, the TLS context that
+    trusts the endpoint's CA, and a token bound to the pod for the audience it projects."""
+    task = json.loads(pod["metadata"]["annotations"][TASK_ANNOTATION])
+    (audience,) = [
+        source["serviceAccountToken"]["audience"]
+        for volume in pod["spec"]["volumes"]
+        for source in (volume.get("projected") or {}).get("sources", [])
+    ]
+    context = ssl.create_default_context(cadata=task["reportCa"])
+    return task["reportUrl"], context, mint(cluster, pod, audience)
+
+
+def push_report(cluster: LocalCluster, namespace: str, job: str, report: dict[str, Any]) -> None:
+    """What the workload of a running pod of `job` does while it runs: POST its report to the
+    endpoint its task names, with its token for that endpoint."""
+    url, context, token = report_target(cluster, running_pod(cluster, namespace, job))
+    code, text = post(url, context, token, json.dumps(report).encode())
+    assert code == 202, (code, text)
 
 
 def pod_status(pod: dict[str, Any], phase: str, state: dict[str, Any]) -> dict[str, Any]:

@@ -29,13 +29,13 @@ from tests.cluster.conftest import (
     OperatorFactory,
     finish_pod,
     pod_status,
+    push_report,
     ready_condition,
     report_settings,
     running_pod,
     set_pod_status,
     status_of,
     wait_phase,
-    write_report,
 )
 from tests.cluster.test_reconcile import objects
 from tests.conftest import wait_for
@@ -199,17 +199,18 @@ def patches_sent() -> float:
     )
 
 
+@pytest.mark.usefixtures("model_store")
 def test_a_run_that_waits_again_keeps_its_progress_and_goes_quiet(
-    cluster: LocalCluster, namespace: str, model_store: str, operator: OperatorFactory
+    cluster: LocalCluster, namespace: str, operator: OperatorFactory, tmp_path: Path
 ) -> None:
     cluster.kubectl_apply(inputs(), "-n", namespace)
-    with operator():
+    with operator(**report_settings(cluster, tmp_path, "127.0.0.1")):
         tuned = finetune(base="m", resources={"gpus": 0, "image": HOLD_IMAGE})
         tuned["spec"]["baseModel"] = {"uri": "hf://org/base"}
         cluster.kubectl_apply([tuned], "-n", namespace)
         pod = running_pod(cluster, namespace, "tuned-train")
         progress = {"step": 3, "totalSteps": 10, "loss": 1.5}
-        write_report(cluster, namespace, "tuned", {"progress": progress})
+        push_report(cluster, namespace, "tuned-train", {"progress": progress})
         wait_for(
             lambda: status_of(cluster, namespace, "ftj", "tuned").get("progress") == progress,
             what="the progress",
@@ -227,8 +228,9 @@ def test_a_run_that_waits_again_keeps_its_progress_and_goes_quiet(
         assert patches_sent() == before
 
 
+@pytest.mark.usefixtures("model_store")
 def test_a_synthetic_dataset_shows_progress_while_it_runs(
-    cluster: LocalCluster, namespace: str, model_store: str, operator: OperatorFactory
+    cluster: LocalCluster, namespace: str, operator: OperatorFactory, tmp_path: Path
 ) -> None:
     cluster.kubectl_apply(inputs(), "-n", namespace)
     dataset = {
@@ -247,10 +249,12 @@ def test_a_synthetic_dataset_shows_progress_while_it_runs(
         "validation": 1,
         "dropped": {"duplicate": 4},
     }
-    with operator(CRUCIBLE_EVAL_IMAGE=HOLD_IMAGE):
+    with operator(
+        CRUCIBLE_EVAL_IMAGE=HOLD_IMAGE, **report_settings(cluster, tmp_path, "127.0.0.1")
+    ):
         cluster.kubectl_apply([dataset], "-n", namespace)
         pod = running_pod(cluster, namespace, "qa-synth")
-        write_report(cluster, namespace, "qa", {"documents": 1, "chunks": 6, "pairs": pairs})
+        push_report(cluster, namespace, "qa-synth", {"documents": 1, "chunks": 6, "pairs": pairs})
         running = wait_for(
             lambda: (s := status_of(cluster, namespace, "sds", "qa")).get("pairs") and s,
             what="progress in the status",
@@ -314,10 +318,9 @@ def play_workloads(cluster: LocalCluster, namespace: str) -> None:
         if pod["metadata"]["labels"].get("job-name") == "bench-eval" and (
             pod["status"].get("phase") == "Running"
         ):
-            write_report(
-                cluster, namespace, "bench", {"results": [result("tuned", False, [0.5] * 3)]}
+            finish_pod(
+                cluster, namespace, pod, report={"results": [result("tuned", False, [0.5] * 3)]}
             )
-            finish_pod(cluster, namespace, pod)
 
 
 def comparable(cluster: LocalCluster, namespace: str) -> dict[str, Any]:
@@ -399,7 +402,8 @@ def test_an_operator_killed_after_any_write_loses_nothing_and_duplicates_nothing
     with operator(**held):
         time.sleep(2)  # a healthy operator finds nothing left to do
     print(f"chain completed over {lives} operator lives, {crashing.writes} writes")
-    assert crashing.writes > 20, "the chain should take many writes, each followed by a crash"
+    # Three runs' Jobs and status writes, the eval's server and Service: 17 writes today.
+    assert crashing.writes > 12, "the chain should take many writes, each followed by a crash"
     assert comparable(cluster, namespace) == expected
     assert children_by_kind(cluster, namespace) == expected_children
 

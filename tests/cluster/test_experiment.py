@@ -19,7 +19,6 @@ from tests.cluster.conftest import (
     running_pod,
     status_of,
     wait_phase,
-    write_report,
 )
 from tests.cluster.test_reconcile import objects
 from tests.conftest import wait_for
@@ -70,8 +69,17 @@ def settle(cluster: LocalCluster, namespace: str, expected: set[str]) -> dict[st
     return found
 
 
-def finish_job(cluster: LocalCluster, namespace: str, job: str, exit_code: int = 0) -> None:
-    finish_pod(cluster, namespace, running_pod(cluster, namespace, job), exit_code)
+def finish_job(
+    cluster: LocalCluster,
+    namespace: str,
+    job: str,
+    report: dict[str, Any] | None = None,
+    *,
+    exit_code: int = 0,
+) -> None:
+    """The held pod of `job` ends, leaving `report` as its termination message."""
+    pod = running_pod(cluster, namespace, job)
+    finish_pod(cluster, namespace, pod, exit_code, report=report)
 
 
 @pytest.mark.pod_security_baseline
@@ -128,16 +136,14 @@ def test_an_experiment_fans_out_within_its_bound_and_reaches_a_verdict(  # noqa:
         assert (failure["name"], failure["reason"]) == ("search-b-docs", "Error")
         assert failure["consequence"] == "candidate b is not judged on task docs"
 
-        write_report(cluster, namespace, "search-docs", judged(["a", "hosted"]))
-        finish_job(cluster, namespace, "search-docs-eval")
+        finish_job(cluster, namespace, "search-docs-eval", judged(["a", "hosted"]))
         expected.add("FineTuneJob/search-b-ops")
         settle(cluster, namespace, expected)
         finish_job(cluster, namespace, "search-a-ops-train")
         finish_job(cluster, namespace, "search-b-ops-train")
         expected.add("EvalRun/search-ops")
         settle(cluster, namespace, expected)
-        write_report(cluster, namespace, "search-ops", judged(["b", "a", "hosted"]))
-        finish_job(cluster, namespace, "search-ops-eval")
+        finish_job(cluster, namespace, "search-ops-eval", judged(["b", "a", "hosted"]))
 
         # The ranking Job pools the verdicts of both tasks from the model store.
         expected.add("Job/search-rank")
@@ -151,8 +157,7 @@ def test_an_experiment_fans_out_within_its_bound_and_reaches_a_verdict(  # noqa:
             f"/models/{namespace}/evalruns/search-docs/judgements.jsonl",
             f"/models/{namespace}/evalruns/search-ops/judgements.jsonl",
         ]
-        write_report(cluster, namespace, "search-rank", rank_report(namespace))
-        finish_job(cluster, namespace, "search-rank")
+        finish_job(cluster, namespace, "search-rank", rank_report(namespace))
 
         # b won: b (the top one) and the baseline candidate a go on to the held-out task.
         expected |= {"FineTuneJob/search-b-faq", "FineTuneJob/search-a-faq"}
@@ -165,12 +170,10 @@ def test_an_experiment_fans_out_within_its_bound_and_reaches_a_verdict(  # noqa:
         finish_job(cluster, namespace, "search-a-faq-train")
         expected.add("EvalRun/search-faq")
         settle(cluster, namespace, expected)
-        write_report(cluster, namespace, "search-faq", judged(["b", "a", "hosted"]))
-        finish_job(cluster, namespace, "search-faq-eval")
+        finish_job(cluster, namespace, "search-faq-eval", judged(["b", "a", "hosted"]))
         expected.add("Job/search-verdict")
         settle(cluster, namespace, expected)
-        write_report(cluster, namespace, "search-verdict", verdict_report())
-        finish_job(cluster, namespace, "search-verdict")
+        finish_job(cluster, namespace, "search-verdict", verdict_report())
         done = wait_phase(cluster, namespace, "experiment", "search", "Succeeded")
         assert done["heldOut"]["holds"] is True and done["progress"]["stage"] == "Done"
         assert "on faq its lead over a holds" in done["conditions"][0]["message"]
@@ -194,22 +197,17 @@ def small_experiment() -> dict[str, Any]:
 
 def play_small_experiment(cluster: LocalCluster, namespace: str) -> dict[str, Any]:
     """Run `small_experiment` to its verdict with an operator whose training Jobs complete by
-    themselves (kwok) and whose eval-image Jobs are held: write their reports, end their pods.
+    themselves (kwok) and whose eval-image Jobs are held: end their pods with their reports.
     Returns the final status."""
     cluster.kubectl_apply([*experiment_inputs(), small_experiment()], "-n", namespace)
     models = ["a", "hosted"]
-    write_report(cluster, namespace, "small-docs", judged(models), wait=True)
-    finish_job(cluster, namespace, "small-docs-eval")
+    finish_job(cluster, namespace, "small-docs-eval", judged(models))
     ranking = [
         {"model": m, "baseline": m == "hosted", "rating": r, "ci95Low": r - 40, "ci95High": r + 40}
         for m, r in (("a", 1040.0), ("hosted", 960.0))
     ]
-    write_report(
-        cluster, namespace, "small-rank", {"comparisons": 12, "ranking": ranking}, wait=True
-    )
-    finish_job(cluster, namespace, "small-rank")
-    write_report(cluster, namespace, "small-faq", judged(models), wait=True)
-    finish_job(cluster, namespace, "small-faq-eval")
+    finish_job(cluster, namespace, "small-rank", {"comparisons": 12, "ranking": ranking})
+    finish_job(cluster, namespace, "small-faq-eval", judged(models))
     verdict = {
         "task": "faq",
         "winner": "a",
@@ -221,8 +219,5 @@ def play_small_experiment(cluster: LocalCluster, namespace: str) -> dict[str, An
         "holds": False,
         "ratings": judged(models)["judgeRatings"],
     }
-    write_report(
-        cluster, namespace, "small-verdict", {"comparisons": 12, "heldOut": verdict}, wait=True
-    )
-    finish_job(cluster, namespace, "small-verdict")
+    finish_job(cluster, namespace, "small-verdict", {"comparisons": 12, "heldOut": verdict})
     return wait_phase(cluster, namespace, "experiment", "small", "Succeeded")

@@ -18,7 +18,6 @@ from tests.cluster.conftest import (
     running_pod,
     status_of,
     wait_phase,
-    write_report,
 )
 from tests.cluster.test_reconcile import objects
 from tests.conftest import wait_for
@@ -32,8 +31,7 @@ def finish_eval(
 ) -> None:
     """Play the eval workload: base scores 0.40, tuned `tuned`, with their paired test."""
     pod = running_pod(cluster, namespace, f"{name}-eval")
-    write_report(cluster, namespace, name, scored_report(tuned, p_value))
-    finish_pod(cluster, namespace, pod)
+    finish_pod(cluster, namespace, pod, report=scored_report(tuned, p_value))
     wait_phase(cluster, namespace, "er", name, "Succeeded")
 
 

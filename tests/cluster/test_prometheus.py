@@ -23,7 +23,6 @@ from tests.cluster.conftest import (
     finish_pod,
     running_pod,
     wait_phase,
-    write_report,
 )
 from tests.cluster.test_experiment import play_small_experiment
 from tests.conftest import wait_for
@@ -135,8 +134,7 @@ def run_eval(
         finish_pod(cluster, namespace, pod, exit_code=1, message="endpoint unreachable")
         wait_phase(cluster, namespace, "er", name, "Failed")
         return
-    write_report(cluster, namespace, name, report)
-    finish_pod(cluster, namespace, pod)
+    finish_pod(cluster, namespace, pod, report=report)
     wait_phase(cluster, namespace, "er", name, "Succeeded")
 
 

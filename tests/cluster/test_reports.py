@@ -9,8 +9,6 @@ import base64
 import json
 import ssl
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,8 @@ from crucible.resources.reports import MAX_REPORT_BYTES
 from tests.cluster.conftest import (
     HOLD_IMAGE,
     OperatorFactory,
+    mint,
+    post,
     report_settings,
     running_pod,
     status_of,
@@ -49,25 +49,6 @@ def other_namespace(cluster: LocalCluster) -> Iterator[str]:
     cluster.kubectl("delete", "namespace", name, "--wait=false")
 
 
-def mint(cluster: LocalCluster, pod: dict[str, Any], audience: str | None) -> str:
-    """A token of the pod's ServiceAccount bound to the pod, as the kubelet projects one."""
-    meta = pod["metadata"]
-    args = [
-        "create",
-        "token",
-        pod["spec"].get("serviceAccountName") or "default",
-        "-n",
-        meta["namespace"],
-        "--bound-object-kind=Pod",
-        f"--bound-object-name={meta['name']}",
-        f"--bound-object-uid={meta['uid']}",
-        "--duration=10m",
-    ]
-    if audience is not None:
-        args.append(f"--audience={audience}")
-    return cluster.kubectl(*args).stdout.strip()
-
-
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -82,16 +63,8 @@ def resigned(token: str, key: rsa.RSAPrivateKey, **claims: Any) -> str:
 
 
 def push(port: int, ca: Path, path: str, token: str | None, body: bytes) -> tuple[int, str]:
-    request = urllib.request.Request(f"https://127.0.0.1:{port}{path}", data=body, method="POST")
-    request.add_header("Content-Type", "application/json")
-    if token is not None:
-        request.add_header("Authorization", f"Bearer {token}")
     context = ssl.create_default_context(cafile=str(ca))
-    try:
-        with urllib.request.urlopen(request, context=context, timeout=30) as answer:
-            return answer.status, answer.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
+    return post(f"https://127.0.0.1:{port}{path}", context, token, body)
 
 
 def answered(code: int) -> float:

@@ -16,7 +16,6 @@ from tests.cluster.conftest import (
     ready_condition,
     running_pod,
     wait_phase,
-    write_report,
 )
 from tests.cluster.test_reconcile import objects
 from tests.conftest import wait_for
@@ -60,13 +59,12 @@ def test_synthetic_dataset_feeds_a_fine_tune(
         waiting = wait_phase(cluster, namespace, "ftj", "tuned", "Waiting")
         assert "waiting for SyntheticDataset 'qa' to succeed" in ready_condition(waiting)["message"]
 
-        write_report(
+        finish_pod(
             cluster,
             namespace,
-            "qa",
-            {"documents": 1, "chunks": 4, "pairs": COUNTS, "contentHash": "sha256:abc"},
+            pod,
+            report={"documents": 1, "chunks": 4, "pairs": COUNTS, "contentHash": "sha256:abc"},
         )
-        finish_pod(cluster, namespace, pod)
         done = wait_phase(cluster, namespace, "sds", "qa", "Succeeded")
         assert done["outputUri"] == f"pvc://crucible-models/{namespace}/syntheticdatasets/qa/"
         assert (done["documents"], done["chunks"], done["contentHash"]) == (1, 4, "sha256:abc")
@@ -125,8 +123,7 @@ def test_a_failed_or_mismatched_dataset_fails_the_fine_tune(
         assert ready_condition(broken)["message"] in ready_condition(failed)["message"]
 
         pod = running_pod(cluster, namespace, "chat-synth")
-        write_report(cluster, namespace, "chat", {"chunks": 4, "pairs": COUNTS})
-        finish_pod(cluster, namespace, pod)
+        finish_pod(cluster, namespace, pod, report={"chunks": 4, "pairs": COUNTS})
         wait_phase(cluster, namespace, "sds", "chat", "Succeeded")
         mismatch = wait_phase(cluster, namespace, "ftj", "dpo-on-chat", "Failed")
         assert ready_condition(mismatch)["reason"] == "InvalidReference"

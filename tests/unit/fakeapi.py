@@ -9,14 +9,15 @@ subresource, generation, finalizers and the garbage collector's cascade. Every c
 becomes a watch event, delivered to the engine as the watches would (`deliver`).
 
 What the Job controller and the kubelet do, the tests do through its `job_*` and `pod_*`
-helpers. What the real control plane does beyond this, the cluster tier proves.
+helpers; what a workload's pushes to the report endpoint do, through `report` (the endpoint's
+checks are the cluster tier's). What the real control plane does beyond this, the cluster tier
+proves.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
-import json
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -24,13 +25,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from crucible.api import API_VERSION
-from crucible.api.contract import REPORT_KEY, WorkloadReport, pack_report
+from crucible.api.contract import WorkloadReport, pack_report
 from crucible.api.kinds import KINDS_BY_NAME
 from crucible.config import OperatorConfig
 from crucible.controllers.engine import Engine
 from crucible.controllers.kube import PLURALS, ApiError, KubeClient
 from crucible.controllers.registry import CONTROLLERS
-from crucible.resources.common import MANAGED_BY, MANAGED_BY_LABEL
+from crucible.resources.common import LABEL_KIND, LABEL_NAME, MANAGED_BY, MANAGED_BY_LABEL, Owner
 from crucible.resources.jobs import COMPLETION_INDEX_LABEL
 
 ObjectKey = tuple[str, str, str, str]  # apiVersion, kind, namespace, name
@@ -80,6 +81,8 @@ class FakeApiServer(KubeClient):
         # What each run's workload reported last (by report name), as its Reporter holds it:
         # a pod that succeeds packs it into its termination message.
         self.reports: dict[tuple[str, str], dict[str, Any]] = {}
+        # Reports pushed to the endpoint, which the engine gets with the watch events.
+        self.pushes: list[tuple[Owner, str, WorkloadReport]] = []
 
     # -- the transport ------------------------------------------------------------------
 
@@ -252,12 +255,15 @@ class FakeApiServer(KubeClient):
             if obj["apiVersion"] == API_VERSION:
                 engine.run_changed(obj["kind"], event_type, obj)
             elif obj["kind"] == "ConfigMap":
-                engine.config_map_changed(event_type, obj)
+                engine.config_map_changed(obj)
             elif obj["kind"] == "Event" and obj.get("reason") == "FailedMount":
                 engine.pod_event(obj)
             elif obj["kind"] in WATCHED_CHILDREN and labels.get(MANAGED_BY_LABEL) == MANAGED_BY:
                 engine.child_changed(event_type, obj)
-        return len(events)
+        pushes, self.pushes = self.pushes, []
+        for owner, job, report in pushes:
+            engine.report_pushed(owner, job, report)
+        return len(events) + len(pushes)
 
     # -- what users, the Job controller and the kubelet do ------------------------------
 
@@ -384,7 +390,7 @@ class FakeApiServer(KubeClient):
         ]
         pod = pods[-1] if pods else self.job_pod(job, namespace)
         if exit_code == 0 and not message and (report := self._report_of(job, namespace)):
-            message = pack_report(WorkloadReport.model_validate(report)) or ""
+            message = pack_report(WorkloadReport.model_validate(report))
         terminated = {
             "exitCode": exit_code,
             "reason": reason or ("Completed" if exit_code == 0 else "Error"),
@@ -417,14 +423,22 @@ class FakeApiServer(KubeClient):
         self, run: str, report: dict[str, Any], namespace: str = "ns", *, written: bool = True
     ) -> None:
         """What a workload's Reporter does: hold its report (for its termination message) and
-        write it into the run's report ConfigMap, if the run has one, unless the write is lost
-        (`written` False)."""
+        push it to the report endpoint, unless the push is lost (`written` False). `run` names
+        the run, or one of a run's several Jobs; a push before its Job exists is refused, as
+        the endpoint refuses a pod that is not the run's."""
         self.reports[(namespace, run)] = report
-        key = ("v1", "ConfigMap", namespace, f"{run}-report")
-        existing = self.objects.get(key)
-        if existing is not None and written:
-            data = {**(existing.get("data") or {}), REPORT_KEY: json.dumps(report)}
-            self._store(key, {**existing, "data": data}, existing, "")
+        jobs = [
+            o
+            for (_, k, ns, n), o in self.objects.items()
+            if (k, ns) == ("Job", namespace) and run in (n, o["metadata"]["labels"].get(LABEL_NAME))
+        ]
+        if jobs and written:
+            job = jobs[-1]
+            (ref,) = job["metadata"]["ownerReferences"]
+            kind = KINDS_BY_NAME[job["metadata"]["labels"][LABEL_KIND]]
+            owner = Owner(kind, ref["name"], namespace, ref["uid"])
+            pushed = WorkloadReport.model_validate(report)
+            self.pushes.append((owner, job["metadata"]["name"], pushed))
 
     def _report_of(self, job: str, namespace: str) -> dict[str, Any] | None:
         """The report of the workload `job` runs: its run's (a Job is named run-role), or the

@@ -42,7 +42,6 @@ from crucible.resources.common import (
     Workload,
     child_name,
     report_audience,
-    report_name,
     task_fields,
     workload_children,
 )
@@ -128,7 +127,6 @@ def test_merge_children_in_creation_order_with_ownership() -> None:
     assert task["outputPath"] == "/models/team/modelmerges/run"
     assert task["outputUri"] == "pvc://crucible-models/team/modelmerges/run/"
     assert task["mounts"] == {"crucible-models": "/models"}
-    assert "reportConfigMap" not in task
     assert job["metadata"]["name"] == "run-merge" and job["spec"]["suspend"] is False
     container = container_of(job)
     assert container["image"] == CONFIG.merge_image
@@ -163,32 +161,17 @@ def test_a_task_too_large_for_an_annotation_takes_a_config_map() -> None:
     assert volume["configMap"] == {"name": "run-merge"}
 
 
-def test_a_workload_reporting_while_it_runs_may_write_only_its_report() -> None:
-    children = finetunejob.build(owner(FINE_TUNE_JOB), ft_spec(), "hf://o/base", CONFIG)
-    assert [c["kind"] for c in children] == [
-        "ConfigMap",
-        "ServiceAccount",
-        "Role",
-        "RoleBinding",
-        "Job",
-    ]
-    report, account, role, binding, job = children
-    assert task_of(job)["reportConfigMap"] == "run-report"
-    assert report["metadata"]["name"] == "run-report"
-    assert role["rules"] == [
-        {
-            "apiGroups": [""],
-            "resources": ["configmaps"],
-            "resourceNames": ["run-report"],
-            "verbs": ["get", "update", "patch"],
-        }
-    ]
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": "team"}
-    ]
+@pytest.mark.parametrize("builder", ["train", "eval", "synth"])
+def test_without_the_report_endpoint_a_workload_holds_no_token_at_all(builder: str) -> None:
+    """Without the endpoint, a run that would report while it runs reports at its end alone:
+    no report ConfigMap, no identity of its own, no token of any audience."""
+    children = children_of(builder)
+    assert {c["kind"] for c in children} <= {"Job", "Deployment", "Service"}
+    (job,) = by_kind(children, "Job")
+    assert "reportUrl" not in task_of(job)
     pod = job["spec"]["template"]["spec"]
-    assert pod["serviceAccountName"] == account["metadata"]["name"] == "run-train"
-    assert pod["automountServiceAccountToken"] is True
+    assert "serviceAccountName" not in pod and pod["automountServiceAccountToken"] is False
+    assert not [v for v in pod["volumes"] if "projected" in v]
 
 
 REPORTING = OperatorConfig.from_env(
@@ -210,7 +193,6 @@ def test_a_workload_pushing_its_reports_holds_a_token_for_the_endpoint_alone(
     (job,) = by_kind(children, "Job")
     run = owner(kind)
     task = task_of(job)
-    assert "reportConfigMap" not in task
     assert task["reportUrl"] == f"https://reports.crucible:8443/reports/v1/team/{kind.plural}/run"
     assert task["reportCa"] == "PEM"
     pod = job["spec"]["template"]["spec"]
@@ -767,9 +749,6 @@ def test_a_name_as_long_as_its_kind_allows_names_every_child_in_full() -> None:
         server = serving.server_name(owner(kind, name), key)
         assert server == f"{name}-vllm-{key}" and len(server) <= 63
     search = owner(EXPERIMENT, "s" * EXPERIMENT.children.max_name)
-    for job in (experiment.RANK_JOB, experiment.VERDICT_JOB):
-        assert report_name(search, job) == f"{search.name}-{job}-report"
-        assert len(report_name(search, job)) <= 63
     for child, kind in (
         (experiment.eval_run_name(search, "a-rather-long-task-name"), EVAL_RUN),
         (experiment.fine_tune_name(search, "candidate", "a-rather-long-task"), FINE_TUNE_JOB),

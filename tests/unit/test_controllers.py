@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY, generate_latest
 
+from crucible.api.contract import unpack_report
 from crucible.api.kinds import KINDS_BY_NAME
 from tests.manifests import (
     API,
@@ -282,12 +283,13 @@ async def test_a_deleted_run_takes_its_children_and_its_series_with_it(
 async def test_a_run_ends_with_its_exact_results_from_the_termination_message_alone(
     api: FakeApiServer, operator: Operator
 ) -> None:
-    """An EvalRun whose workload could not write its final report (the API server was away
-    at that moment) has the same results from its pod's termination message; one whose report
-    outgrew a termination message has them from its report ConfigMap."""
+    """An EvalRun whose workload could not push its final report (the operator was away at
+    that moment) has the same results from its pod's termination message. One whose report
+    outgrew a termination message leaves a summary there, and has the rest from its push; if
+    that push was lost too, the summary's results alone."""
     for doc in inputs():
         api.apply(doc)
-    for name in ("lost", "large"):
+    for name in ("lost", "large", "summary"):
         run = eval_run(name)
         run["spec"]["models"] = run["spec"]["models"][2:]  # an endpoint: nothing to serve
         del run["spec"]["rag"]
@@ -314,16 +316,21 @@ async def test_a_run_ends_with_its_exact_results_from_the_termination_message_al
     ][:400]
     api.report("large", {"results": exact, "pairedTests": many})
     api.job_ends("large-eval")
+    api.report("summary", {"results": exact, "pairedTests": many}, written=False)
+    api.job_ends("summary-eval")
     await operator.settle()
-    assert not api.read("ConfigMap", "lost-report")["data"]
     lost = status(api, "EvalRun", "lost")
     assert lost["phase"] == "Succeeded" and lost["results"] == exact
     (large_pod,) = [p for p in api.named("Pod") if p.startswith("large-eval")]
     terminated = api.read("Pod", large_pod)["status"]["containerStatuses"][0]["state"]
-    assert "message" not in terminated["terminated"]  # too large: it left none
+    left = unpack_report(terminated["terminated"]["message"])
+    assert left is not None and left.left_out == ["pairedTests"] and left.results
     large = status(api, "EvalRun", "large")
     assert large["phase"] == "Succeeded" and large["results"] == exact
     assert large["pairedTests"] == many
+    summary = status(api, "EvalRun", "summary")
+    assert summary["phase"] == "Succeeded" and summary["results"] == exact
+    assert "pairedTests" not in summary
 
 
 @story

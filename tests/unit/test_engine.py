@@ -80,7 +80,7 @@ def test_a_referenced_resource_or_configmap_wakes_the_runs_that_name_it() -> Non
         for name in woken:
             engine.queue.done(("ModelMerge" if name == "late" else "FineTuneJob", "ns", name))
         qa = {"metadata": {"name": "qa", "namespace": "ns"}}
-        engine.config_map_changed("ADDED", qa)
+        engine.config_map_changed(qa)
         assert {(await engine.queue.get())[2] for _ in range(2)} == {"a", "b"}
         # A spec that stops naming it stops being woken by it.
         engine.run_changed(

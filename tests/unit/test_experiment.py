@@ -258,7 +258,6 @@ def test_the_ranking_job_reads_every_judged_task() -> None:
         "/models/team/evalruns/search-docs/judgements.jsonl",
         "/models/team/evalruns/search-ops/judgements.jsonl",
     ]
-    assert task["reportConfigMap"] == "search-rank-report"
     assert task["outputPath"] == "/models/team/experiments/search/rank"
     assert "winner" not in task
 

@@ -16,6 +16,7 @@ from crucible.api.contract import (
     TERMINATION_MESSAGE_BYTES,
     WorkloadReport,
     pack_report,
+    report_summary,
     unpack_report,
 )
 from crucible.config import ConfigError, OperatorConfig
@@ -62,10 +63,18 @@ def test_a_report_packs_into_a_termination_message_and_back_exactly() -> None:
         unpack_report(packed[:-7])
 
 
-def test_a_report_too_large_for_a_termination_message_packs_to_none() -> None:
+def test_a_report_too_large_for_a_termination_message_packs_a_summary_naming_what_it_left() -> None:
     # Random text does not compress: 4 KiB of it cannot fit in 4 KiB of base64.
     noise = base64.b85encode(random.Random(0).randbytes(3200)).decode()[:4096]
-    assert pack_report(WorkloadReport(message=noise)) is None
+    modules = [f"model.layers.{i}.mlp.up_proj" for i in range(200)]
+    report = WorkloadReport(message=noise, adapter_modules=modules, chunks=7)
+    packed = pack_report(report)
+    assert len(packed.encode()) <= TERMINATION_MESSAGE_BYTES
+    # The message goes first; the modules, which compress, fit beside the figures.
+    assert unpack_report(packed) == WorkloadReport(
+        adapter_modules=modules, chunks=7, left_out=["message"]
+    )
+    assert report_summary(report) == unpack_report(packed)
 
 
 def test_the_packed_report_is_the_newest_succeeded_pod_s() -> None:

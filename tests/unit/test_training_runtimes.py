@@ -130,13 +130,24 @@ def test_a_train_job_runs_the_trainer_on_the_configured_runtime_with_crucibles_p
     assert replicated["name"] == "node"
     patched = replicated["template"]["spec"]["template"]
     assert patched["metadata"] == pod["metadata"]  # its labels: the operator sees the pods
-    assert patched["spec"]["serviceAccountName"] == pod["spec"]["serviceAccountName"]
-    assert patched["spec"]["volumes"] == pod["spec"]["volumes"]
+    # No token for the API server: an empty folder where the admission would mount it.
+    assert "serviceAccountName" not in patched["spec"]
+    assert patched["spec"]["volumes"] == [
+        *pod["spec"]["volumes"],
+        {"name": "no-api-token", "emptyDir": {}},
+    ]
     assert patched["spec"]["securityContext"] == pod["spec"]["securityContext"]
     (node,) = patched["spec"]["containers"]
     assert node == {
         "name": "node",
-        "volumeMounts": container["volumeMounts"],
+        "volumeMounts": [
+            *container["volumeMounts"],
+            {
+                "name": "no-api-token",
+                "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+                "readOnly": True,
+            },
+        ],
         "securityContext": container["securityContext"],
     }
 

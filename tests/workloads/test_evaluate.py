@@ -223,7 +223,6 @@ def task(tmp_path: Path, server: ScriptedServer, models: list[str], **changes: A
     fields: dict[str, Any] = {
         "namespace": "team",
         "name": "bench",
-        "report_config_map": "bench-report",
         "output_uri": "pvc://store/team/evalruns/bench/",
         "output_path": str(tmp_path / "out"),
         "endpoints": [ChatEndpoint(name=m, base_url=server.url, model=m) for m in models],

@@ -44,7 +44,6 @@ def make_task(tmp_path: Path, base: Path, data: Path, **changes: Any) -> FineTun
     fields: dict[str, Any] = {
         "namespace": "team",
         "name": "ft",
-        "report_config_map": "ft-report",
         "mounts": {"root": "/"},
         "output_uri": "pvc://store/team/finetunejobs/ft/adapter/",
         "output_path": str(tmp_path / "ft"),

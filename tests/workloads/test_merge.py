@@ -29,7 +29,6 @@ def task(tmp_path: Path, mergekit: dict[str, Any]) -> MergeTask:
     return MergeTask(
         namespace="team",
         name="m",
-        report_config_map="m-report",
         mounts={"root": "/"},
         output_uri="pvc://store/team/modelmerges/m/",
         output_path=str(tmp_path / "out"),

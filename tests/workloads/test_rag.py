@@ -51,7 +51,6 @@ def make_task(tmp_path: Path, docs: Path, minilm: Path, table: str) -> RagTask:
     return RagTask(
         namespace="team",
         name="docs",
-        report_config_map="docs-report",
         mounts={"root": "/"},
         output_uri="pvc://store/team/ragindexes/docs/",
         output_path=str(tmp_path / "out"),

@@ -35,7 +35,6 @@ def task(tmp_path: Path, files: dict[str, Path], winner: str | None = None) -> R
     return RankTask(
         namespace="team",
         name="search",
-        report_config_map="search-rank-report",
         output_uri="pvc://store/team/experiments/search/rank/",
         output_path=str(tmp_path / "out"),
         tasks=[JudgedTask(name=n, judgements_path=str(p)) for n, p in files.items()],

@@ -80,7 +80,6 @@ def make_task(tmp_path: Path, url: str, **overrides: Any) -> SynthTask:
     fields: dict[str, Any] = {
         "namespace": "team",
         "name": "notes",
-        "report_config_map": "notes-report",
         "mounts": {"root": "/"},
         "output_uri": "pvc://store/team/syntheticdatasets/notes/",
         "output_path": str(tmp_path / "store" / "notes"),

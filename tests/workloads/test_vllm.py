@@ -113,7 +113,6 @@ def evaluate_tiny(
     task = EvalTask(
         namespace="team",
         name="bench",
-        report_config_map="r",
         output_uri="pvc://s/",
         output_path=str(tmp_path / "out"),
         endpoints=[ChatEndpoint(name="tiny", base_url=url + "/v1", model="tiny")],

@@ -6,8 +6,8 @@ Its final `WorkloadReport` is its container's termination message (`pack_report`
 kubelet keeps in the pod's status as long as the pod exists, whatever happens to the operator
 or the API server meanwhile. A workload that reports while it runs (a fine-tune's progress)
 or whose report may outgrow a termination message also pushes it to the operator's report
-endpoint (`report_url`), or where the operator serves none, writes it into the run's report
-ConfigMap (key `REPORT_KEY`). Both sides import these types, so they cannot drift.
+endpoint (`report_url`) where the operator serves one. Both sides import these types, so they
+cannot drift.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from crucible.api.syntheticdataset import Filters, PairCounts, SyntheticFormat
 TASK_DIR = "/etc/crucible"
 TASK_FILE = "task.json"
 TASK_PATH = f"{TASK_DIR}/{TASK_FILE}"
-REPORT_KEY = "report.json"
 # Where a pod that pushes its reports finds its token (a projected ServiceAccount token whose
 # audience names its run).
 REPORT_TOKEN_DIR = "/var/run/secrets/crucible.dev/report"
@@ -48,15 +47,10 @@ DATABASE_URL_ENV = "CRUCIBLE_DATABASE_URL"
 class TaskBase(ApiModel):
     namespace: str = Field(description="Namespace of the run.")
     name: str = Field(description="Name of the resource the task belongs to.")
-    report_config_map: str | None = Field(
-        default=None,
-        description="ConfigMap the workload writes its report to while it runs; without one, "
-        "only its termination message reports.",
-    )
     report_url: str | None = Field(
         default=None,
         description="The operator's report endpoint for this run: the workload POSTs each report "
-        "there with its projected token; replaces the report ConfigMap.",
+        "there with its projected token; without one, only its termination message reports.",
     )
     report_ca: str | None = Field(
         default=None, description="PEM of the CA that signed the endpoint's certificate."
@@ -224,6 +218,11 @@ class WorkloadReport(ApiModel):
     ranking: list[RankedModel] | None = Field(default=None, max_length=32)
     held_out: HeldOutVerdict | None = None
     message: str | None = Field(default=None, max_length=4096)
+    left_out: list[str] | None = Field(
+        default=None,
+        description="The fields (as the API spells them) a termination message left out to fit "
+        "in 4 KiB; the pushed report, and the results in the model store, have them.",
+    )
 
 
 # The kubelet keeps at most this much of a container's termination message.
@@ -231,13 +230,41 @@ TERMINATION_MESSAGE_BYTES = 4096
 PACKED_REPORT_PREFIX = "crucible-report/v1:"
 
 
-def pack_report(report: WorkloadReport) -> str | None:
-    """The report as a termination message: its JSON, compressed and in base64 after a prefix
-    that tells it from an error's message; None when even that exceeds what the kubelet keeps
-    (a report ConfigMap then carries it)."""
+# What a summary leaves out first when a report does not fit in a termination message: the
+# details before the figures a status is made of.
+LEFT_OUT_FIRST = (
+    "paired_tests",
+    "message",
+    "adapter_modules",
+    "judge_ratings",
+    "ranking",
+    "results",
+    "held_out",
+)
+
+
+def _packed(report: WorkloadReport) -> str:
     packed = zlib.compress(json.dumps(report.to_api(), separators=(",", ":")).encode(), 9)
-    message = PACKED_REPORT_PREFIX + base64.b64encode(packed).decode()
-    return message if len(message) <= TERMINATION_MESSAGE_BYTES else None
+    return PACKED_REPORT_PREFIX + base64.b64encode(packed).decode()
+
+
+def report_summary(report: WorkloadReport) -> WorkloadReport:
+    """The report, or where it is too large for a termination message once packed, a summary
+    that leaves out fields (in the order of LEFT_OUT_FIRST) until it fits and names them."""
+    left_out: list[str] = []
+    for field in LEFT_OUT_FIRST:
+        if len(_packed(report).encode()) <= TERMINATION_MESSAGE_BYTES:
+            break
+        if getattr(report, field) is not None:
+            left_out.append(WorkloadReport.model_fields[field].alias or field)
+            report = report.model_copy(update={field: None, "left_out": [*left_out]})
+    return report
+
+
+def pack_report(report: WorkloadReport) -> str:
+    """The report (its summary where it is too large) as a termination message: its JSON,
+    compressed and in base64 after a prefix that tells it from an error's message."""
+    return _packed(report_summary(report))
 
 
 def unpack_report(message: str) -> WorkloadReport | None:

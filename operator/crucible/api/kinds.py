@@ -28,7 +28,7 @@ class ChildNames:
     own name must allow. A suffix made of other names (a model's, a task's) is shortened with
     a hash where it would not fit; the fixed ones bound the name's length."""
 
-    longest: str  # the longest fixed suffix, e.g. "-verdict-report"
+    longest: str  # the longest fixed suffix, e.g. "-vllm-rejected"
     example: str  # a name that fits
     # The children that are Services, in words, and when the resource has them (CEL, on the
     # resource); none: its name may also have dots.
@@ -157,7 +157,7 @@ MODEL_MERGE = Kind(
     "new model in the model store.",
     spec=ModelMergeSpec,
     status=ModelMergeStatus,
-    children=ChildNames(longest="-report", example="nitro-merge"),
+    children=ChildNames(longest="-merge", example="nitro-merge"),
     rules=(
         not_itself(
             "ModelMerge",
@@ -178,7 +178,7 @@ FINE_TUNE_JOB = Kind(
     spec=FineTuneJobSpec,
     status=FineTuneJobStatus,
     children=ChildNames(
-        longest="-report",
+        longest="-train-63",  # the pod hostname of the last of 64 nodes
         example="nitro-sft",
         services="the headless Service and pod hostnames of its training on several nodes "
         "(<name>-train, <name>-train-<index>)",
@@ -200,7 +200,7 @@ RAG_INDEX = Kind(
     description="RagIndex chunks documents, embeds them and upserts them into pgvector.",
     spec=RagIndexSpec,
     status=RagIndexStatus,
-    children=ChildNames(longest="-report", example="nitro-docs"),
+    children=ChildNames(longest="-rag", example="nitro-docs"),
     headline_columns=(
         PrinterColumn("Chunks", "integer", ".status.chunks", "Chunks in the index."),
         PrinterColumn("Table", "string", ".status.table", "pgvector table.", 1),
@@ -215,7 +215,7 @@ EVAL_RUN = Kind(
     spec=EvalRunSpec,
     status=EvalRunStatus,
     children=ChildNames(
-        longest="-report",
+        longest="-vllm-m",  # the server of a one-letter model, in full
         example="nitro-eval-v2",
         services="its vLLM servers' Services (<name>-vllm-<model>)",
         served="self.spec.models.exists(m, !has(m.endpoint)) || "
@@ -260,7 +260,7 @@ EXPERIMENT = Kind(
     spec=ExperimentSpec,
     status=ExperimentStatus,
     children=ChildNames(
-        longest="-verdict-report",
+        longest="-verdict",
         example="base-search",
         services="its EvalRuns (<name>-<task>) and their vLLM servers' Services",
     ),

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crucible.api.contract import WorkloadReport
-from crucible.resources.common import LABEL_NAME, LABEL_ROLE, MANAGED_BY, MANAGED_BY_LABEL
+from crucible.resources.common import LABEL_NAME, MANAGED_BY, MANAGED_BY_LABEL
 
 ObjectKey = tuple[str, str]  # kind, name
 
@@ -49,10 +49,8 @@ def slim_run(body: dict[str, Any]) -> dict[str, Any]:
 
 def slim(body: dict[str, Any]) -> dict[str, Any]:
     """What a reconcile reads of a child: metadata without managedFields (and a pod's without
-    its annotations), a Job's spec without its pod template, status, and the data of a report
-    ConfigMap."""
+    its annotations), a Job's spec without its pod template, and status."""
     meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
-    labels = meta.get("labels") or {}
     spec = body.get("spec") or {}
     if body.get("kind") == "Job":
         spec = {k: v for k, v in spec.items() if k == "suspend"}
@@ -65,7 +63,6 @@ def slim(body: dict[str, Any]) -> dict[str, Any]:
         "metadata": meta,
         "spec": spec,
         "status": body.get("status") or {},
-        **({"data": body.get("data") or {}} if labels.get(LABEL_ROLE) == "report" else {}),
     }
 
 

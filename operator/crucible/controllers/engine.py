@@ -6,9 +6,9 @@ semantics: a run is queued at most once, never reconciled by two workers at once
 again when something changed while it was being reconciled. A run is queued when
 
 - the resource itself changes;
-- one of its children changes (Jobs, Pods, Deployments, Services, the report ConfigMap, and
+- one of its children changes (Jobs, Pods, Deployments, Services, and
   the Crucible resources an Experiment makes: all carry the labels crucible.dev/kind and
-  crucible.dev/name, which map them back to the run);
+  crucible.dev/name, which map them back to the run), or one of its workloads pushes a report;
 - something its spec names changes: another Crucible resource (a modelRef, datasetRef or
   rag.indexName target) or a ConfigMap (the engine keeps the reverse index);
 - a deadline it asked for passes (a vLLM server's start-up timeout), or it failed with an
@@ -49,7 +49,6 @@ from crucible.metrics import (
 from crucible.resources.common import (
     LABEL_KIND,
     LABEL_NAME,
-    LABEL_ROLE,
     MANAGED_BY,
     MANAGED_BY_LABEL,
     Owner,
@@ -207,11 +206,9 @@ class Engine:
             _, kind, label = owner
             self.queue.add((kind, namespace, self.names.get(owner, label)))
 
-    def config_map_changed(self, event_type: str | None, body: dict[str, Any]) -> None:
-        """Any ConfigMap: a run's report, or one a spec names."""
-        role = (body["metadata"].get("labels") or {}).get(LABEL_ROLE)
-        if role == "report":  # a run's other ConfigMaps (its task) never change its status
-            self.child_changed(event_type, body)
+    def config_map_changed(self, body: dict[str, Any]) -> None:
+        """Any ConfigMap: one a spec names wakes the runs that wait for it (a run's own, its
+        task, never changes its status)."""
         self._wake_dependents(
             (body["metadata"]["namespace"], "ConfigMap", body["metadata"]["name"])
         )

@@ -21,7 +21,6 @@ from crucible.controllers.registry import register
 from crucible.controllers.serving import ServedInputs, ServingController
 from crucible.metrics.report import lineage
 from crucible.resources import evalrun
-from crucible.resources.common import report_name
 from crucible.resources.serving import ServedModel, ServedTarget
 
 # Output heads as peft names them (Llama-like models, GPT-NeoX): LoRA on them is scored wrong.
@@ -128,8 +127,8 @@ class EvalRunController(ServingController[EvalRunSpec, EvalInputs]):
             what = " and ".join(name for name, missing in wanted if missing) or "report"
             raise FailedError(
                 Reason.MISSING_REPORT,
-                f"the eval Job succeeded but wrote no {what} to ConfigMap "
-                + report_name(ctx.owner),
+                f"the eval Job succeeded but reported no {what} (neither its pod's "
+                "termination message nor a push to the report endpoint has them)",
             )
         best = max(report.results or [], key=lambda r: r.accuracy_mean, default=None)
         return EvalRunStatus(

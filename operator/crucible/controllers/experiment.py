@@ -34,7 +34,6 @@ from crucible.resources.common import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
     child_name,
-    report_name,
 )
 from crucible.resources.status import describe_validation_error
 
@@ -65,12 +64,11 @@ async def observe(ctx: Context, *, fresh: bool) -> experiment.Observed:
         seen.jobs[job] = body
         selector = {"job-name": body["metadata"]["name"]}
         seen.pods[job] = list(ctx.children.of_kind("Pod", **selector))
-        config_map = report_name(ctx.owner, job)
         name = body["metadata"]["name"]
         seen.reports[job] = (
-            await final_report(ctx, name, seen.pods[job], selector, config_map)
+            await final_report(ctx, name, seen.pods[job], selector)
             if _completed(body)
-            else live_report(ctx, name, config_map)
+            else live_report(ctx, name)
         )
     return seen
 

@@ -30,13 +30,13 @@ from crucible.api.common import (
     Serving,
     ServingStatus,
 )
-from crucible.api.contract import PACKED_REPORT_PREFIX, REPORT_KEY, WorkloadReport, unpack_report
+from crucible.api.contract import PACKED_REPORT_PREFIX, WorkloadReport, unpack_report
 from crucible.api.finetunejob import FineTuneJobStatus
 from crucible.api.kinds import KINDS_BY_NAME, AnyKind
 from crucible.config import OperatorConfig
 from crucible.controllers.cache import Children
 from crucible.controllers.kube import ChildConflictError, KubeClient
-from crucible.resources.common import LABEL_ROLE, Owner, child_name, report_name
+from crucible.resources.common import LABEL_ROLE, Owner, child_name
 from crucible.resources.jobs import (
     JOB,
     WorkloadKind,
@@ -343,27 +343,19 @@ def parse_report(text: str | None, source: str) -> WorkloadReport | None:
     )
 
 
-def config_map_report(cm: dict[str, Any] | None, name: str) -> WorkloadReport | None:
-    """The report in the report ConfigMap `name` (as read, or None where there is none)."""
-    return parse_report(((cm or {}).get("data") or {}).get(REPORT_KEY), f"{name}/{REPORT_KEY}")
-
-
-def live_report(ctx: Context, job: str, config_map: str) -> WorkloadReport | None:
-    """The report of a Job that runs: the one its workload pushed last, else the one in its
-    report ConfigMap as the watches last saw it."""
-    pushed = ctx.children.pushed.get(job)
-    if pushed is not None:
-        return pushed
-    return config_map_report(ctx.children.get("ConfigMap", config_map), config_map)
+def live_report(ctx: Context, job: str) -> WorkloadReport | None:
+    """The report of a Job that runs: the one its workload pushed last."""
+    return ctx.children.pushed.get(job)
 
 
 async def final_report(
-    ctx: Context, job: str, pods: list[dict[str, Any]], selector: dict[str, str], config_map: str
+    ctx: Context, job: str, pods: list[dict[str, Any]], selector: dict[str, str]
 ) -> WorkloadReport | None:
     """The report of a Job that completed: its pod's termination message, from the view or,
     where the view has not seen its pods end, from the API (each such pod by name: a list by
-    label would make the API server filter every pod of the namespace); failing that (a report
-    too large for it), the report ConfigMap read from the API, else the last one pushed."""
+    label would make the API server filter every pod of the namespace). Where that is a
+    summary, the last report pushed if it has what the summary left out; else the last one
+    pushed (a pod removed before its message was read)."""
     ns = ctx.owner.namespace
     message = packed_report(pods)
     if message is None:
@@ -373,10 +365,14 @@ async def final_report(
             message = packed_report([p for p in read if p is not None])
         else:  # none seen at all (an operator down until they were removed)
             message = packed_report(await ctx.kube.list("v1", "Pod", ns, selector))
-    if message is not None:
-        return parse_report(message, "its pod's termination message")
-    kept = config_map_report(await ctx.kube.get("v1", "ConfigMap", ns, config_map), config_map)
-    return kept or ctx.children.pushed.get(job)
+    pushed = ctx.children.pushed.get(job)
+    if message is None:
+        return pushed
+    ended = parse_report(message, "its pod's termination message")
+    left_out = (ended and ended.left_out) or []
+    if left_out and pushed and set(left_out) <= pushed.to_api().keys():
+        return pushed
+    return ended
 
 
 async def create_one(ctx: Context, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -558,11 +554,10 @@ async def run_workload(
             await ctx.kube.delete(kind.api_version, kind.kind, ns, job_name)
         raise FailedError(outcome.reason, outcome.message)
     if outcome.phase in (Phase.RUNNING, Phase.SUCCEEDED):
-        config_map = report_name(ctx.owner)
         if outcome.phase == Phase.SUCCEEDED:
-            report = await final_report(ctx, job_name, pods, {kind.pod_label: job_name}, config_map)
+            report = await final_report(ctx, job_name, pods, {kind.pod_label: job_name})
         else:
-            report = live_report(ctx, job_name, config_map)
+            report = live_report(ctx, job_name)
         fields.update(fields_set(ctl.from_report(ctx, spec, report, outcome.phase)))
     done = outcome.phase in (Phase.SUCCEEDED, Phase.FAILED)
     poll = None if kind.watched or done else UNWATCHED_RECHECK_SECONDS

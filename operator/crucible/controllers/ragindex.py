@@ -17,7 +17,6 @@ from crucible.controllers.lifecycle import (
 )
 from crucible.controllers.registry import register
 from crucible.resources import ragindex
-from crucible.resources.common import report_name
 from crucible.resources.serving import ServedModel
 from crucible.resources.status import now
 
@@ -51,8 +50,8 @@ class RagIndexController(RunController[RagIndexSpec, None]):
         if report is None or report.chunks is None:
             raise FailedError(
                 Reason.MISSING_REPORT,
-                f"the rag Job succeeded but reported no chunk counts in "
-                f"ConfigMap {report_name(ctx.owner)}",
+                "the rag Job succeeded but reported no chunk counts (in its pod's "
+                "termination message or a push to the report endpoint)",
             )
         return RagIndexStatus(
             documents=report.documents,

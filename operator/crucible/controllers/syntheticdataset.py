@@ -13,7 +13,7 @@ from crucible.controllers.lifecycle import Context, FailedError, Reference, conf
 from crucible.controllers.registry import register
 from crucible.controllers.serving import ServedInputs, ServingController
 from crucible.resources import syntheticdataset
-from crucible.resources.common import report_name, store_uri
+from crucible.resources.common import store_uri
 from crucible.resources.serving import ServedModel, ServedTarget
 
 
@@ -62,8 +62,8 @@ class SyntheticDatasetController(ServingController[SyntheticDatasetSpec, ServedI
         if report is None or report.pairs is None:
             raise FailedError(
                 Reason.MISSING_REPORT,
-                f"the synth Job succeeded but reported no pair counts in "
-                f"ConfigMap {report_name(ctx.owner)}",
+                "the synth Job succeeded but reported no pair counts (in its pod's "
+                "termination message or a push to the report endpoint)",
             )
         return SyntheticDatasetStatus(
             documents=report.documents,

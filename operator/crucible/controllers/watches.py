@@ -34,12 +34,11 @@ async def child_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
     engine.child_changed(event["type"], dict(event["object"]))
 
 
-# All ConfigMaps: the report ConfigMaps are children, and a dataset or documents ConfigMap a
-# spec names may be created after the run.
+# All ConfigMaps: a dataset or documents ConfigMap a spec names may be created after the run.
 @kopf.on.event("", "v1", "configmaps", id="configmap-events")
 async def config_map_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
     engine: Engine = memo.engine
-    engine.config_map_changed(event["type"], dict(event["object"]))
+    engine.config_map_changed(dict(event["object"]))
 
 
 # The kubelet says why a pod cannot mount its volumes only in an Event (FailedMount), filtered

@@ -177,46 +177,6 @@ def task_config_map(owner: Owner, name: str, role: str, task: TaskBase) -> dict[
     }
 
 
-def report_objects(owner: Owner, workload: str, report: str) -> list[dict[str, Any]]:
-    """The report ConfigMap and the identity allowed to write it: a ServiceAccount whose Role
-    can read and update that one ConfigMap and nothing else."""
-    account = child_name(owner.name, workload)
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": metadata(owner, report, "report"),
-            "data": {},
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": metadata(owner, account, workload),
-            "automountServiceAccountToken": False,
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "Role",
-            "metadata": metadata(owner, account, workload),
-            "rules": [
-                {
-                    "apiGroups": [""],
-                    "resources": ["configmaps"],
-                    "resourceNames": [report],
-                    "verbs": ["get", "update", "patch"],
-                }
-            ],
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": metadata(owner, account, workload),
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
-            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": owner.namespace}],
-        },
-    ]
-
-
 def report_audience(owner: Owner) -> str:
     """The audience of the tokens of one run's pods: a token minted for another run, or for
     the API server, is refused by the TokenReview that names this one."""
@@ -225,11 +185,6 @@ def report_audience(owner: Owner) -> str:
 
 def report_path(owner: Owner) -> str:
     return f"{REPORT_PATH_PREFIX}/{owner.namespace}/{owner.kind.plural}/{owner.name}"
-
-
-def report_name(owner: Owner, job: str | None = None) -> str:
-    """The report ConfigMap of a run's Job; `job` tells apart the Jobs of a run with several."""
-    return child_name(owner.name, f"{job}-report" if job else "report")
 
 
 # -- pods ---------------------------------------------------------------------------------
@@ -318,9 +273,8 @@ def workload_pod(w: Workload, task: TaskBase, text: str | None) -> dict[str, Any
     """The pod template of a Crucible workload: its task's `text` in an annotation mounted by
     the downward API (without one, the ConfigMap of the workload's name), the model store (and
     any other PVCs) mounted, restricted security. It reports through its termination message,
-    which needs no credential. A workload that pushes its reports holds a token for the report
-    endpoint and none for the API server; one with a report ConfigMap holds its own
-    ServiceAccount's, which may update that ConfigMap and nothing else."""
+    which needs no credential, and holds no token for the API server; one that pushes its
+    reports holds a token for the report endpoint and this run alone."""
     task_source: dict[str, Any] = (
         {"configMap": {"name": w.name}}
         if text is None
@@ -377,11 +331,7 @@ def workload_pod(w: Workload, task: TaskBase, text: str | None) -> dict[str, Any
         },
         "spec": {
             "restartPolicy": "Never",
-            **(
-                {"serviceAccountName": w.name, "automountServiceAccountToken": True}
-                if task.report_config_map
-                else {"automountServiceAccountToken": False}
-            ),
+            "automountServiceAccountToken": False,
             "securityContext": RESTRICTED_POD,
             "containers": [container],
             "volumes": volumes,
@@ -423,15 +373,14 @@ def task_fields(
     report: bool = False,
 ) -> dict[str, Any]:
     """The TaskBase fields every workload's task has; a run with several Jobs names the `job`,
-    which gets a report and an output folder of its own. A workload that reports while it
-    runs, or whose report may outgrow a termination message, pushes its reports to the
-    operator's endpoint, or where there is none writes them to a report ConfigMap."""
+    which gets an output folder of its own. A workload that reports while it runs, or whose
+    report may outgrow a termination message, pushes its reports to the operator's endpoint
+    where it serves one; without it, only the termination message reports, at the end."""
     _, _, mounts = pvc_volumes(config, claims)
     pushes = report and config.report_url is not None
     return {
         "namespace": owner.namespace,
         "name": owner.name,
-        "report_config_map": report_name(owner, job) if report and not pushes else None,
         "report_url": f"{config.report_url}{report_path(owner)}" if pushes else None,
         "report_ca": config.report_ca if pushes else None,
         "mounts": mounts,
@@ -445,15 +394,12 @@ def workload_command(module: str) -> list[str]:
 
 
 def workload_children(w: Workload, task: TaskBase) -> list[dict[str, Any]]:
-    """Every child of a workload run, in creation order: the report ConfigMap and the
-    identity that may write it (if the task names one), the task's ConfigMap (if it is too
+    """Every child of a workload run, in creation order: the task's ConfigMap (if it is too
     large for an annotation), the Job."""
-    report = task.report_config_map
     text = task_text(task)
     inline = len(text.encode()) <= TASK_ANNOTATION_BYTES
     pod = workload_pod(w, task, text if inline else None)
     return [
-        *(report_objects(w.owner, w.role, report) if report else []),
         *([] if inline else [task_config_map(w.owner, w.name, w.role, task)]),
         job(w.owner, w.name, w.role, pod, w.config),
     ]

@@ -43,6 +43,9 @@ ROLE = "train"
 # the JobSet Crucible renders names its ReplicatedJob the same.
 NODE = "node"
 PATCH_MANAGER = "crucible.dev/operator"
+# Where the ServiceAccount admission mounts the API server's token, unless a mount is there.
+API_TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+NO_API_TOKEN = "no-api-token"
 # torch elastic caches the workers' store address from its first rendezvous: a surviving
 # rank-0 agent does not publish it again when the group re-forms, and the re-created pod of a
 # lost node waits for it until it times out. Off, each round publishes its own.
@@ -195,21 +198,28 @@ def train_job(
 ) -> list[dict[str, Any]]:
     """The Job made a TrainJob on the configured torch ClusterTrainingRuntime: the trainer's
     image, command, environment and resources go in spec.trainer, the rest of the pod (its
-    identity, security context, volumes and labels) in a runtime patch of the runtime's
-    "node" ReplicatedJob. The runtime's own pod settings (its RuntimeClass) stay its own."""
+    security context, volumes and labels) in a runtime patch of the runtime's "node"
+    ReplicatedJob. The runtime's own pod settings (its RuntimeClass) stay its own. A patch
+    cannot turn off automountServiceAccountToken, so the trainer's container mounts an empty
+    folder where the API server's token would go, which keeps the ServiceAccount admission
+    from mounting it there."""
     *first, job = children
     pod = job["spec"]["template"]
     pod_spec = pod["spec"]
     (container,) = pod_spec["containers"]
     patched_pod = {
         key: pod_spec[key]
-        for key in ("serviceAccountName", "securityContext", "volumes", "tolerations")
+        for key in ("securityContext", "volumes", "tolerations")
         if key in pod_spec
     }
+    patched_pod["volumes"] = [*pod_spec["volumes"], {"name": NO_API_TOKEN, "emptyDir": {}}]
     patched_pod["containers"] = [
         {
             "name": NODE,
-            "volumeMounts": container["volumeMounts"],
+            "volumeMounts": [
+                *container["volumeMounts"],
+                {"name": NO_API_TOKEN, "mountPath": API_TOKEN_DIR, "readOnly": True},
+            ],
             "securityContext": container["securityContext"],
         }
     ]

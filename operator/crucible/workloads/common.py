@@ -21,13 +21,13 @@ from typing import Any, NoReturn, TypeVar
 from pydantic import BaseModel
 
 from crucible.api.contract import (
-    REPORT_KEY,
     REPORT_TOKEN_DIR,
     REPORT_TOKEN_FILE,
     TERMINATION_MESSAGE_BYTES,
     TaskBase,
     WorkloadReport,
     pack_report,
+    report_summary,
 )
 from crucible.api.formats import ModelLocation, Scheme
 
@@ -201,9 +201,7 @@ class Reporter:
     termination message, which needs no credential and outlives the operator and any outage of
     the API server. A task that names the operator's report endpoint also gets every report
     there (a fine-tune's progress while it trains), POSTed with the pod's token for that
-    endpoint alone; one that names a report ConfigMap instead gets them there, as the pod's
-    ServiceAccount, which may update only that one. Outside any cluster, each report goes to
-    CRUCIBLE_REPORT_FILE."""
+    endpoint alone. Outside any cluster, each report goes to CRUCIBLE_REPORT_FILE."""
 
     def __init__(self, task: TaskBase) -> None:
         self.task = task
@@ -218,22 +216,20 @@ class Reporter:
             Path(self.file).write_text(document)
         elif self.task.report_url:
             self._push(self.task.report_url, document)
-        elif self.task.report_config_map and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            self._patch_config_map(self.task.report_config_map, document)
 
     def finish(self, **fields: Any) -> None:
         """The last report: the termination message first, as it cannot fail for want of the
-        API server, then the report ConfigMap if there is one."""
-        report = self.report.model_copy(update=fields)
-        packed = pack_report(report)
-        if packed is None:
+        operator or the API server, then the push if the task names the endpoint."""
+        summary = report_summary(self.report.model_copy(update=fields))
+        if summary.left_out:
             log.warning(
-                "the report exceeds the %d bytes of a termination message once packed; only a "
-                "report ConfigMap carries it",
+                "the report exceeds the %d bytes of a termination message once packed; its "
+                "summary there leaves out %s, which only the push carries",
                 TERMINATION_MESSAGE_BYTES,
+                ", ".join(summary.left_out),
             )
-        elif TERMINATION_LOG.exists():
-            TERMINATION_LOG.write_text(packed)
+        if TERMINATION_LOG.exists():
+            TERMINATION_LOG.write_text(pack_report(summary))
         self.update(**fields)
 
     def _push(self, url: str, document: str) -> None:
@@ -248,25 +244,6 @@ class Reporter:
                 pass
         except OSError as error:  # URLError and SSLError too: reporting must not fail the work
             log.warning("could not push the report to %s: %s", url, error)
-
-    def _patch_config_map(self, name: str, document: str) -> None:
-        from kubernetes import client, config
-        from urllib3.exceptions import HTTPError
-
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-        try:
-            client.CoreV1Api().patch_namespaced_config_map(
-                name,
-                self.task.namespace,
-                {"data": {REPORT_KEY: document}},
-                _request_timeout=REPORT_WRITE_TIMEOUT_SECONDS,
-            )
-        except (
-            client.ApiException,
-            HTTPError,
-            OSError,
-        ) as error:  # reporting must not fail the work
-            log.warning("could not write the report ConfigMap %s: %s", name, error)
 
 
 def write_json(path: Path, document: BaseModel | dict[str, Any]) -> None:
