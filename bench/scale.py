@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,15 @@ def scrape_requests(port: int, verbs: tuple[str, ...] = ()) -> float:
     )
 
 
+async def watch_events(kube: Any, path: str, **params: str) -> AsyncIterator[dict[str, Any]]:
+    """The watch events of the collection at `path`, as they come."""
+    async with kube.session.get(
+        path, params={"watch": "1", **params}, headers=kube._headers(), timeout=None
+    ) as response:
+        async for line in response.content:
+            yield json.loads(line)
+
+
 class Watcher:
     """Times when each object of a kind was first seen with a status (or at all, or in a
     given phase)."""
@@ -167,19 +177,14 @@ class Watcher:
         self.task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
-        params = {"watch": "1", "allowWatchBookmarks": "false"}
-        async with self.kube.session.get(
-            self.path, params=params, headers=self.kube._headers(), timeout=None
-        ) as response:
-            async for line in response.content:
-                event = json.loads(line)
-                obj = event["object"]
-                name = obj["metadata"]["name"]
-                if name in self.seen or (self.needs_status and not obj.get("status")):
-                    continue
-                if self.phase and (obj.get("status") or {}).get("phase") != self.phase:
-                    continue
-                self.seen[name] = time.monotonic()
+        async for event in watch_events(self.kube, self.path, allowWatchBookmarks="false"):
+            obj = event["object"]
+            name = obj["metadata"]["name"]
+            if name in self.seen or (self.needs_status and not obj.get("status")):
+                continue
+            if self.phase and (obj.get("status") or {}).get("phase") != self.phase:
+                continue
+            self.seen[name] = time.monotonic()
 
     async def until(self, names: set[str], timeout: float) -> float:
         deadline = time.monotonic() + timeout
@@ -400,15 +405,11 @@ async def status_writes(kube: Any, path: str, counts: dict[str, int]) -> None:
     """Count each object's MODIFIED events from now on: for a run whose spec stays, each is a
     status write."""
     listed = await kube.request("GET", path)
-    params = {"watch": "1", "resourceVersion": listed["metadata"]["resourceVersion"]}
-    async with kube.session.get(
-        path, params=params, headers=kube._headers(), timeout=None
-    ) as response:
-        async for line in response.content:
-            event = json.loads(line)
-            if event["type"] == "MODIFIED":
-                name = event["object"]["metadata"]["name"]
-                counts[name] = counts.get(name, 0) + 1
+    version = listed["metadata"]["resourceVersion"]
+    async for event in watch_events(kube, path, resourceVersion=version):
+        if event["type"] == "MODIFIED":
+            name = event["object"]["metadata"]["name"]
+            counts[name] = counts.get(name, 0) + 1
 
 
 async def progress_writes(b: Bench, seconds: int) -> None:

@@ -16,7 +16,7 @@ from crucible.api.contract import (
     TERMINATION_MESSAGE_BYTES,
     WorkloadReport,
     pack_report,
-    report_summary,
+    pack_summary,
     unpack_report,
 )
 from crucible.config import ConfigError, OperatorConfig
@@ -74,7 +74,7 @@ def test_a_report_too_large_for_a_termination_message_packs_a_summary_naming_wha
     assert unpack_report(packed) == WorkloadReport(
         adapter_modules=modules, chunks=7, left_out=["message"]
     )
-    assert report_summary(report) == unpack_report(packed)
+    assert pack_summary(report) == (unpack_report(packed), packed)
 
 
 def test_the_packed_report_is_the_newest_succeeded_pod_s() -> None:

@@ -33,6 +33,11 @@ app.kubernetes.io/component: operator
 {{- printf "%s-reports" (include "crucible.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* The Secret of the report endpoint's certificate, the chart's or cert-manager's. */}}
+{{- define "crucible.reportsSecret" -}}
+{{- printf "%s-reports-tls" (include "crucible.fullname" .) -}}
+{{- end -}}
+
 {{- define "crucible.workloadImage" -}}
 {{- $ctx := index . 0 -}}{{- $name := index . 1 -}}{{- $override := index . 2 -}}
 {{- if $override -}}{{ $override }}{{- else -}}

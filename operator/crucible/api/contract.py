@@ -248,23 +248,24 @@ def _packed(report: WorkloadReport) -> str:
     return PACKED_REPORT_PREFIX + base64.b64encode(packed).decode()
 
 
-def report_summary(report: WorkloadReport) -> WorkloadReport:
+def pack_summary(report: WorkloadReport) -> tuple[WorkloadReport, str]:
     """The report, or where it is too large for a termination message once packed, a summary
-    that leaves out fields (in the order of LEFT_OUT_FIRST) until it fits and names them."""
+    that leaves out fields (in the order of LEFT_OUT_FIRST) until it fits and names them; and
+    that one packed as the termination message."""
+    message = _packed(report)
+    present = (field for field in LEFT_OUT_FIRST if getattr(report, field) is not None)
     left_out: list[str] = []
-    for field in LEFT_OUT_FIRST:
-        if len(_packed(report).encode()) <= TERMINATION_MESSAGE_BYTES:
-            break
-        if getattr(report, field) is not None:
-            left_out.append(WorkloadReport.model_fields[field].alias or field)
-            report = report.model_copy(update={field: None, "left_out": [*left_out]})
-    return report
+    while len(message) > TERMINATION_MESSAGE_BYTES and (field := next(present, None)):
+        left_out.append(WorkloadReport.model_fields[field].alias or field)
+        report = report.model_copy(update={field: None, "left_out": [*left_out]})
+        message = _packed(report)
+    return report, message
 
 
 def pack_report(report: WorkloadReport) -> str:
     """The report (its summary where it is too large) as a termination message: its JSON,
     compressed and in base64 after a prefix that tells it from an error's message."""
-    return _packed(report_summary(report))
+    return pack_summary(report)[1]
 
 
 def unpack_report(message: str) -> WorkloadReport | None:

@@ -26,8 +26,7 @@ from crucible.api.contract import (
     TERMINATION_MESSAGE_BYTES,
     TaskBase,
     WorkloadReport,
-    pack_report,
-    report_summary,
+    pack_summary,
 )
 from crucible.api.formats import ModelLocation, Scheme
 
@@ -220,7 +219,7 @@ class Reporter:
     def finish(self, **fields: Any) -> None:
         """The last report: the termination message first, as it cannot fail for want of the
         operator or the API server, then the push if the task names the endpoint."""
-        summary = report_summary(self.report.model_copy(update=fields))
+        summary, packed = pack_summary(self.report.model_copy(update=fields))
         if summary.left_out:
             log.warning(
                 "the report exceeds the %d bytes of a termination message once packed; its "
@@ -229,7 +228,7 @@ class Reporter:
                 ", ".join(summary.left_out),
             )
         if TERMINATION_LOG.exists():
-            TERMINATION_LOG.write_text(pack_report(summary))
+            TERMINATION_LOG.write_text(packed)
         self.update(**fields)
 
     def _push(self, url: str, document: str) -> None:
