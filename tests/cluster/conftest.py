@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import ssl
 import urllib.error
 import urllib.request
@@ -182,6 +184,18 @@ def push_report(cluster: LocalCluster, namespace: str, job: str, report: dict[st
     url, context, token = report_target(cluster, running_pod(cluster, namespace, job))
     code, text = post(url, context, token, json.dumps(report).encode())
     assert code == 202, (code, text)
+
+
+@contextlib.contextmanager
+def paused(cluster: LocalCluster, component: str) -> Iterator[None]:
+    """`component` (kube-apiserver, etcd, ...) hung inside the block: its process is stopped,
+    so it holds its connections and answers nothing, and continued after."""
+    pid = cluster.pids()[component]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
 def pod_status(pod: dict[str, Any], phase: str, state: dict[str, Any]) -> dict[str, Any]:

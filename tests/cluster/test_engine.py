@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,11 @@ from tests.cluster.conftest import (
     OperatorFactory,
     finish_pod,
     pod_status,
+    post,
     push_report,
     ready_condition,
     report_settings,
+    report_target,
     running_pod,
     set_pod_status,
     status_of,
@@ -421,28 +424,46 @@ def lease_holder(cluster: LocalCluster, namespace: str) -> str:
     return holder
 
 
-def report_slice(cluster: LocalCluster, namespace: str) -> tuple[str, str] | None:
-    """The address and pod the report Service's EndpointSlice names, if it exists."""
+def report_slice(cluster: LocalCluster, namespace: str) -> tuple[str, str, int] | None:
+    """The address, pod and port the report Service's EndpointSlice names, if it exists."""
     found = cluster.kubectl(
         "get", "endpointslice", "reports", "-n", namespace, "-o", "json", check=False
     )
     if found.returncode:
         return None
-    (endpoint,) = json.loads(found.stdout)["endpoints"]
-    return endpoint["addresses"][0], endpoint["targetRef"]["name"]
+    endpoints = json.loads(found.stdout)
+    ((endpoint,), (port,)) = endpoints["endpoints"], endpoints["ports"]
+    return endpoint["addresses"][0], endpoint["targetRef"]["name"], port["port"]
+
+
+def push_through_the_service(
+    cluster: LocalCluster, namespace: str, pod: dict[str, Any], report: dict[str, Any]
+) -> None:
+    """A workload's push as the report Service delivers it (kube-proxy's part): to the replica
+    its EndpointSlice names (every replica here listens on 127.0.0.1, its own port)."""
+    route = report_slice(cluster, namespace)
+    assert route is not None
+    url, context, token = report_target(cluster, pod)
+    path = urllib.parse.urlsplit(url).path
+    code, text = post(
+        f"https://127.0.0.1:{route[2]}{path}", context, token, json.dumps(report).encode()
+    )
+    assert code == 202, (code, text)
 
 
 def test_a_standby_replica_takes_over_when_the_leader_is_killed(
     cluster: LocalCluster, namespace: str, model_store: str, tmp_path: Path
 ) -> None:
-    """The standby takes over the reconciles, and the report Service's endpoint with them."""
+    """The standby takes over the reconciles, and the report Service's endpoint with them: a
+    training that pushed its progress to the leader pushes to the standby after the takeover,
+    and ends with its results."""
     lease_seconds = 3
     replicas: dict[str, subprocess.Popen[bytes]] = {}
     logs = []
     reports = report_settings(cluster, tmp_path, "127.0.0.1")
     service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "reports"}}
     service["spec"] = {"ports": [{"name": "https", "port": 8443}]}  # no selector
-    cluster.kubectl_apply([service], "-n", namespace)
+    cluster.kubectl_apply([service, *inputs()], "-n", namespace)
     addresses = {"replica-a": "10.9.0.1", "replica-b": "10.9.0.2"}
     for identity in ("replica-a", "replica-b"):
         log = (tmp_path / f"{identity}.log").open("wb")
@@ -458,21 +479,34 @@ def test_a_standby_replica_takes_over_when_the_leader_is_killed(
             "CRUCIBLE_REPORT_TLS_DIR": reports["CRUCIBLE_REPORT_TLS_DIR"],
             "CRUCIBLE_REPORT_PORT": str(free_port()),
             "CRUCIBLE_REPORT_SERVICE": f"{namespace}/reports",
+            "CRUCIBLE_REPORT_URL": f"https://reports.{namespace}.svc:8443",
             "CRUCIBLE_POD_IP": addresses[identity],
+            "CRUCIBLE_PROGRESS_INTERVAL": "1",
         }
         argv = [sys.executable, "-m", "crucible.cli.main", "operator", "--namespace", namespace]
         replicas[identity] = processes.spawn(argv, log, tmp_path, env)
     try:
         leader = wait_for(lambda: lease_holder(cluster, namespace), what="a leader")
         wait_for(
-            lambda: report_slice(cluster, namespace) == (addresses[leader], leader),
+            lambda: (report_slice(cluster, namespace) or ())[:2] == (addresses[leader], leader),
             what="the report Service to name the leader",
         )
-        cluster.kubectl_apply([merge("first", **HELD)], "-n", namespace)
-        wait_phase(cluster, namespace, "mm", "first", "Running")
+        training = finetune("first", **HELD)
+        training["spec"]["baseModel"] = {"uri": "hf://org/base"}
+        cluster.kubectl_apply([training], "-n", namespace)
+        pod = running_pod(cluster, namespace, "first-train")
+
+        def pushed(progress: dict[str, Any]) -> None:
+            push_through_the_service(cluster, namespace, pod, {"progress": progress})
+            wait_for(
+                lambda: status_of(cluster, namespace, "ftj", "first").get("progress") == progress,
+                what=f"progress step {progress['step']} in the status",
+            )
+
+        pushed({"step": 1, "totalSteps": 4, "loss": 2.0})
         standby = next(name for name in replicas if name != leader)
         # Only the leader reconciles: the standby has logged no transition.
-        assert "ModelMerge" not in (tmp_path / f"{standby}.log").read_text()
+        assert "FineTuneJob" not in (tmp_path / f"{standby}.log").read_text()
         # The leader dies without a word (no Lease given back).
         replicas[leader].send_signal(signal.SIGKILL)
         replicas[leader].wait()
@@ -485,11 +519,21 @@ def test_a_standby_replica_takes_over_when_the_leader_is_killed(
         assert takeover < 4 * lease_seconds
         assert len(objects(cluster, namespace, "job")) == 2
         assert f"ModelMerge {namespace}/second Running" in (tmp_path / f"{standby}.log").read_text()
-        # The workloads' reports go to the new leader.
+        # The workloads' reports go to the new leader: the training goes on reporting there.
         wait_for(
-            lambda: report_slice(cluster, namespace) == (addresses[standby], standby),
+            lambda: (report_slice(cluster, namespace) or ())[:2] == (addresses[standby], standby),
             what="the report Service to name the new leader",
         )
+        pushed({"step": 3, "totalSteps": 4, "loss": 1.0})
+        final = {
+            "progress": {"step": 4, "totalSteps": 4, "loss": 0.5},
+            "adapterModules": ["q_proj"],
+        }
+        push_through_the_service(cluster, namespace, pod, final)
+        finish_pod(cluster, namespace, pod, report=final)
+        done = wait_phase(cluster, namespace, "ftj", "first", "Succeeded")
+        assert done["progress"] == final["progress"]
+        assert done["adapterTargetModules"] == final["adapterModules"]
     finally:
         for replica in replicas.values():
             processes.stop(replica)

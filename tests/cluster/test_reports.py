@@ -1,7 +1,8 @@
 """The report endpoint on the real control plane: a report pushed with a token the API server
 minted for the run's pod and audience reaches the status; a token of another run, of another
 namespace, for another audience, expired, of a deleted pod, or forged is refused, and nothing
-is written."""
+is written. A run whose last push is lost (the operator down, the API server hung) gets its
+results from its pod's termination message."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import base64
 import json
 import ssl
 import time
+import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,11 +27,15 @@ from crucible.resources.reports import MAX_REPORT_BYTES
 from tests.cluster.conftest import (
     HOLD_IMAGE,
     OperatorFactory,
+    finish_pod,
     mint,
+    paused,
     post,
     report_settings,
+    report_target,
     running_pod,
     status_of,
+    wait_phase,
 )
 from tests.conftest import wait_for
 from tests.manifests import finetune, inputs
@@ -157,3 +163,60 @@ def test_only_the_runs_own_pod_reports_to_the_endpoint(
         # A flood is cut at the run's budget, before any token is reviewed.
         codes = [push(port, tls_dir / "ca.crt", path, "x", b"{}")[0] for _ in range(12)]
         assert 429 in codes, codes
+
+
+def held_training(name: str) -> dict[str, Any]:
+    run = finetune(name, **HELD)
+    run["spec"]["baseModel"] = {"uri": "hf://org/base"}
+    return run
+
+
+@pytest.mark.usefixtures("model_store")
+def test_the_results_reach_the_status_when_the_last_push_is_lost(
+    cluster: LocalCluster, namespace: str, operator: OperatorFactory, tmp_path: Path
+) -> None:
+    """A workload ends while the operator is down, then while the API server answers nothing:
+    its last push is lost or refused each time, and the status gets its exact results from its
+    pod's termination message all the same."""
+    env = report_settings(cluster, tmp_path, "127.0.0.1")
+    cluster.kubectl_apply(inputs(), "-n", namespace)
+    final = {
+        "progress": {"step": 8, "totalSteps": 8, "loss": 0.25},
+        "adapterModules": ["q_proj", "v_proj"],
+    }
+
+    def ended_with_the_results(name: str) -> None:
+        done = wait_phase(cluster, namespace, "ftj", name, "Succeeded")
+        assert done["progress"] == final["progress"]
+        assert done["adapterTargetModules"] == final["adapterModules"]
+
+    with operator(**env):
+        cluster.kubectl_apply([held_training("down")], "-n", namespace)
+        pod = running_pod(cluster, namespace, "down-train")
+        url, context, token = report_target(cluster, pod)
+        progress = {"step": 1, "totalSteps": 8, "loss": 2.0}
+        assert post(url, context, token, json.dumps({"progress": progress}).encode())[0] == 202
+        wait_for(
+            lambda: status_of(cluster, namespace, "ftj", "down").get("progress") == progress,
+            what="the pushed progress",
+        )
+    # The operator is gone when the workload ends: its last push finds no one.
+    with pytest.raises(urllib.error.URLError):
+        post(url, context, token, json.dumps(final).encode())
+    finish_pod(cluster, namespace, pod, report=final)
+    with operator(**env):
+        ended_with_the_results("down")
+
+        cluster.kubectl_apply([held_training("hung")], "-n", namespace)
+        pod = running_pod(cluster, namespace, "hung-train")
+        url, context, token = report_target(cluster, pod)
+        unavailable = answered(503)
+        with paused(cluster, "kube-apiserver"):
+            code, text = post(url, context, token, json.dumps(final).encode())
+        # Answered before the workload stops waiting (10 s), and nothing taken.
+        assert code == 503 and "nothing is taken" in text, (code, text)
+        assert answered(503) == unavailable + 1
+        assert "progress" not in status_of(cluster, namespace, "ftj", "hung")
+        # The kubelet writes the pod's end once the API server answers again.
+        finish_pod(cluster, namespace, pod, report=final)
+        ended_with_the_results("hung")

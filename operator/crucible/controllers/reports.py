@@ -3,7 +3,8 @@ their end) over HTTPS, each with a projected ServiceAccount token whose audience
 
 A request is taken only when a TokenReview that names the run's audience authenticates its
 token, and the pod the token is bound to exists, carries the run's labels and is run by the
-run's Job (resources/reports.py). RefusedError requests change nothing. What is taken goes to the
+run's Job (resources/reports.py). Refused requests change nothing, and neither do those that
+arrive while the API server cannot check their token (503). What is taken goes to the
 engine's view and queues the run: pushing is best-effort, since a run's results are also in its
 pod's termination message, read when its Job completes.
 """
@@ -49,6 +50,9 @@ REVIEW_CACHE_ENTRIES = 10_000
 REQUESTS_PER_SECOND = 2.0
 REQUEST_BURST = 10.0
 PUBLISH_RETRY_SECONDS = 5.0
+# Under the workload's own wait for an answer (REPORT_WRITE_TIMEOUT_SECONDS, 10 s): when the
+# API server cannot review a token, the workload hears so and goes on.
+VERIFY_TIMEOUT_SECONDS = 5.0
 
 
 class UnauthenticatedError(ValueError):
@@ -96,11 +100,21 @@ class ReportEndpoint:
         if (request.content_length or 0) > MAX_REPORT_BYTES:
             return too_large
         try:
-            job = await self.verify(owner, token)
+            async with asyncio.timeout(VERIFY_TIMEOUT_SECONDS):
+                job = await self.verify(owner, token)
         except UnauthenticatedError as error:
             return _reply(401, str(error))
         except RefusedError as error:
             return _reply(403, str(error))
+        except (ApiError, aiohttp.ClientError, TimeoutError) as error:
+            cause = str(error) or f"no answer within {VERIFY_TIMEOUT_SECONDS:.0f} s"
+            return _reply(
+                503,
+                f"the API server cannot check the token now ({cause}); nothing is taken. Push "
+                "again later: a run's final report is also read from its pod's termination "
+                "message",
+                {"Retry-After": str(round(PUBLISH_RETRY_SECONDS))},
+            )
         try:
             report = parse_report(await request.text(), "the pushed report")
         except web.HTTPRequestEntityTooLarge:

@@ -234,6 +234,10 @@ class LocalCluster:
             deadline,
         )
 
+    def pids(self) -> dict[str, int]:
+        """Each component's process id, by name (kube-apiserver, etcd, kwok, ...)."""
+        return {p.name: p.popen.pid for p in self._processes}
+
     def stop(self) -> None:
         """Stop every process, last started first."""
         while self._processes:
