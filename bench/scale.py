@@ -17,11 +17,13 @@ operator as its own process (`crucible operator`), and one client for both sides
    collector has removed all their children;
 8. 20 FineTuneJobs whose workloads push their progress to the report endpoint every second
    for --progress-seconds (600: a 10-minute training): the status writes per run, against
-   the pushes taken.
+   the pushes taken;
+9. --live-runs runs in all (10,000: the goal of ≤ 300 MB) waiting on running Jobs: the
+   operator's RSS.
 
 The operator serves its report endpoint throughout, as the chart deploys it.
 
-    .venv/bin/python bench/scale.py [--runs 500] [--progress-seconds 600]
+    .venv/bin/python bench/scale.py [--runs 500] [--progress-seconds 600] [--live-runs 10000]
 """
 
 from __future__ import annotations
@@ -458,13 +460,34 @@ async def progress_writes(b: Bench, seconds: int) -> None:
     print(f"  CPU s while pushing: {b.cpu.report()}")
 
 
+async def live_rss(b: Bench, live: int) -> None:
+    """Add ModelMerges beside the 2N live runs of step 3 until `live` runs wait on running
+    Jobs: the operator's RSS then."""
+    ns = "bench"
+    children = Watcher(b.kube, JOBS.format(ns), needs_status=False)
+    more = [f"mm-{i}" for i in range(2 * b.runs, live)]
+    for start in range(0, len(more), 1000):  # in batches: the client's own memory stays small
+        await create_all(b.kube, [modelmerge(n, ns) for n in more[start : start + 1000]])
+    await children.until({f"{n}-merge" for n in more}, timeout=1800)
+    await quiet(b.operator_port)
+    children.stop()
+    runs = len(await b.kube.list(API, "ModelMerge", ns, {}))
+    print(f"operator RSS with {runs} live runs: {rss_mib(b.operator_pid):.0f} MiB")
+
+
 async def bench(
-    cluster: Any, runs: int, operator_port: int, operator_pid: int, progress_seconds: int
+    cluster: Any,
+    runs: int,
+    operator_port: int,
+    operator_pid: int,
+    *,
+    progress_seconds: int,
+    live_runs: int,
 ) -> None:
     from crucible.controllers.kube import Kube, client_configuration
 
     os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
-    pids = {p.name: p.popen.pid for p in cluster._processes}
+    pids = cluster.pids()
     cpu = CpuMeter({"operator": operator_pid, **pids, "benchmark": os.getpid()})
     b = Bench(cluster, Kube(client_configuration()), cpu, runs, operator_port, operator_pid)
     print(f"operator RSS at rest: {rss_mib(operator_pid):.0f} MiB")
@@ -474,6 +497,8 @@ async def bench(
     await garbage_collection(b)
     if progress_seconds:
         await progress_writes(b, progress_seconds)
+    if live_runs > 2 * runs:
+        await live_rss(b, live_runs)
     await b.kube.close()
 
 
@@ -517,6 +542,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=500)
     parser.add_argument("--progress-seconds", type=int, default=600, help="0: no step 8")
+    parser.add_argument("--live-runs", type=int, default=10_000, help="at most 2 * runs: no step 9")
     args = parser.parse_args()
 
     from tests.cluster.conftest import report_settings
@@ -525,7 +551,8 @@ def main() -> None:
     from crucible.devcluster.cluster import LocalCluster, folder_claim, free_port
 
     workdir = Path(tempfile.mkdtemp(prefix="crucible-scale-"))
-    nodes = (3 * args.runs + 40 + PROGRESS_RUNS) // PODS_PER_NODE + 1
+    pods = max(3 * args.runs, args.live_runs) + 40 + PROGRESS_RUNS
+    nodes = pods // PODS_PER_NODE + 1
     with LocalCluster(workdir / "cluster", nodes=nodes) as cluster:
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
         cluster.kubectl("wait", "--for=condition=Established", "crd", "--all")
@@ -560,7 +587,16 @@ def main() -> None:
                     time.sleep(0.5)
             time.sleep(3)
             print(f"control plane: {nodes} kwok nodes; machine: {os.cpu_count()} cores")
-            asyncio.run(bench(cluster, args.runs, port, operator.pid, args.progress_seconds))
+            asyncio.run(
+                bench(
+                    cluster,
+                    args.runs,
+                    port,
+                    operator.pid,
+                    progress_seconds=args.progress_seconds,
+                    live_runs=args.live_runs,
+                )
+            )
         finally:
             processes.stop(operator)
             log.close()
