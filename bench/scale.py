@@ -149,12 +149,19 @@ WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE")
 
 def scrape_requests(port: int, verbs: tuple[str, ...] = ()) -> float:
     """The operator's API requests so far (of `verbs` only, if given)."""
+    return scrape(port, "crucible_kube_requests_total", "verb", verbs)
+
+
+def scrape(port: int, counter: str, label: str = "", values: tuple[str, ...] = ()) -> float:
+    """The sum of the operator's `counter` series (those whose `label` is one of `values`, if
+    given)."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    series = r'^crucible_kube_requests_total\{[^}]*verb="([A-Z]+)"[^}]*\} (\S+)$'
+    series = rf'^{counter}\{{([^}}]*)\}} (\S+)$'
+    wanted = {f'{label}="{value}"' for value in values}
     return sum(
         float(m.group(2))
         for m in re.finditer(series, text, re.M)
-        if not verbs or m.group(1) in verbs
+        if not wanted or wanted & set(m.group(1).split(","))
     )
 
 
@@ -276,6 +283,7 @@ async def operator_rate(b: Bench, raw_rate: float, children_rate: float) -> None
     children = Watcher(b.kube, JOBS.format(ns), needs_status=False)
     names = [f"mm-{i}" for i in range(b.runs)]
     writes_before = scrape_requests(b.operator_port, WRITE_VERBS)
+    reconciles_before = scrape(b.operator_port, "crucible_reconcile_total")
     b.cpu.start()
     start = time.monotonic()
     returned = await create_all(b.kube, [modelmerge(n, ns) for n in names])
@@ -296,6 +304,7 @@ async def operator_rate(b: Bench, raw_rate: float, children_rate: float) -> None
     print(f"first-status latency: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
     await quiet(b.operator_port)
     writes = scrape_requests(b.operator_port, WRITE_VERBS) - writes_before
+    reconciles = scrape(b.operator_port, "crucible_reconcile_total") - reconciles_before
     rbac = 0
     for api_version, kind in (
         ("v1", "ServiceAccount"),
@@ -306,7 +315,8 @@ async def operator_rate(b: Bench, raw_rate: float, children_rate: float) -> None
         rbac += len(await b.kube.list(api_version, kind, ns, managed))
     print(
         f"API writes per run while starting: {writes / b.runs:.2f} (creates, status patches and "
-        f"Events); RBAC objects per run: {rbac / b.runs:.2f}"
+        f"Events); RBAC objects per run: {rbac / b.runs:.2f}; reconciles per run: "
+        f"{reconciles / b.runs:.2f}"
     )
     print(f"operator RSS with {b.runs} live runs: {rss_mib(b.operator_pid):.0f} MiB")
 

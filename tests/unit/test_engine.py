@@ -145,6 +145,47 @@ def test_children_map_back_to_their_run_even_with_a_hashed_name_label() -> None:
     asyncio.run(scenario())
 
 
+def test_the_echo_of_the_operator_s_own_write_queues_no_reconcile() -> None:
+    """A reconcile stores what it created or patched at once; the watch event that brings the
+    same version back has nothing new for that run. It still wakes the runs that wait on it."""
+
+    async def scenario() -> None:
+        engine = Engine(None, OperatorConfig(), CONTROLLERS)  # type: ignore[arg-type]
+        engine.run_changed("FineTuneJob", None, body("FineTuneJob", "a", FTJ_SPEC))
+        merge = body("ModelMerge", "late", MM_SPEC, rv="3")
+        engine.run_changed("ModelMerge", "ADDED", merge)
+        while len(engine.queue):
+            engine.queue.done(await engine.queue.get())
+        owner = Owner(MODEL_MERGE, "late", "ns", "uid-late")
+        job = {
+            "kind": "Job",
+            "metadata": {
+                "name": "late-merge",
+                "namespace": "ns",
+                "labels": labels(owner, "merge"),
+                "resourceVersion": "4",
+            },
+            "status": {},
+        }
+        assert engine.children.store(job)  # what create_one notes of the Job it made
+        engine.child_changed("ADDED", job)
+        assert len(engine.queue) == 0
+        engine.child_changed(
+            "MODIFIED", {**job, "metadata": {**job["metadata"], "resourceVersion": "6"}}
+        )
+        assert await engine.queue.get() == ("ModelMerge", "ns", "late")
+        engine.queue.done(("ModelMerge", "ns", "late"))
+        # The status write: the engine keeps the patched object, then its echo arrives.
+        patched = {**merge, "metadata": {**merge["metadata"], "resourceVersion": "7"}}
+        engine.runs[("ModelMerge", "ns", "late")] = patched
+        engine.run_changed("ModelMerge", "MODIFIED", patched)
+        assert [await engine.queue.get() for _ in range(len(engine.queue))] == [
+            ("FineTuneJob", "ns", "a")
+        ]
+
+    asyncio.run(scenario())
+
+
 def test_the_child_cache_never_goes_back_to_an_older_version() -> None:
     cache = ChildCache()
     owner = Owner(FINE_TUNE_JOB, "t", "ns", "uid")

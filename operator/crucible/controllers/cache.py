@@ -33,6 +33,14 @@ def newer(candidate: Mapping[str, Any], known: Mapping[str, Any] | None) -> bool
         return True
 
 
+def seen(candidate: Mapping[str, Any], known: Mapping[str, Any] | None) -> bool:
+    """Whether `known` is this very version of `candidate`: the watch's echo of a write the
+    operator made itself (and stored at once), or an object listed again. Nothing in it is
+    news to the run it belongs to."""
+    version = (known or {}).get("metadata", {}).get("resourceVersion")
+    return version is not None and version == candidate["metadata"].get("resourceVersion")
+
+
 # kubectl apply's copy of the whole object as last applied: nothing reconciles from it.
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
@@ -103,17 +111,21 @@ class ChildCache:
             return None
         return meta["namespace"], labels[LABEL_NAME]
 
-    def store(self, body: dict[str, Any]) -> None:
+    def store(self, body: dict[str, Any]) -> bool:
+        """Keep `body` in the view; whether it is news to its run (a version not seen yet)."""
         run = self.run_of(body)
         if run is None:
-            return
+            return False
         key = (body["kind"], body["metadata"]["name"])
         objects = self._by_run.setdefault(run, {})
         known = objects.get(key)
+        if seen(body, known):
+            return False
         if newer(body, known):
             objects[key] = slim(body)
         if body["kind"] == "Pod":
             self._pods[(run[0], key[1])] = body["metadata"]["labels"]
+        return True
 
     def remove(self, body: dict[str, Any]) -> None:
         run = self.run_of(body)

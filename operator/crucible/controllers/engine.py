@@ -35,7 +35,7 @@ from crucible.api.common import TERMINAL_PHASES, Phase, RunStatus
 from crucible.api.contract import WorkloadReport
 from crucible.api.kinds import KINDS_BY_NAME
 from crucible.config import OperatorConfig
-from crucible.controllers.cache import ChildCache, newer, slim_run
+from crucible.controllers.cache import ChildCache, newer, seen, slim_run
 from crucible.controllers.kube import KubeClient
 from crucible.controllers.lifecycle import Context, Controller, Reference
 from crucible.metrics import (
@@ -163,7 +163,7 @@ class Engine:
             self.progress_written.pop(key, None)
             self.children.forget_reports(meta["namespace"], name_label(meta["name"]))
             RUNS.forget(kind, meta["namespace"], meta["name"])
-        else:
+        elif not seen(body, self.runs.get(key)):
             if not newer(body, self.runs.get(key)):
                 return
             self.runs[key] = body = slim_run(body)
@@ -173,6 +173,8 @@ class Engine:
             self._set_references(key, self._referenced(kind, body))
             RUNS.observe(kind, body)
             self.queue.add(key)
+        # Even the echo of the run's own status write is news to the runs that reference it
+        # and to the run that made it: they learn of it from this event alone.
         self._wake_dependents((meta["namespace"], kind, meta["name"]))
         # A run another run made (an Experiment's fine-tunes and evaluations) is its child too.
         self._queue_owner(meta["namespace"], meta.get("labels") or {})
@@ -181,8 +183,8 @@ class Engine:
         """A Job, Pod, Deployment, Service or ConfigMap of a run changed."""
         if event_type == "DELETED":
             self.children.remove(body)
-        else:
-            self.children.store(body)
+        elif not self.children.store(body):
+            return  # the echo of the operator's own create: the reconcile that made it knows
         meta = body["metadata"]
         self._queue_owner(meta["namespace"], meta.get("labels") or {})
 

@@ -109,7 +109,7 @@ class Context:
     lookup_run: RunLookup
     # The run's children as the watches last saw them, and where created ones are noted.
     children: Children
-    created: Callable[[dict[str, Any]], None]
+    created: Callable[[dict[str, Any]], object]
     # The Crucible resources this run made (an Experiment's), as the watches last saw them.
     owned_runs: Callable[[], list[dict[str, Any]]] = list
     # The references leading from a resource (kind, name) back to this run, as the path from

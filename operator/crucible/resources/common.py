@@ -165,7 +165,9 @@ TASK_ANNOTATION_BYTES = 128 * 1024
 
 
 def task_text(task: TaskBase) -> str:
-    return json.dumps(task.to_api(), indent=2, sort_keys=True)
+    # Compact: it rides in every Job the API server stores, and json's C encoder makes it
+    # (an indented dump takes the pure-Python one, a tenth of a ModelMerge's reconcile).
+    return json.dumps(task.to_api(), separators=(",", ":"), sort_keys=True)
 
 
 def task_config_map(owner: Owner, name: str, role: str, task: TaskBase) -> dict[str, Any]:
