@@ -64,7 +64,13 @@ def operator(
 
     @contextlib.contextmanager
     def run(**env: str) -> Iterator[KopfRunner]:
-        settings = {"CRUCIBLE_ERROR_BACKOFF": "0.3", "CRUCIBLE_JOB_BACKOFF_LIMIT": "0", **env}
+        settings = {
+            "CRUCIBLE_ERROR_BACKOFF": "0.3",
+            "CRUCIBLE_JOB_BACKOFF_LIMIT": "0",
+            # kopf's own scope is -n below; the engine's informers take this one.
+            "CRUCIBLE_WATCH_NAMESPACES": namespace,
+            **env,
+        }
         with monkeypatch.context() as patched:
             for key, value in settings.items():
                 patched.setenv(key, value)

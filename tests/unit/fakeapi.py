@@ -29,9 +29,11 @@ from crucible.api.contract import WorkloadReport, pack_report
 from crucible.api.kinds import KINDS_BY_NAME
 from crucible.config import OperatorConfig
 from crucible.controllers.engine import Engine
+from crucible.controllers.informer import Collection
 from crucible.controllers.kube import PLURALS, ApiError, KubeClient
 from crucible.controllers.registry import CONTROLLERS
-from crucible.resources.common import LABEL_KIND, LABEL_NAME, MANAGED_BY, MANAGED_BY_LABEL, Owner
+from crucible.controllers.watches import WATCHED
+from crucible.resources.common import LABEL_KIND, LABEL_NAME, Owner
 from crucible.resources.jobs import COMPLETION_INDEX_LABEL
 
 ObjectKey = tuple[str, str, str, str]  # apiVersion, kind, namespace, name
@@ -42,7 +44,6 @@ PATH = re.compile(
 )
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-WATCHED_CHILDREN = ("Job", "Pod", "Deployment", "Service")
 
 
 class OperatorGoneError(Exception):
@@ -60,6 +61,21 @@ def merge_patch(target: Any, patch: Any) -> Any:
         else:
             merged[key] = merge_patch(merged.get(key), value)
     return merged
+
+
+def _terms(selector: str) -> dict[str, str]:
+    return dict(term.split("=", 1) for term in selector.split(",") if term)
+
+
+def selects(collection: Collection, obj: dict[str, Any]) -> bool:
+    """Whether a watch of `collection` sees `obj`: its kind, and its equality selectors (the
+    only ones the operator uses; a field selector here names a top-level field)."""
+    labels = obj["metadata"].get("labels") or {}
+    return (
+        (obj["apiVersion"], obj["kind"]) == (collection.api_version, collection.kind)
+        and all(labels.get(k) == v for k, v in _terms(collection.label_selector).items())
+        and all(obj.get(k) == v for k, v in _terms(collection.field_selector).items())
+    )
 
 
 def now() -> str:
@@ -235,9 +251,7 @@ class FakeApiServer(KubeClient):
     def _list(
         self, api_version: str, kind: str, namespace: str, params: dict[str, str]
     ) -> list[dict[str, Any]]:
-        selector = dict(
-            term.split("=", 1) for term in (params.get("labelSelector") or "").split(",") if term
-        )
+        selector = _terms(params.get("labelSelector") or "")
         return [
             copy.deepcopy(obj)
             for (v, k, ns, _), obj in sorted(self.objects.items())
@@ -251,15 +265,11 @@ class FakeApiServer(KubeClient):
         """Hand every pending watch event to the engine, as the watches do; how many."""
         events, self.pending = self.pending, []
         for event_type, obj in events:
-            labels = obj["metadata"].get("labels") or {}
             if obj["apiVersion"] == API_VERSION:
                 engine.run_changed(obj["kind"], event_type, obj)
-            elif obj["kind"] == "ConfigMap":
-                engine.config_map_changed(obj)
-            elif obj["kind"] == "Event" and obj.get("reason") == "FailedMount":
-                engine.pod_event(obj)
-            elif obj["kind"] in WATCHED_CHILDREN and labels.get(MANAGED_BY_LABEL) == MANAGED_BY:
-                engine.child_changed(event_type, obj)
+            for collection, deliver in WATCHED:
+                if selects(collection, obj):
+                    deliver(engine, event_type, obj)
         pushes, self.pushes = self.pushes, []
         for owner, job, report in pushes:
             engine.report_pushed(owner, job, report)

@@ -60,6 +60,8 @@ async def _serve(
             # kopf would otherwise make one from the user's name, which a numeric user without
             # a passwd entry (a pod's runAsUser) does not have.
             identity=Identity(identity),
+            # The same scope for the engine's own watches of the runs' children.
+            memo=kopf.Memo(namespaces=() if cluster_wide else tuple(namespaces)),
         )
     finally:
         marker.cancel()

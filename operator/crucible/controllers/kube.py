@@ -17,6 +17,7 @@ import json
 import os
 import ssl
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +28,8 @@ from crucible.api import API_VERSION
 from crucible.api.kinds import KINDS
 from crucible.metrics import KUBE_REQUESTS
 
+# A watch's connection waits this long past the server's own end of it before giving up.
+WATCH_GRACE_SECONDS = 30.0
 # The plural of every kind the operator reads or writes.
 PLURALS: dict[tuple[str, str], str] = {
     ("v1", "ConfigMap"): "configmaps",
@@ -262,3 +265,24 @@ class Kube(KubeClient):
                 raise ApiError(response.status, method, path, await response.text())
             decoded: dict[str, Any] = await response.json(content_type=None)
             return decoded
+
+    async def watch(self, path: str, params: dict[str, str]) -> AsyncIterator[dict[str, Any]]:
+        """The events of a watch of `path`, decoded one line each as they come, until the API
+        server ends it (after params' timeoutSeconds)."""
+        wait = float(params.get("timeoutSeconds") or 300) + WATCH_GRACE_SECONDS
+        async with self.session.get(
+            path,
+            params={**params, "watch": "1"},
+            headers=self._headers(),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=wait),
+        ) as response:
+            KUBE_REQUESTS.labels("WATCH", str(response.status)).inc()
+            if response.status >= 400:
+                raise ApiError(response.status, "WATCH", path, await response.text())
+            # Not readline(): an event is one line however long (a ConfigMap of up to 1 MiB).
+            pending = b""
+            async for chunk in response.content.iter_any():
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield json.loads(line)

@@ -15,9 +15,7 @@ from crucible.controllers.kube import Kube, client_configuration
 from crucible.controllers.leader import LeaderElector
 from crucible.controllers.registry import CONTROLLERS
 from crucible.controllers.reports import publish_endpoint, serve_reports
-from crucible.resources.common import MANAGED_BY, MANAGED_BY_LABEL
-
-CHILDREN = ("jobs", "pods", "deployments", "services")
+from crucible.controllers.watches import start_informers
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -45,13 +43,15 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # logs what users act on (phase transitions, errors).
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 300
-    # Children are watched through a server-side label selector: only Crucible's own travel.
-    for plural in CHILDREN:
-        settings.watching.label_selectors[plural] = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
-    settings.watching.field_selectors["", "events"] = "reason=FailedMount"
     memo.kube = kube = Kube(client_configuration())
     memo.engine = engine = Engine(kube, config, CONTROLLERS)
     engine.start()
+    # The namespaces `crucible operator` was told to watch (kopf's own scope), else the
+    # configured ones; none: all of them.
+    namespaces = memo.get("namespaces")
+    memo.informers = start_informers(
+        kube, engine, config.watch_namespaces if namespaces is None else namespaces
+    )
     if config.report_tls_dir is not None:
         memo.reports = await serve_reports(engine, config)
     publishes = config.report_service is not None and config.pod_ip is not None
@@ -86,6 +86,9 @@ async def shut_down(memo: kopf.Memo, **_: Any) -> None:
     reports = memo.get("reports")
     if reports is not None:
         await reports.cleanup()
+    for informer in memo.informers:
+        informer.cancel()
+    await asyncio.gather(*memo.informers, return_exceptions=True)
     await memo.engine.stop()
     await memo.kube.close()
 

@@ -48,6 +48,7 @@ class ControlPlaneError(RuntimeError):
 @dataclass
 class _Process:
     name: str
+    argv: list[str]
     popen: subprocess.Popen[bytes]
     log: IO[bytes]
 
@@ -238,6 +239,17 @@ class LocalCluster:
         """Each component's process id, by name (kube-apiserver, etcd, kwok, ...)."""
         return {p.name: p.popen.pid for p in self._processes}
 
+    def restart_apiserver(self) -> None:
+        """Stop kube-apiserver and start it again, as an upgrade of the control plane does. Its
+        watch caches begin anew at etcd's current revision: a watch from an older version is
+        answered 410 Gone, and its client must list again."""
+        (old,) = [p for p in self._processes if p.name == "kube-apiserver"]
+        old.stop()
+        fresh = self._spawn(old.name, old.argv)
+        self._processes.remove(fresh)
+        self._processes[self._processes.index(old)] = fresh  # stopped in the same order
+        self._wait(lambda: self._api_ok("/readyz"), "kube-apiserver", time.monotonic() + 120)
+
     def stop(self) -> None:
         """Stop every process, last started first."""
         while self._processes:
@@ -306,9 +318,11 @@ class LocalCluster:
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
+    def _spawn(self, name: str, argv: list[str]) -> _Process:
         log = (self.logs / f"{name}.log").open("ab")
-        self._processes.append(_Process(name, processes.spawn(argv, log, self.workdir), log))
+        process = _Process(name, argv, processes.spawn(argv, log, self.workdir), log)
+        self._processes.append(process)
+        return process
 
     def _wait(self, ready: Any, what: str, deadline: float) -> None:
         while time.monotonic() < deadline:
