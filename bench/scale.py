@@ -3,8 +3,12 @@
 One LocalCluster (etcd, kube-apiserver, controller manager, scheduler, kwok nodes), the
 operator as its own process (`crucible operator`), and one client for both sides:
 
+0. before the operator starts, the client alone: N ModelMerges created one after another,
+   and N runs' API writes made by the client itself one after another (the run's creation,
+   then its Job and its status as the operator makes them): the API server's share of a run;
 1. raw: the client creates N Jobs one after another → Jobs/s;
 2. the same client creates N ModelMerges one after another → child Jobs/s (all N exist),
+   against the raw Jobs and against step 0's runs, the operator's reconciles per run, and
    with each run's first-status latency (from its create call returning to the first watch
    event carrying a status), p50/p99;
 3. operator RSS at rest, with N and with 2N live runs (their pods keep running);
@@ -156,7 +160,7 @@ def scrape(port: int, counter: str, label: str = "", values: tuple[str, ...] = (
     """The sum of the operator's `counter` series (those whose `label` is one of `values`, if
     given)."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    series = rf'^{counter}\{{([^}}]*)\}} (\S+)$'
+    series = rf"^{counter}\{{([^}}]*)\}} (\S+)$"
     wanted = {f'{label}="{value}"' for value in values}
     return sum(
         float(m.group(2))
@@ -243,6 +247,7 @@ class Bench:
     runs: int
     operator_port: int
     operator_pid: int
+    alone_rate: float  # a run's API writes made by the client itself, no operator running
 
 
 JOBS = "/apis/batch/v1/namespaces/{}/jobs"
@@ -298,7 +303,8 @@ async def operator_rate(b: Bench, raw_rate: float, children_rate: float) -> None
     print(
         f"operator: {b.runs} ModelMerges created in {created_seconds:.2f} s; all {b.runs} child "
         f"Jobs within {seconds:.2f} s = {rate:.0f} runs/s; ratio to raw Jobs "
-        f"{rate / raw_rate:.2f}, to raw children {rate / children_rate:.2f}"
+        f"{rate / raw_rate:.2f}, to raw children {rate / children_rate:.2f}, to a run's writes "
+        f"by the client alone {rate / b.alone_rate:.2f}"
     )
     print(f"  CPU s until then: {b.cpu.report()}")
     print(f"first-status latency: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
@@ -491,6 +497,7 @@ async def bench(
     operator_port: int,
     operator_pid: int,
     *,
+    alone_rate: float,
     progress_seconds: int,
     live_runs: int,
 ) -> None:
@@ -499,7 +506,8 @@ async def bench(
     os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
     pids = cluster.pids()
     cpu = CpuMeter({"operator": operator_pid, **pids, "benchmark": os.getpid()})
-    b = Bench(cluster, Kube(client_configuration()), cpu, runs, operator_port, operator_pid)
+    kube = Kube(client_configuration())
+    b = Bench(cluster, kube, cpu, runs, operator_port, operator_pid, alone_rate)
     print(f"operator RSS at rest: {rss_mib(operator_pid):.0f} MiB")
     raw_rate, children_rate = await raw_rates(b)
     await operator_rate(b, raw_rate, children_rate)
@@ -533,19 +541,55 @@ async def finish(kube: Any, namespace: str, pod: dict[str, Any]) -> None:
     )
 
 
-async def create_crs(cluster: Any, runs: int) -> float:
-    """How fast the client creates ModelMerges when nothing else runs: the ceiling of the
-    operator's rate, since each run starts with its resource's creation."""
+def starting_status(job: str) -> dict[str, Any]:
+    """The status the operator writes when a ModelMerge's Job starts, from its own code."""
+    from datetime import UTC, datetime
+
+    from crucible.api.common import Phase, Reason, RunStatus
+    from crucible.api.kinds import MODEL_MERGE
+    from crucible.resources.status import phase_fields
+
+    fields = phase_fields(
+        RunStatus(), Phase.RUNNING, Reason.JOB_RUNNING, f"Job {job} is running", 1
+    )
+    status = MODEL_MERGE.status.model_validate(
+        {**fields, "job_name": job, "start_time": datetime.now(UTC)}
+    )
+    return status.to_api()
+
+
+async def client_alone(cluster: Any, runs: int) -> tuple[float, float]:
+    """With no operator running: how fast the client creates ModelMerges, and how fast it
+    makes a run's API writes itself (its creation, then its Job and its status as the operator
+    makes them): the API server's share of a run, which bounds the operator's rate."""
+    from crucible.api.kinds import MODEL_MERGE
+    from crucible.api.modelmerge import ModelMergeSpec
+    from crucible.config import OperatorConfig
     from crucible.controllers.kube import Kube, client_configuration
+    from crucible.resources import modelmerge as builders
+    from crucible.resources.common import Owner
 
     os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
     kube = Kube(client_configuration())
     start = time.monotonic()
     await create_all(kube, [modelmerge(f"cr-{i}", "crs") for i in range(runs)])
-    rate = runs / (time.monotonic() - start)
+    crs = runs / (time.monotonic() - start)
+    spec = ModelMergeSpec.model_validate(modelmerge("m", "crs")["spec"])
+    inputs = builders.MergeInputs(models=["hf://org/a", "hf://org/b"], base_model=None)
+    start = time.monotonic()
+    for i in range(runs):
+        created = await kube.create(modelmerge(f"w-{i}", "writes"))
+        owner = Owner.of(MODEL_MERGE, created)
+        (job,) = builders.build(owner, spec, inputs, OperatorConfig())
+        await kube.create(job)
+        await kube.patch_status(
+            "ModelMerge", "writes", owner.name, starting_status(job["metadata"]["name"])
+        )
+    writes = runs / (time.monotonic() - start)
     await kube.close()
-    cluster.kubectl("delete", "namespace", "crs", "--wait=true")
-    return rate
+    for namespace in ("crs", "writes"):
+        cluster.kubectl("delete", "namespace", namespace, "--wait=true")
+    return crs, writes
 
 
 def main() -> None:
@@ -566,15 +610,17 @@ def main() -> None:
     with LocalCluster(workdir / "cluster", nodes=nodes) as cluster:
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
         cluster.kubectl("wait", "--for=condition=Established", "crd", "--all")
-        for ns in ("raw", "bench", "starve", "crs", "gc-raw", "gc-runs", "progress"):
+        for ns in ("raw", "bench", "starve", "crs", "writes", "gc-raw", "gc-runs", "progress"):
             cluster.kubectl("create", "namespace", ns)
         for ns in ("bench", "starve", "gc-runs", "progress"):
             cluster.kubectl_apply(folder_claim(ns, "crucible-models", workdir / ns))
         for ns in ("raw", "bench", "starve", "gc-raw", "gc-runs", "progress"):
             while cluster.kubectl("get", "sa", "default", "-n", ns, check=False).returncode:
                 time.sleep(0.2)
+        crs, alone = asyncio.run(client_alone(cluster, args.runs))
         print(
-            f"CRs alone, no operator running: {asyncio.run(create_crs(cluster, args.runs)):.0f}/s"
+            f"no operator running, the client alone: ModelMerges created at {crs:.0f}/s; a "
+            f"run's writes (its creation, its Job, its status) at {alone:.0f} runs/s"
         )
         port = free_port()
         env = {
@@ -603,6 +649,7 @@ def main() -> None:
                     args.runs,
                     port,
                     operator.pid,
+                    alone_rate=alone,
                     progress_seconds=args.progress_seconds,
                     live_runs=args.live_runs,
                 )

@@ -19,8 +19,9 @@ from crucible.controllers.kube import ApiError
 PODS = Collection("v1", "Pod", "pods", namespace="ns", label_selector="a=b")
 
 
-class ScriptEndedError(Exception):
-    """The script has nothing more to answer: ends the informer's loop."""
+class ScriptEndedError(BaseException):
+    """The script has nothing more to answer: ends the informer's loop, which lets it through
+    as it lets a cancellation through (it goes on after any Exception)."""
 
 
 def pod(name: str, rv: str, **labels: str) -> dict[str, Any]:
@@ -156,3 +157,34 @@ def test_errors_are_retried_with_a_backoff_that_grows_and_resets_once_it_works()
     handed, slept = run(script)
     assert handed == [("ADDED", "a")]
     assert slept == [1, 2, 4, 8, 16, MAX_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS, 1]
+
+
+def test_a_failing_handler_or_a_malformed_event_stops_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    script = Script(
+        lists=[{"items": [pod("a", "1")], "metadata": {"resourceVersion": "1"}}],
+        watches=[
+            [event("ADDED", pod("bad", "2")), event("ADDED", pod("c", "3"))],
+            [{"type": "ADDED", "object": {"kind": "Pod"}}],  # no metadata at all
+            [event("ADDED", pod("d", "5"))],
+        ],
+    )
+    handed: list[str] = []
+    slept: list[float] = []
+
+    def handle(kind: str | None, obj: dict[str, Any]) -> None:
+        if obj["metadata"]["name"] == "bad":
+            raise KeyError("a bug in the handler")
+        handed.append(obj["metadata"]["name"])
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    with pytest.raises(ScriptEndedError):
+        asyncio.run(Informer(script, PODS, handle, sleep=sleep).run())
+    assert handed == ["a", "c", "d"]
+    assert slept == [1]  # the malformed event only: the handler's failure was its own
+    assert "handling ADDED Pod ns/bad failed" in caplog.text
+    versions = [params["resourceVersion"] for c, params in script.calls if c == "watch"]
+    assert versions == ["1", "3", "3", "5"]

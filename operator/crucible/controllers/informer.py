@@ -106,7 +106,7 @@ class Informer:
                     await self._list()
                 await self._watch()
                 backoff = FIRST_BACKOFF_SECONDS
-            except (ApiError, aiohttp.ClientError, TimeoutError, ValueError) as error:
+            except Exception as error:
                 if isinstance(error, ApiError) and error.status == GONE:
                     # The version to watch from is older than the API server keeps.
                     log.info(
@@ -114,12 +114,28 @@ class Informer:
                     )
                     self.version = None
                     continue
-                await self._back_off(error, backoff)
+                if isinstance(error, (ApiError, aiohttp.ClientError, TimeoutError, ValueError)):
+                    log.warning("watch of %s failed (%s)", self.collection, error)
+                else:  # a bug: said loudly, and the watch goes on all the same
+                    log.exception("watch of %s failed", self.collection)
+                log.warning("watch of %s: again in %.0f s", self.collection, backoff)
+                await self.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 
-    async def _back_off(self, error: Exception, seconds: float) -> None:
-        log.warning("watch of %s failed (%s); again in %.0f s", self.collection, error, seconds)
-        await self.sleep(seconds)
+    def _hand_on(self, kind: str | None, obj: dict[str, Any]) -> None:
+        """One event to the handler; a failure there is the handler's, logged, and stops
+        neither this watch nor the events after it."""
+        try:
+            self.handle(kind, obj)
+        except Exception:
+            meta = obj.get("metadata") or {}
+            log.exception(
+                "handling %s %s %s/%s failed",
+                kind or "LISTED",
+                self.collection.kind,
+                meta.get("namespace"),
+                meta.get("name"),
+            )
 
     async def _list(self) -> None:
         items: list[dict[str, Any]] = []
@@ -138,12 +154,12 @@ class Informer:
             item.setdefault("apiVersion", self.collection.api_version)
             item.setdefault("kind", self.collection.kind)
             listed[item["metadata"]["uid"]] = _known(item)
-            self.handle(None, item)
+            self._hand_on(None, item)
         for uid in self.known.keys() - listed.keys():
             name, namespace, labels = self.known[uid]
             meta = {"name": name, "namespace": namespace, "uid": uid, "labels": labels or {}}
             gone = {"apiVersion": self.collection.api_version, "kind": self.collection.kind}
-            self.handle("DELETED", {**gone, "metadata": meta})
+            self._hand_on("DELETED", {**gone, "metadata": meta})
         self.known = listed
         self.version = listing.get("resourceVersion")
 
@@ -167,4 +183,4 @@ class Informer:
                 self.known.pop(uid, None)
             else:
                 self.known[uid] = _known(obj)
-            self.handle(kind, obj)
+            self._hand_on(kind, obj)
