@@ -33,6 +33,9 @@ PAIRS = [
     ("What serves the models?", "vLLM."),
     ("Where do vectors go?", "pgvector."),
 ]
+# Enough steps for a LoRA on a random model to take its loss on PAIRS well under 0.7 of where
+# it started (0.47-0.50 over seeds 1-3; at 24 steps 0.63-0.70, too near the bound).
+MEMORISING_STEPS = 48
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -52,7 +55,12 @@ def make_task(tmp_path: Path, base: Path, data: Path, **changes: Any) -> FineTun
         "dataset": DatasetInput(path=str(data), format="chat", on_invalid_row="Fail"),
         "lora": Lora(r=8, alpha=16, dropout=0.0),
         "hyperparameters": Hyperparameters(
-            learning_rate=5e-3, max_steps=24, batch_size=4, max_length=128, save_steps=100, seed=1
+            learning_rate=5e-3,
+            max_steps=MEMORISING_STEPS,
+            batch_size=4,
+            max_length=128,
+            save_steps=100,
+            seed=1,
         ),
         "merge_adapter": False,
         "adapter_path": str(tmp_path / "ft" / "adapter"),
@@ -74,7 +82,7 @@ def mean(values: list[float]) -> float:
 def test_sft_loss_falls_on_a_memorisable_set(tmp_path: Path, make_model: ModelFactory) -> None:
     data = write_jsonl(tmp_path / "qa.jsonl", chat_rows())
     result = train(make_task(tmp_path, make_model(1), data))
-    assert result.global_step == 24
+    assert result.global_step == MEMORISING_STEPS
     assert all(math.isfinite(loss) for loss in result.losses)
     assert mean(result.losses[-4:]) < 0.7 * mean(result.losses[:4])
     assert (tmp_path / "ft" / "adapter" / "adapter_config.json").exists()
@@ -101,7 +109,7 @@ def test_continued_pretraining_learns_the_documents_text(
         documents=DocumentsInput(documents_path=str(docs), include=["**/*.md"]),
     )
     result = train(task)
-    assert result.global_step == 24
+    assert result.global_step == MEMORISING_STEPS
     assert mean(result.losses[-4:]) < 0.7 * mean(result.losses[:4])
     assert (tmp_path / "ft" / "adapter" / "adapter_config.json").exists()
 
