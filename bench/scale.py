@@ -5,10 +5,15 @@ operator as its own process (`crucible operator`), and one client for both sides
 
 0. before the operator starts, the client alone: N ModelMerges created one after another,
    and N runs' API writes made by the client itself one after another (the run's creation,
-   then its Job and its status as the operator makes them): the API server's share of a run;
+   then its Job and its status as the operator makes them): the API server's share of a run,
+   and of the operator's two writes alone;
+   then an operator started with those N ModelMerges waiting (a backlog: the operator's two
+   writes a run, with no client writing beside it): the time to its first Job, and runs/s
+   from then until all N have their Job and their first status; that operator stops;
 1. raw: the client creates N Jobs one after another → Jobs/s;
 2. the same client creates N ModelMerges one after another → child Jobs/s (all N exist),
-   against the raw Jobs and against step 0's runs, the operator's reconciles per run, and
+   against the raw Jobs and against step 0's runs (the backlog's rate against the raw Jobs
+   too), the operator's reconciles per run, and
    with each run's first-status latency (from its create call returning to the first watch
    event carrying a status), p50/p99;
 3. operator RSS at rest, with N and with 2N live runs (their pods keep running);
@@ -38,14 +43,15 @@ import json
 import os
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the tests' helpers playing the kubelet
@@ -248,6 +254,7 @@ class Bench:
     operator_port: int
     operator_pid: int
     alone_rate: float  # a run's API writes made by the client itself, no operator running
+    backlog_rate: float  # runs/s of an operator started with N runs waiting
 
 
 JOBS = "/apis/batch/v1/namespaces/{}/jobs"
@@ -307,6 +314,10 @@ async def operator_rate(b: Bench, raw_rate: float, children_rate: float) -> None
         f"by the client alone {rate / b.alone_rate:.2f}"
     )
     print(f"  CPU s until then: {b.cpu.report()}")
+    print(
+        f"  the backlog of step 0 ({b.backlog_rate:.0f} runs/s, no client writing beside the "
+        f"operator): ratio to raw Jobs {b.backlog_rate / raw_rate:.2f}"
+    )
     print(f"first-status latency: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
     await quiet(b.operator_port)
     writes = scrape_requests(b.operator_port, WRITE_VERBS) - writes_before
@@ -498,6 +509,7 @@ async def bench(
     operator_pid: int,
     *,
     alone_rate: float,
+    backlog_rate: float,
     progress_seconds: int,
     live_runs: int,
 ) -> None:
@@ -507,7 +519,7 @@ async def bench(
     pids = cluster.pids()
     cpu = CpuMeter({"operator": operator_pid, **pids, "benchmark": os.getpid()})
     kube = Kube(client_configuration())
-    b = Bench(cluster, kube, cpu, runs, operator_port, operator_pid, alone_rate)
+    b = Bench(cluster, kube, cpu, runs, operator_port, operator_pid, alone_rate, backlog_rate)
     print(f"operator RSS at rest: {rss_mib(operator_pid):.0f} MiB")
     raw_rate, children_rate = await raw_rates(b)
     await operator_rate(b, raw_rate, children_rate)
@@ -558,10 +570,11 @@ def starting_status(job: str) -> dict[str, Any]:
     return status.to_api()
 
 
-async def client_alone(cluster: Any, runs: int) -> tuple[float, float]:
-    """With no operator running: how fast the client creates ModelMerges, and how fast it
-    makes a run's API writes itself (its creation, then its Job and its status as the operator
-    makes them): the API server's share of a run, which bounds the operator's rate."""
+async def client_alone(cluster: Any, runs: int) -> tuple[float, float, float]:
+    """With no operator running: how fast the client creates ModelMerges (which stay, the
+    backlog of the next step), and how fast it makes a run's API writes itself (its creation,
+    then its Job and its status as the operator makes them), in all and the Job and status
+    alone: the API server's share of a run, which bounds the operator's rate."""
     from crucible.api.kinds import MODEL_MERGE
     from crucible.api.modelmerge import ModelMergeSpec
     from crucible.config import OperatorConfig
@@ -572,24 +585,59 @@ async def client_alone(cluster: Any, runs: int) -> tuple[float, float]:
     os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
     kube = Kube(client_configuration())
     start = time.monotonic()
-    await create_all(kube, [modelmerge(f"cr-{i}", "crs") for i in range(runs)])
+    await create_all(kube, [modelmerge(f"mm-{i}", "backlog") for i in range(runs)])
     crs = runs / (time.monotonic() - start)
-    spec = ModelMergeSpec.model_validate(modelmerge("m", "crs")["spec"])
+    spec = ModelMergeSpec.model_validate(modelmerge("m", "backlog")["spec"])
     inputs = builders.MergeInputs(models=["hf://org/a", "hf://org/b"], base_model=None)
     start = time.monotonic()
+    operators_share = 0.0  # seconds in the Job's and the status's writes
     for i in range(runs):
         created = await kube.create(modelmerge(f"w-{i}", "writes"))
         owner = Owner.of(MODEL_MERGE, created)
         (job,) = builders.build(owner, spec, inputs, OperatorConfig())
+        started = time.monotonic()
         await kube.create(job)
         await kube.patch_status(
             "ModelMerge", "writes", owner.name, starting_status(job["metadata"]["name"])
         )
+        operators_share += time.monotonic() - started
     writes = runs / (time.monotonic() - start)
     await kube.close()
-    for namespace in ("crs", "writes"):
-        cluster.kubectl("delete", "namespace", namespace, "--wait=true")
-    return crs, writes
+    cluster.kubectl("delete", "namespace", "writes", "--wait=true")
+    return crs, writes, runs / operators_share
+
+
+async def backlog(cluster: Any, runs: int, start_operator: Callable[[], Any]) -> float:
+    """An operator started with step 0's N ModelMerges waiting: its runs/s from its first Job
+    until all N have their Job and their first status. The runs are deleted and that operator
+    stopped afterwards."""
+    from crucible.controllers.kube import Kube, client_configuration
+    from crucible.devcluster import processes
+
+    kube = Kube(client_configuration())
+    jobs = Watcher(kube, JOBS.format("backlog"), needs_status=False)
+    statuses = Watcher(kube, MODELMERGES.format("backlog"), needs_status=True)
+    await asyncio.sleep(1)  # both watches open before the operator can write
+    names = {f"mm-{i}" for i in range(runs)}
+    start = time.monotonic()
+    operator = await asyncio.to_thread(start_operator)
+    try:
+        last_job = await jobs.until({f"{n}-merge" for n in names}, timeout=600)
+        done = max(last_job, await statuses.until(names, timeout=600))
+        first = min(jobs.seen.values())
+        rate = runs / (done - first)
+        print(
+            f"an operator started with {runs} ModelMerges waiting: its first Job "
+            f"{first - start:.2f} s after its start, all {runs} Jobs and first statuses "
+            f"{done - first:.2f} s later = {rate:.0f} runs/s"
+        )
+        cluster.kubectl("delete", "namespace", "backlog", "--wait=true")
+    finally:
+        jobs.stop()
+        statuses.stop()
+        await kube.close()
+        processes.stop(operator)
+    return rate
 
 
 def main() -> None:
@@ -610,17 +658,18 @@ def main() -> None:
     with LocalCluster(workdir / "cluster", nodes=nodes) as cluster:
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
         cluster.kubectl("wait", "--for=condition=Established", "crd", "--all")
-        for ns in ("raw", "bench", "starve", "crs", "writes", "gc-raw", "gc-runs", "progress"):
+        for ns in ("raw", "bench", "starve", "backlog", "writes", "gc-raw", "gc-runs", "progress"):
             cluster.kubectl("create", "namespace", ns)
-        for ns in ("bench", "starve", "gc-runs", "progress"):
+        for ns in ("bench", "starve", "backlog", "gc-runs", "progress"):
             cluster.kubectl_apply(folder_claim(ns, "crucible-models", workdir / ns))
-        for ns in ("raw", "bench", "starve", "gc-raw", "gc-runs", "progress"):
+        for ns in ("raw", "bench", "starve", "backlog", "gc-raw", "gc-runs", "progress"):
             while cluster.kubectl("get", "sa", "default", "-n", ns, check=False).returncode:
                 time.sleep(0.2)
-        crs, alone = asyncio.run(client_alone(cluster, args.runs))
+        crs, alone, operators_share = asyncio.run(client_alone(cluster, args.runs))
         print(
             f"no operator running, the client alone: ModelMerges created at {crs:.0f}/s; a "
-            f"run's writes (its creation, its Job, its status) at {alone:.0f} runs/s"
+            f"run's writes (its creation, its Job, its status) at {alone:.0f} runs/s, its Job "
+            f"and its status alone at {operators_share:.0f} runs/s"
         )
         port = free_port()
         env = {
@@ -630,10 +679,13 @@ def main() -> None:
             "CRUCIBLE_HTTP_PORT": str(port),
             "CRUCIBLE_JOB_BACKOFF_LIMIT": "0",
         }
-        log = (workdir / "operator.log").open("wb")
-        argv = [sys.executable, "-m", "crucible.cli.main", "operator", "--all-namespaces"]
-        operator = processes.spawn(argv, log, workdir, env)
-        try:
+        logs: list[IO[bytes]] = []
+
+        def start_operator(name: str = "operator") -> subprocess.Popen[bytes]:
+            """`crucible operator` as the chart runs it, once its metrics answer."""
+            logs.append((workdir / f"{name}.log").open("wb"))
+            argv = [sys.executable, "-m", "crucible.cli.main", "operator", "--all-namespaces"]
+            operator = processes.spawn(argv, logs[-1], workdir, env)
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 try:
@@ -641,6 +693,13 @@ def main() -> None:
                     break
                 except OSError:
                     time.sleep(0.5)
+            return operator
+
+        backlog_rate = asyncio.run(
+            backlog(cluster, args.runs, lambda: start_operator("operator-backlog"))
+        )
+        operator = start_operator()
+        try:
             time.sleep(3)
             print(f"control plane: {nodes} kwok nodes; machine: {os.cpu_count()} cores")
             asyncio.run(
@@ -650,14 +709,16 @@ def main() -> None:
                     port,
                     operator.pid,
                     alone_rate=alone,
+                    backlog_rate=backlog_rate,
                     progress_seconds=args.progress_seconds,
                     live_runs=args.live_runs,
                 )
             )
         finally:
             processes.stop(operator)
-            log.close()
-            print(f"operator log: {workdir / 'operator.log'}")
+            for log in logs:
+                log.close()
+            print(f"operator logs: {workdir}/operator*.log")
 
 
 if __name__ == "__main__":
