@@ -66,14 +66,14 @@ ModelFactory = Callable[..., Path]
 
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from crucible.workloads.tinymodels import train_tokenizer
-
     """A tokenizer trained on text that changes only with a pinned dependency (the sources of
     transformers, trl and peft), not with this repository: the tiny models, and so what the
     workload tests measure on them, stay the same from one commit to the next."""
     import peft
     import transformers
     import trl
+
+    from crucible.workloads.tinymodels import train_tokenizer
 
     sources = [
         Path(transformers.__file__).parent / "models" / "llama" / "modeling_llama.py",
