@@ -48,7 +48,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -104,18 +104,25 @@ def raw_job(name: str, namespace: str, image: str = HOLD) -> dict[str, Any]:
     }
 
 
-def run_children(namespace: str) -> list[dict[str, Any]]:
-    """The children the operator makes for one of these ModelMerges, without an owner."""
-    from crucible.api.kinds import MODEL_MERGE
+def merge_children(owner: Any) -> list[dict[str, Any]]:
+    """The children the operator makes for one of these ModelMerges (`owner`, an Owner), by
+    its own builders."""
     from crucible.api.modelmerge import ModelMergeSpec
     from crucible.config import OperatorConfig
     from crucible.resources import modelmerge as builders
+
+    spec = ModelMergeSpec.model_validate(modelmerge(owner.name, owner.namespace)["spec"])
+    inputs = builders.MergeInputs(models=["hf://org/a", "hf://org/b"], base_model=None)
+    return builders.build(owner, spec, inputs, OperatorConfig())
+
+
+def run_children(namespace: str) -> list[dict[str, Any]]:
+    """The children the operator makes for one of these ModelMerges, without an owner."""
+    from crucible.api.kinds import MODEL_MERGE
     from crucible.resources.common import Owner
 
-    spec = ModelMergeSpec.model_validate(modelmerge("m", namespace)["spec"])
     owner = Owner(MODEL_MERGE, "m", namespace, "00000000-0000-0000-0000-000000000000")
-    inputs = builders.MergeInputs(models=["hf://org/a", "hf://org/b"], base_model=None)
-    manifests = builders.build(owner, spec, inputs, OperatorConfig())
+    manifests = merge_children(owner)
     for manifest in manifests:
         manifest["metadata"].pop("ownerReferences")
     return manifests
@@ -175,13 +182,8 @@ def scrape(port: int, counter: str, label: str = "", values: tuple[str, ...] = (
     )
 
 
-async def watch_events(kube: Any, path: str, **params: str) -> AsyncIterator[dict[str, Any]]:
-    """The watch events of the collection at `path`, as they come."""
-    async with kube.session.get(
-        path, params={"watch": "1", **params}, headers=kube._headers(), timeout=None
-    ) as response:
-        async for line in response.content:
-            yield json.loads(line)
+# Longer than any step: a watch of the benchmark's ends with the step that opened it.
+WATCH_SECONDS = "7200"
 
 
 class Watcher:
@@ -196,7 +198,9 @@ class Watcher:
         self.task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
-        async for event in watch_events(self.kube, self.path, allowWatchBookmarks="false"):
+        async for event in self.kube.watch(
+            self.path, {"allowWatchBookmarks": "false", "timeoutSeconds": WATCH_SECONDS}
+        ):
             obj = event["object"]
             name = obj["metadata"]["name"]
             if name in self.seen or (self.needs_status and not obj.get("status")):
@@ -435,7 +439,8 @@ async def status_writes(kube: Any, path: str, counts: dict[str, int]) -> None:
     status write."""
     listed = await kube.request("GET", path)
     version = listed["metadata"]["resourceVersion"]
-    async for event in watch_events(kube, path, resourceVersion=version):
+    params = {"resourceVersion": version, "timeoutSeconds": WATCH_SECONDS}
+    async for event in kube.watch(path, params):
         if event["type"] == "MODIFIED":
             name = event["object"]["metadata"]["name"]
             counts[name] = counts.get(name, 0) + 1
@@ -576,10 +581,7 @@ async def client_alone(cluster: Any, runs: int) -> tuple[float, float, float]:
     then its Job and its status as the operator makes them), in all and the Job and status
     alone: the API server's share of a run, which bounds the operator's rate."""
     from crucible.api.kinds import MODEL_MERGE
-    from crucible.api.modelmerge import ModelMergeSpec
-    from crucible.config import OperatorConfig
     from crucible.controllers.kube import Kube, client_configuration
-    from crucible.resources import modelmerge as builders
     from crucible.resources.common import Owner
 
     os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
@@ -587,14 +589,12 @@ async def client_alone(cluster: Any, runs: int) -> tuple[float, float, float]:
     start = time.monotonic()
     await create_all(kube, [modelmerge(f"mm-{i}", "backlog") for i in range(runs)])
     crs = runs / (time.monotonic() - start)
-    spec = ModelMergeSpec.model_validate(modelmerge("m", "backlog")["spec"])
-    inputs = builders.MergeInputs(models=["hf://org/a", "hf://org/b"], base_model=None)
     start = time.monotonic()
     operators_share = 0.0  # seconds in the Job's and the status's writes
     for i in range(runs):
         created = await kube.create(modelmerge(f"w-{i}", "writes"))
         owner = Owner.of(MODEL_MERGE, created)
-        (job,) = builders.build(owner, spec, inputs, OperatorConfig())
+        (job,) = merge_children(owner)
         started = time.monotonic()
         await kube.create(job)
         await kube.patch_status(
